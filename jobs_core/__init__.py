@@ -1,0 +1,41 @@
+"""jobs_core: define background jobs once, run them on Inngest, Celery, Dramatiq or inline."""
+
+from .config import JobsSettings, create_dispatcher
+from .errors import (
+    DispatchError,
+    JobConfigError,
+    JobFailedError,
+    JobPayloadError,
+    JobsError,
+    PermanentError,
+    RetryLater,
+)
+from .execution import JobOutcome, run_job, run_job_sync
+from .instrumentation import Instrumentation, JobEvent, LoggingInstrumentation
+from .job import Job, JobRegistry
+from .port import DispatchReceipt, JobDispatcherPort, JobRequest
+from .retry import Retry
+
+__all__ = [
+    "DispatchError",
+    "DispatchReceipt",
+    "Instrumentation",
+    "Job",
+    "JobConfigError",
+    "JobDispatcherPort",
+    "JobEvent",
+    "JobFailedError",
+    "JobOutcome",
+    "JobPayloadError",
+    "JobRegistry",
+    "JobRequest",
+    "JobsError",
+    "JobsSettings",
+    "LoggingInstrumentation",
+    "PermanentError",
+    "Retry",
+    "create_dispatcher",
+    "run_job",
+    "run_job_sync",
+]
+__version__ = "0.1.0"

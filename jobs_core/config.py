@@ -1,0 +1,172 @@
+"""Configuration from the environment, and `create_dispatcher()` which picks the backend (C24)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import JobConfigError
+from .execution import ContextSource
+from .instrumentation import Instrumentation
+from .payload import DEFAULT_MAX_PAYLOAD_BYTES
+from .port import JobDispatcherPort
+
+BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
+    # name: (adapter module, extra that installs its library)
+    "inline": ("backends.inline", ""),
+    "inngest": ("backends.inngest", "inngest"),
+    "celery": ("backends.celery", "celery"),
+    "dramatiq": ("backends.dramatiq", "dramatiq"),
+}
+BACKEND_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "inngest": ("inngest", "httpx", "fastapi", "uvicorn"),
+    "celery": ("celery", "kombu", "redis"),
+    "dramatiq": ("dramatiq", "redis"),
+}
+_FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`, for logs and reprs (C23)."""
+    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+class JobsSettings(BaseSettings):
+    """Settings read from the environment (and `.env` is not read: pass values explicitly)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    backend: str = Field(
+        default="inline", validation_alias=AliasChoices("JOBS_BACKEND", "backend")
+    )
+    broker_url: str = Field(
+        default="redis://localhost:6379/0",
+        validation_alias=AliasChoices("JOBS_BROKER_URL", "broker_url"),
+        repr=False,
+    )
+    queue: str = Field(default="default", validation_alias=AliasChoices("JOBS_QUEUE", "queue"))
+    dispatch_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=AliasChoices("JOBS_DISPATCH_TIMEOUT", "dispatch_timeout"),
+    )
+    max_payload_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
+        ge=0,
+        validation_alias=AliasChoices("JOBS_MAX_PAYLOAD_BYTES", "max_payload_bytes"),
+    )
+    inngest_app_name: str = Field(
+        default="jobs-app", validation_alias=AliasChoices("INNGEST_APP_NAME", "inngest_app_name")
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _strip_backend(cls, value: str) -> str:
+        return value.strip()
+
+    @property
+    def redacted_broker_url(self) -> str:
+        return redact_url(self.broker_url)
+
+    def __repr_args__(self) -> Any:
+        yield from super().__repr_args__()
+        yield "broker_url", self.redacted_broker_url
+
+
+def load_settings(**overrides: Any) -> JobsSettings:
+    """Read `JobsSettings` from the environment; a bad value is a `JobConfigError` naming it."""
+    try:
+        return JobsSettings(**overrides)
+    except Exception as exc:  # pydantic ValidationError, without echoing secrets
+        errors = getattr(exc, "errors", None)
+        detail = (
+            "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors(include_input=False)
+            )
+            if callable(errors)
+            else str(exc)
+        )
+        raise JobConfigError(f"invalid jobs settings: {detail}") from None
+
+
+def import_string(target: str, what: str = "object") -> Any:
+    """Import `package.module:attribute`; errors are `JobConfigError`s that say what to fix."""
+    if not _FACTORY_PATTERN.match(target):
+        raise JobConfigError(f"{what} must look like 'package.module:name', got {target!r}")
+    module_name, _, attr_path = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise JobConfigError(f"cannot import module {module_name!r} for {what}: {exc}") from exc
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise JobConfigError(f"module {module_name!r} has no {attr_path!r} ({what})") from None
+    return obj
+
+
+def import_backend(name: str) -> Any:
+    """The adapter module of a built-in backend; a missing extra is a `JobConfigError` (C24)."""
+    if name not in BUILTIN_BACKENDS:
+        raise unknown_backend(name)
+    module_name, extra = BUILTIN_BACKENDS[name]
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        libraries = BACKEND_LIBRARIES.get(name, ())
+        if extra and (missing.split(".")[0] in libraries or not missing):
+            raise missing_extra(name, extra, missing or str(exc)) from exc
+        raise
+
+
+def missing_extra(backend: str, extra: str, missing: str) -> JobConfigError:
+    return JobConfigError(
+        f"the {backend!r} backend needs the {extra!r} extra ({missing} is not installed): "
+        f"pip install 'jobs-core[{extra}]'"
+    )
+
+
+def unknown_backend(name: str) -> JobConfigError:
+    valid = ", ".join(BUILTIN_BACKENDS)
+    return JobConfigError(
+        f"unknown JOBS_BACKEND {name!r}: use one of {valid}, "
+        "or 'package.module:factory' for a third-party adapter"
+    )
+
+
+def resolve_backend_factory(name: str) -> Callable[..., JobDispatcherPort]:
+    """The dispatcher factory for `name`: a built-in backend or a `module:factory` string."""
+    if name in BUILTIN_BACKENDS:
+        factory: Callable[..., JobDispatcherPort] = import_backend(name).create_dispatcher
+        return factory
+    if ":" in name:
+        target = import_string(name, "JOBS_BACKEND")
+        if not callable(target):
+            raise JobConfigError(f"JOBS_BACKEND {name!r} does not name a callable factory")
+        return target  # type: ignore[no-any-return]
+    raise unknown_backend(name)
+
+
+def create_dispatcher(
+    context: ContextSource = None,
+    *,
+    settings: JobsSettings | None = None,
+    instrumentation: Instrumentation | None = None,
+    **options: Any,
+) -> JobDispatcherPort:
+    """The dispatcher for the configured backend (`JOBS_BACKEND`, default `inline`).
+
+    `context` is what the inline backend runs jobs with (a ctx object or a sync or async
+    factory); durable backends ignore it on the producer side. A third-party factory is called
+    as `factory(settings, context=..., instrumentation=..., **options)`.
+    """
+    settings = settings or load_settings()
+    factory = resolve_backend_factory(settings.backend)
+    return factory(settings, context=context, instrumentation=instrumentation, **options)

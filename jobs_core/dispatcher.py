@@ -1,0 +1,297 @@
+"""`BaseDispatcher`: everything a dispatcher does before and after its backend's enqueue call.
+
+Validation (C4–C6), the payload size limit, delays (C8), idempotency keys (C9), receipts, the
+`scheduled` / `failed` instrumentation events and the mapping of any backend failure to
+`DispatchError` (C7) live here once; an adapter only implements `_send`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import DispatchError, JobPayloadError
+from .execution import default_instrumentation
+from .idempotency import IdempotencyStore, scoped_key
+from .instrumentation import Instrumentation, JobEvent, describe_error, safe_record
+from .job import Job
+from .payload import DEFAULT_MAX_PAYLOAD_BYTES, to_wire, validate_payload
+from .port import DispatchItem, DispatchReceipt, JobRequest
+
+DEFAULT_DISPATCH_TIMEOUT = 5.0
+
+logger = logging.getLogger("jobs_core.dispatch")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    """A validated dispatch, ready for a backend: `data` is the JSON-ready payload.
+
+    `dispatch_id` is chosen here so that it is known before the enqueue (idempotency records
+    it); adapters use it as the task / message id where their library allows.
+    """
+
+    job: Job[Any, Any]
+    payload: BaseModel
+    data: Any
+    dispatch_id: str
+    eta: datetime | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+    def delay_seconds(self, now: datetime | None = None) -> float:
+        """Seconds from `now` until the job may start (0 when it has no eta or the eta passed)."""
+        if self.eta is None:
+            return 0.0
+        now = now or datetime.now(timezone.utc)
+        return max(0.0, (self.eta - now).total_seconds())
+
+
+def resolve_eta(delay: timedelta | None, run_at: datetime | None) -> datetime | None:
+    """The aware UTC time a job may start, from `delay` or `run_at` (not both)."""
+    if delay is not None and run_at is not None:
+        raise ValueError("pass either delay= or run_at=, not both")
+    if delay is not None:
+        if not isinstance(delay, timedelta):
+            raise TypeError(f"delay= must be a timedelta, got {type(delay).__name__}")
+        if delay < timedelta(0):
+            raise ValueError(f"delay= must not be negative, got {delay}")
+        return datetime.now(timezone.utc) + delay if delay else None
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise TypeError(f"run_at= must be a datetime, got {type(run_at).__name__}")
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise ValueError("run_at= must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        return run_at.astimezone(timezone.utc)
+    return None
+
+
+class BaseDispatcher(ABC):
+    """The shared dispatch path; an adapter implements `_send` (one round trip per call)."""
+
+    backend_name: str = "base"
+
+    def __init__(
+        self,
+        *,
+        instrumentation: Instrumentation | None = None,
+        idempotency: IdempotencyStore | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        timeout: float = DEFAULT_DISPATCH_TIMEOUT,
+    ) -> None:
+        self.instrumentation = instrumentation or default_instrumentation()
+        self.idempotency = idempotency
+        self.max_payload_bytes = max_payload_bytes
+        self.timeout = timeout
+
+    # -- what an adapter implements -------------------------------------------------------
+
+    @abstractmethod
+    def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
+        """Enqueue `jobs` (in one round trip where the library allows) and return their ids.
+
+        Raise anything on failure: it becomes a `DispatchError`. Return the backend's id for
+        each job, in order (usually `job.dispatch_id`).
+        """
+
+    # -- the port -------------------------------------------------------------------------
+
+    async def dispatch(
+        self,
+        job: Job[Any, Any],
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> DispatchReceipt:
+        """Validate `payload` and hand the job to the backend; see `JobDispatcherPort`."""
+        prepared = [self.prepare(job, payload, delay, run_at, idempotency_key)]
+        return (await self._dispatch_prepared_async(prepared))[0]
+
+    def dispatch_sync(
+        self,
+        job: Job[Any, Any],
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> DispatchReceipt:
+        """`dispatch` for sync code (Django views, Flask, scripts)."""
+        prepared = [self.prepare(job, payload, delay, run_at, idempotency_key)]
+        return self._dispatch_prepared(prepared)[0]
+
+    async def dispatch_many(
+        self,
+        items: Iterable[DispatchItem],
+        *,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+    ) -> list[DispatchReceipt]:
+        """Validate every item, then send them all (one round trip where the backend allows)."""
+        prepared = self.prepare_many(items, delay, run_at)
+        return await self._dispatch_prepared_async(prepared)
+
+    def dispatch_many_sync(
+        self,
+        items: Iterable[DispatchItem],
+        *,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+    ) -> list[DispatchReceipt]:
+        """`dispatch_many` for sync code."""
+        prepared = self.prepare_many(items, delay, run_at)
+        return self._dispatch_prepared(prepared)
+
+    # -- shared machinery -----------------------------------------------------------------
+
+    def prepare(
+        self,
+        job: Job[Any, Any],
+        payload: Any,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> PreparedJob:
+        """Validate and serialise one dispatch; a bad payload is recorded and raised (C4, C5)."""
+        if not isinstance(job, Job):
+            raise TypeError(f"dispatch expects a Job (from JobRegistry.job), got {job!r}")
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
+            raise ValueError("idempotency_key= must be a non-empty str")
+        try:
+            model = validate_payload(job, payload)
+            data = to_wire(job, model, self.max_payload_bytes)
+        except JobPayloadError as error:
+            self._record_schedule_failure(job.name, None, error)
+            raise
+        return PreparedJob(
+            job=job,
+            payload=model,
+            data=data,
+            dispatch_id=str(uuid.uuid4()),
+            eta=resolve_eta(delay, run_at),
+            idempotency_key=idempotency_key,
+        )
+
+    def prepare_many(
+        self,
+        items: Iterable[DispatchItem],
+        delay: timedelta | None,
+        run_at: datetime | None,
+    ) -> list[PreparedJob]:
+        prepared = []
+        for item in items:
+            if isinstance(item, JobRequest):
+                prepared.append(
+                    self.prepare(
+                        item.job,
+                        item.payload,
+                        item.delay if item.delay is not None else delay,
+                        item.run_at if item.run_at is not None else run_at,
+                        item.idempotency_key,
+                    )
+                )
+            else:
+                job, payload = item
+                prepared.append(self.prepare(job, payload, delay, run_at))
+        return prepared
+
+    def _claim(
+        self, prepared: Sequence[PreparedJob]
+    ) -> tuple[list[PreparedJob], dict[int, str], list[str]]:
+        """Split into jobs to send and duplicates (index → earlier id); returns claimed keys."""
+        keyed = [(i, p) for i, p in enumerate(prepared) if p.idempotency_key]
+        if not keyed or self.idempotency is None:
+            return list(prepared), {}, []
+        claims = [(scoped_key(p.name, p.idempotency_key or ""), p.dispatch_id) for _, p in keyed]
+        try:
+            held = self.idempotency.claim(claims)
+        except Exception as error:
+            self._fail_all(prepared, error)
+        duplicates = {i: h for (i, _), h in zip(keyed, held) if h is not None}
+        claimed = [k for (k, _), h in zip(claims, held) if h is None]
+        to_send = [p for i, p in enumerate(prepared) if i not in duplicates]
+        return to_send, duplicates, claimed
+
+    def _fail_all(self, prepared: Sequence[PreparedJob], error: BaseException) -> Any:
+        for p in prepared:
+            self._record_schedule_failure(p.name, p.dispatch_id, error)
+        names = ", ".join(sorted({p.name for p in prepared}))
+        if isinstance(error, DispatchError):
+            raise error
+        raise DispatchError(names, error) from error
+
+    def _receipts(
+        self, prepared: Sequence[PreparedJob], sent_ids: list[str], duplicates: dict[int, str]
+    ) -> list[DispatchReceipt]:
+        receipts = []
+        ids = iter(sent_ids)
+        for i, p in enumerate(prepared):
+            if i in duplicates:
+                receipts.append(DispatchReceipt(p.name, duplicates[i], self.backend_name, True))
+            else:
+                dispatch_id = next(ids)
+                receipts.append(DispatchReceipt(p.name, dispatch_id, self.backend_name))
+                safe_record(
+                    self.instrumentation,
+                    JobEvent("scheduled", "schedule", p.name, dispatch_id, 0, self.backend_name),
+                )
+        return receipts
+
+    def _dispatch_prepared(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
+        to_send, duplicates, claimed = self._claim(prepared)
+        sent_ids: list[str] = []
+        if to_send:
+            try:
+                sent_ids = self._send(to_send)
+            except Exception as error:
+                self._release(claimed)
+                self._fail_all(to_send, error)
+        return self._receipts(prepared, sent_ids, duplicates)
+
+    async def _dispatch_prepared_async(
+        self, prepared: Sequence[PreparedJob]
+    ) -> list[DispatchReceipt]:
+        """Async dispatch: by default the sync path in a worker thread, so the loop never blocks."""
+        return await asyncio.to_thread(self._dispatch_prepared, prepared)
+
+    def _release(self, keys: list[str]) -> None:
+        if keys and self.idempotency is not None:
+            try:
+                self.idempotency.release(keys)
+            except Exception as error:  # the broker is down: the keys expire on their own
+                logger.warning(
+                    "could not release idempotency keys %s after a failed dispatch: %s",
+                    keys,
+                    describe_error(error),
+                )
+
+    def _record_schedule_failure(
+        self, job_name: str, dispatch_id: str | None, error: BaseException
+    ) -> None:
+        safe_record(
+            self.instrumentation,
+            JobEvent(
+                "failed",
+                "schedule",
+                job_name,
+                dispatch_id,
+                0,
+                self.backend_name,
+                error=describe_error(error),
+            ),
+        )

@@ -1,0 +1,82 @@
+"""The error types of jobs_core: every error the library raises is a `JobsError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+
+class JobsError(Exception):
+    """Base class of every error raised by jobs_core and its backends."""
+
+
+class JobConfigError(JobsError):
+    """A job definition or the library's configuration is wrong; the message says what to change."""
+
+
+class JobPayloadError(JobsError, ValueError):
+    """A payload does not fit its job's model (at dispatch, or when a worker parses a message).
+
+    `errors` is pydantic's error list (`ValidationError.errors()`), or one synthetic entry when
+    the payload was not even a mapping or model instance.
+    """
+
+    def __init__(self, job_name: str, errors: Sequence[dict[str, Any]], message: str = "") -> None:
+        self.job_name = job_name
+        self.errors: list[dict[str, Any]] = [dict(e) for e in errors]
+        super().__init__(message or _describe_payload_errors(job_name, self.errors))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_name, self.errors, str(self)))
+
+
+def _describe_payload_errors(job_name: str, errors: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(payload)"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return f"invalid payload for job {job_name!r}: " + "; ".join(parts) + more
+
+
+class DispatchError(JobsError):
+    """The backend could not accept the job (refused, down, timed out): nothing was enqueued."""
+
+    def __init__(self, job_name: str, cause: BaseException | str) -> None:
+        self.job_name = job_name
+        self.cause = cause
+        reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"could not dispatch job {job_name!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_name, str(self.cause)))
+
+
+class PermanentError(JobsError):
+    """Raised by a handler for a failure that retrying cannot fix: the job gives up at once."""
+
+
+class RetryLater(JobsError):  # noqa: N818 - the public name is fixed by the design
+    """Raised by a handler to be retried after at least `delay`; it counts as one attempt."""
+
+    def __init__(self, delay: timedelta | float, message: str = "") -> None:
+        self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        if self.delay < timedelta(0):
+            raise ValueError(f"RetryLater delay must not be negative, got {self.delay}")
+        super().__init__(message or f"retry requested after {self.delay.total_seconds():g}s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.delay, str(self)))
+
+
+class JobFailedError(JobsError):
+    """Inline backend: the job gave up and no `on_error` callback was given."""
+
+    def __init__(self, job_name: str, error: BaseException, runs: int) -> None:
+        self.job_name = job_name
+        self.error = error
+        self.runs = runs
+        super().__init__(
+            f"job {job_name!r} gave up after {runs} run(s): {type(error).__name__}: {error}"
+        )

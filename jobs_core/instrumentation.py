@@ -1,0 +1,102 @@
+"""Instrumentation: one `JobEvent` per step of a job's life, the same on every backend (C19)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Literal, Protocol, runtime_checkable
+
+EventKind = Literal["scheduled", "started", "completed", "retrying", "failed"]
+Phase = Literal["schedule", "execute"]
+
+logger = logging.getLogger("jobs_core")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """What happened to a job: `kind` in `phase`, for which dispatch, on which attempt (0-based).
+
+    `error` is `"ExcType: message"` for `retrying` and `failed`; `duration` is set on execute
+    events that end a run (`completed`, `retrying`, `failed`), and `retry_in` on `retrying`.
+    """
+
+    kind: EventKind
+    phase: Phase
+    job_name: str
+    dispatch_id: str | None
+    attempt: int
+    backend: str
+    error: str | None = None
+    at: datetime = field(default_factory=_now)
+    duration: timedelta | None = None
+    retry_in: timedelta | None = None
+
+
+@runtime_checkable
+class Instrumentation(Protocol):
+    """Receives every `JobEvent`; implementations must be quick and must not raise."""
+
+    def record(self, event: JobEvent) -> None: ...
+
+
+_LEVELS: dict[str, int] = {
+    "scheduled": logging.DEBUG,
+    "started": logging.DEBUG,
+    "completed": logging.INFO,
+    "retrying": logging.WARNING,
+    "failed": logging.ERROR,
+}
+
+
+class LoggingInstrumentation:
+    """Logs each event on the `jobs_core` logger: failures at ERROR, retries at WARNING."""
+
+    def __init__(self, log: logging.Logger | None = None) -> None:
+        self.log = log or logger
+
+    def record(self, event: JobEvent) -> None:
+        level = _LEVELS[event.kind]
+        if not self.log.isEnabledFor(level):
+            return
+        parts = [
+            f"job {event.kind}: {event.job_name}",
+            f"dispatch_id={event.dispatch_id}",
+            f"attempt={event.attempt}",
+            f"backend={event.backend}",
+            f"phase={event.phase}",
+        ]
+        if event.duration is not None:
+            parts.append(f"duration={event.duration.total_seconds():.3f}s")
+        if event.retry_in is not None:
+            parts.append(f"retry_in={event.retry_in.total_seconds():.3f}s")
+        if event.error:
+            parts.append(f"error={event.error}")
+        self.log.log(level, " ".join(parts), extra={"job_event": event})
+
+
+class MultiInstrumentation:
+    """Sends each event to several instrumentations, in order."""
+
+    def __init__(self, *targets: Instrumentation) -> None:
+        self.targets = targets
+
+    def record(self, event: JobEvent) -> None:
+        for target in self.targets:
+            target.record(event)
+
+
+def safe_record(instrumentation: Instrumentation, event: JobEvent) -> None:
+    """Record `event`, logging (not raising) if the instrumentation itself fails."""
+    try:
+        instrumentation.record(event)
+    except Exception:
+        logger.exception("instrumentation %r failed to record %s", instrumentation, event.kind)
+
+
+def describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,87 @@
+"""Payload handling: validate at dispatch, serialise to JSON, parse again at the worker.
+
+A payload crosses the wire as `model.model_dump(mode="json")`, so the worker's
+`Model.model_validate(...)` gives back a model equal to the one dispatched (C10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pydantic_core
+from pydantic import BaseModel, ValidationError
+
+from .errors import JobPayloadError
+
+if TYPE_CHECKING:
+    from .job import Job
+
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+"""Largest JSON payload accepted at dispatch: Inngest's smallest event limit, so that a job
+that dispatches on one backend dispatches on all of them."""
+
+
+def _shape_error(job_name: str, got: Any, expected: str) -> JobPayloadError:
+    kind = type(got).__name__
+    return JobPayloadError(
+        job_name,
+        [{"type": "model_type", "loc": (), "msg": f"expected {expected}, got {kind}", "input": kind}],
+    )
+
+
+def validate_payload(job: Job[Any, Any], payload: Any) -> BaseModel:
+    """Return `payload` as an instance of the job's model, or raise `JobPayloadError` (C4, C5)."""
+    model = job.payload_model
+    if isinstance(payload, model):
+        return payload
+    if isinstance(payload, Mapping) and not isinstance(payload, BaseModel):
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise JobPayloadError(job.name, exc.errors(include_url=False)) from None
+    raise _shape_error(
+        job.name, payload, f"an instance of {model.__name__} or a mapping of its fields"
+    )
+
+
+def to_wire(job: Job[Any, Any], model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
+    """The JSON-ready form of a validated payload; refuses one over `max_bytes` (no truncation)."""
+    data = model.model_dump(mode="json")
+    if max_bytes:
+        size = len(pydantic_core.to_json(data))
+        if size > max_bytes:
+            raise JobPayloadError(
+                job.name,
+                [
+                    {
+                        "type": "payload_too_large",
+                        "loc": (),
+                        "msg": f"payload is {size} bytes as JSON; the limit is {max_bytes} bytes "
+                        "(JOBS_MAX_PAYLOAD_BYTES): store large data elsewhere and send a reference",
+                        "input": size,
+                    }
+                ],
+            )
+    return data
+
+
+def parse_payload(job: Job[Any, Any], raw: Any) -> BaseModel:
+    """Worker side: turn what the backend delivered (dict, JSON text or bytes) into the model.
+
+    Any failure, whatever its cause (bad JSON, wrong shape, schema drift), is a `JobPayloadError`
+    so that the worker gives up on the message instead of retrying it (C16).
+    """
+    model = job.payload_model
+    try:
+        if isinstance(raw, (str, bytes, bytearray)):
+            return model.model_validate_json(raw)
+        if isinstance(raw, Mapping):
+            return model.model_validate(raw)
+    except ValidationError as exc:
+        raise JobPayloadError(job.name, exc.errors(include_url=False)) from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise JobPayloadError(
+            job.name, [{"type": "invalid_payload", "loc": (), "msg": str(exc)[:200]}]
+        ) from None
+    raise _shape_error(job.name, raw, "a JSON object")

@@ -1,0 +1,183 @@
+"""Testing helpers: a dispatcher that records instead of running, a recording instrumentation,
+and a pytest plugin (fixtures `recording_dispatcher` and `inline_dispatcher`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from .dispatcher import BaseDispatcher, PreparedJob
+from .errors import JobFailedError
+from .execution import ContextSource, run_job_sync
+from .idempotency import MemoryIdempotencyStore
+from .instrumentation import Instrumentation, JobEvent
+from .job import Job
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - pytest is only needed for the fixtures
+    pytest = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedDispatch:
+    """One dispatch that `RecordingDispatcher` accepted: the validated payload and its options."""
+
+    job: Job[Any, Any]
+    payload: BaseModel
+    data: Any
+    dispatch_id: str
+    prepared: PreparedJob
+
+    @property
+    def job_name(self) -> str:
+        return self.job.name
+
+
+class RecordingDispatcher(BaseDispatcher):
+    """Validates and records dispatches without running them: assert on what a use case sent.
+
+    Validation, idempotency keys and `scheduled` events are exactly as on a real backend.
+    """
+
+    backend_name = "recording"
+
+    def __init__(self, instrumentation: Instrumentation | None = None, **options: Any) -> None:
+        super().__init__(
+            instrumentation=instrumentation or RecordingInstrumentation(),
+            idempotency=MemoryIdempotencyStore(),
+            **options,
+        )
+        self.dispatched: list[RecordedDispatch] = []
+
+    def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
+        for p in jobs:
+            self.dispatched.append(RecordedDispatch(p.job, p.payload, p.data, p.dispatch_id, p))
+        return [p.dispatch_id for p in jobs]
+
+    def for_job(self, job: Job[Any, Any]) -> list[RecordedDispatch]:
+        return [d for d in self.dispatched if d.job.name == job.name]
+
+    def assert_dispatched(
+        self, job: Job[Any, Any], payload: BaseModel | Mapping[str, Any] | None = None
+    ) -> RecordedDispatch:
+        """Assert `job` was dispatched (with `payload`, compared as validated models)."""
+        matches = self.for_job(job)
+        if not matches:
+            sent = [d.job_name for d in self.dispatched] or "nothing"
+            raise AssertionError(f"job {job.name!r} was not dispatched (dispatched: {sent})")
+        if payload is None:
+            return matches[-1]
+        from .payload import validate_payload
+
+        expected = validate_payload(job, payload)
+        for d in matches:
+            if d.payload == expected:
+                return d
+        seen = [d.data for d in matches]
+        raise AssertionError(
+            f"job {job.name!r} was dispatched, but not with {expected.model_dump(mode='json')}; "
+            f"payloads seen: {seen}"
+        )
+
+    def assert_not_dispatched(self, job: Job[Any, Any]) -> None:
+        matches = self.for_job(job)
+        if matches:
+            raise AssertionError(
+                f"job {job.name!r} was dispatched {len(matches)} time(s): "
+                f"{[d.data for d in matches]}"
+            )
+
+    def run_all(self, context: ContextSource, *, raise_on_failure: bool = True) -> int:
+        """Run every recorded dispatch (and any they dispatch in turn) with the inline policy.
+
+        Returns how many ran. A job that gives up raises `JobFailedError` unless told not to.
+        """
+        ran = 0
+        while self.dispatched:
+            pending, self.dispatched = self.dispatched, []
+            for d in pending:
+                attempt = 0
+                while True:
+                    outcome = run_job_sync(
+                        d.job,
+                        d.data,
+                        context=context,
+                        attempt=attempt,
+                        dispatch_id=d.dispatch_id,
+                        backend=self.backend_name,
+                        instrumentation=self.instrumentation,
+                    )
+                    if not outcome.should_retry:
+                        break
+                    attempt += 1
+                ran += 1
+                if outcome.gave_up and raise_on_failure and outcome.error is not None:
+                    raise JobFailedError(d.job_name, outcome.error, attempt + 1)
+        return ran
+
+    def clear(self) -> None:
+        self.dispatched.clear()
+
+
+class RecordingInstrumentation:
+    """Keeps every `JobEvent` in memory (thread-safe), with helpers to wait and filter."""
+
+    def __init__(self) -> None:
+        self.events: list[JobEvent] = []
+        self._changed = threading.Condition()
+
+    def record(self, event: JobEvent) -> None:
+        with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    def kinds(self, job_name: str | None = None, dispatch_id: str | None = None) -> list[str]:
+        return [e.kind for e in self.for_job(job_name, dispatch_id)]
+
+    def for_job(self, job_name: str | None = None, dispatch_id: str | None = None) -> list[JobEvent]:
+        with self._changed:
+            events = list(self.events)
+        return [
+            e
+            for e in events
+            if (job_name is None or e.job_name == job_name)
+            and (dispatch_id is None or e.dispatch_id == dispatch_id)
+        ]
+
+    def wait_for(
+        self, predicate: Any, timeout: float = 10.0
+    ) -> bool:
+        """Block until `predicate(events)` is true or `timeout` passes; returns the last result."""
+        with self._changed:
+            return bool(self._changed.wait_for(lambda: predicate(list(self.events)), timeout))
+
+    def clear(self) -> None:
+        with self._changed:
+            self.events.clear()
+
+    def __iter__(self) -> Iterator[JobEvent]:
+        return iter(list(self.events))
+
+
+if pytest is not None:
+
+    @pytest.fixture
+    def recording_dispatcher() -> RecordingDispatcher:
+        """A `RecordingDispatcher`: use cases dispatch into it; assert with `assert_dispatched`."""
+        return RecordingDispatcher()
+
+    @pytest.fixture
+    def inline_dispatcher() -> Any:
+        """An `InlineDispatcher` with no context and a `RecordingInstrumentation`.
+
+        Set `.context` (or build your own `InlineDispatcher(context=...)`) before dispatching.
+        """
+        from backends.inline import InlineDispatcher
+
+        return InlineDispatcher(context=None, instrumentation=RecordingInstrumentation())

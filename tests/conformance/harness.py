@@ -1,0 +1,113 @@
+"""The interface every backend's conformance harness implements.
+
+A harness knows how to stand up its backend for one test: a dispatcher (the producer side), a
+worker that runs the test's registry, and how to wait for jobs with a deadline. The contract
+tests in this folder are written once against `BackendSession` and run on every harness listed
+in `HARNESSES` (tests/conformance/conftest.py).
+
+Adding a backend = one module `harness_<name>.py` with a `make_harness(resources)` function, and
+its name in `HARNESSES`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from jobs_core import JobDispatcherPort, JobRegistry, JobsSettings
+from jobs_core.instrumentation import Instrumentation
+
+
+class BackendSession(Protocol):
+    """One test's view of a running backend: dispatch, then wait for what the worker did."""
+
+    dispatcher: JobDispatcherPort
+    """Producer side. On the inline backend a job that gives up does not raise from dispatch
+    (the harness passes `on_error`), so tests read the same on every backend."""
+
+    def send_raw(self, job_name: str, data: Any) -> None:
+        """Put a message for `job_name` with payload `data` on the backend, bypassing validation
+        (C16, C17): what an old producer or a hand-written message would do."""
+        ...
+
+    def dead_letters(self) -> list[str]:
+        """Names of the jobs whose messages were kept where an operator finds them (C17): the
+        dead-letter queue, the failed-run list. The inline harness has none: it returns []."""
+        ...
+
+    def enqueued_count(self) -> int:
+        """How many messages the backend has accepted from the producer so far (C4, C6)."""
+        ...
+
+
+class BackendHarness(Protocol):
+    """A backend under test."""
+
+    name: str
+    durable: bool
+    """True where `delay` and backoff are honoured by waiting (Celery, Dramatiq, Inngest)."""
+    has_worker_queue: bool
+    """True where unknown names and raw messages reach a worker (false inline: C16/C17 are
+    checked there by calling the core directly, as the inline backend has no queue)."""
+
+    def session(
+        self,
+        registry: JobRegistry[Any],
+        *,
+        context: Any,
+        instrumentation: Instrumentation,
+    ) -> AbstractContextManager[BackendSession]:
+        """Start a worker for `registry` and yield a session; stop everything on exit."""
+        ...
+
+    def settings(self) -> JobsSettings:
+        """Settings that point `create_dispatcher()` at this harness's broker / Event API."""
+        ...
+
+    def environment(self) -> dict[str, str]:
+        """Extra environment variables the backend reads itself (e.g. the SDK's INNGEST_*)."""
+        ...
+
+    def unreachable_dispatcher(
+        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
+    ) -> AbstractContextManager[JobDispatcherPort] | None:
+        """A dispatcher whose broker / Event API refuses connections (`hanging=False`) or accepts
+        and never answers (`hanging=True`), for C7; None where there is no broker (inline)."""
+        ...
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.01, what: str = ""
+) -> None:
+    """Poll `predicate` until it holds; fail the test with `what` when `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def stays_false(predicate: Callable[[], bool], duration: float, interval: float = 0.02) -> bool:
+    """True when `predicate` stays false for `duration` seconds (to show something did NOT run)."""
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        if predicate():
+            return False
+        time.sleep(interval)
+    return not predicate()
+
+
+class Resources(Protocol):
+    """Shared, session-scoped test resources a harness may use."""
+
+    def redis_url(self, db: int = 0) -> str: ...
+
+    @property
+    def redis(self) -> Any: ...
+
+
+Session = Iterator[BackendSession]

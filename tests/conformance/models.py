@@ -1,0 +1,79 @@
+"""Payload models and small thread-safe recorders shared by the contract tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+
+
+class Note(BaseModel):
+    text: str
+    n: int = 0
+
+
+class Colour(str, Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Address(BaseModel):
+    street: str
+    city: str
+
+
+class Rich(BaseModel):
+    when: datetime
+    day: date
+    ident: UUID
+    amount: Decimal
+    colour: Colour
+    address: Address
+    tags: list[str]
+    nickname: str | None = None
+    text: str
+
+
+class Runs:
+    """Thread-safe record of handler runs (and failure-hook calls) with their monotonic times."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: list[tuple[float, Any]] = []
+        self.failures: list[tuple[BaseException, Any]] = []
+        self.contexts = 0
+
+    def add(self, item: Any = None) -> int:
+        with self._lock:
+            self.calls.append((time.monotonic(), item))
+            return len(self.calls)
+
+    def fail(self, error: BaseException, payload: Any) -> None:
+        with self._lock:
+            self.failures.append((error, payload))
+
+    def make_context(self) -> dict[str, Any]:
+        with self._lock:
+            self.contexts += 1
+        return {"runs": self}
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+    @property
+    def items(self) -> list[Any]:
+        with self._lock:
+            return [item for _, item in self.calls]
+
+    def gaps(self) -> list[float]:
+        with self._lock:
+            times = [t for t, _ in self.calls]
+        return [b - a for a, b in zip(times, times[1:])]

@@ -1,0 +1,365 @@
+"""C10–C19: how a worker runs, retries, gives up and reports, the same on every backend."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from jobs_core import JobPayloadError, JobRegistry, PermanentError, Retry, RetryLater
+from jobs_core.testing import RecordingInstrumentation
+
+from .harness import BackendHarness, stays_false, wait_until
+from .models import Address, Colour, Note, Rich, Runs
+
+FAST = dict(min_backoff=timedelta(milliseconds=20), max_backoff=timedelta(milliseconds=50))
+
+
+def _attempts(events: RecordingInstrumentation, name: str) -> list[int]:
+    return [e.attempt for e in events.for_job(name) if e.kind == "started"]
+
+
+def _finished(events: RecordingInstrumentation, name: str, count: int = 1) -> bool:
+    return sum(e.kind in ("completed", "failed") for e in events.for_job(name)) >= count
+
+
+def test_C10_payload_survives_the_trip_unchanged(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+) -> None:
+    runs = Runs()
+
+    @jobs.job(f"c10.{unique}")
+    def handler(payload: Rich, ctx: Any) -> None:
+        runs.add(payload)
+
+    original = {
+        "when": datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        "day": date(2024, 2, 29),
+        "ident": uuid4(),
+        "amount": Decimal("12345678901234567890.000000001"),
+        "colour": Colour.BLUE,
+        "address": Address(street="Straße 1", city="Zürich"),
+        "tags": ["α", "β", "🚀"],
+        "nickname": None,
+        "text": "naïve café — 日本語 \u0000 \n\"quoted\"",
+    }
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.dispatcher.dispatch_sync(handler, original)
+        s.dispatcher.dispatch_sync(handler, Rich.model_validate(original))
+        wait_until(lambda: runs.count == 2, what="both rich payloads")
+    expected = Rich.model_validate(original)
+    for received in runs.items:
+        assert isinstance(received, Rich)
+        assert received == expected
+        assert received.when.utcoffset() == timedelta(hours=5, minutes=30)
+        assert received.amount == Decimal("12345678901234567890.000000001")
+
+
+def test_C11_always_failing_runs_attempts_plus_one_then_on_failure_once(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+) -> None:
+    runs = Runs()
+    name = f"c11.{unique}"
+
+    def on_failure(error: BaseException, payload: Any, ctx: Any) -> None:
+        runs.fail(error, payload)
+
+    @jobs.job(name, retry=Retry(attempts=3, **FAST), on_failure=on_failure)
+    def handler(payload: Note, ctx: Any) -> None:
+        n = runs.add(payload)
+        raise RuntimeError(f"boom {n}")
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.dispatcher.dispatch_sync(handler, {"text": "fail"})
+        wait_until(lambda: _finished(events, name), what="the job to give up")
+        assert stays_false(lambda: runs.count > 4, 0.3 if harness.durable else 0.0)
+    assert runs.count == 4
+    assert _attempts(events, name) == [0, 1, 2, 3]
+    assert len(runs.failures) == 1
+    error, payload = runs.failures[0]
+    assert isinstance(error, RuntimeError) and str(error) == "boom 4"
+    assert payload == Note(text="fail")
+    kinds = events.kinds(name)
+    assert kinds.count("started") == 4
+    assert kinds.count("retrying") == 3
+    assert kinds.count("failed") == 1
+    assert "completed" not in kinds
+
+
+@pytest.mark.parametrize("attempts", [0, 1])
+def test_C11_small_attempt_counts(
+    harness: BackendHarness,
+    jobs: JobRegistry[Any],
+    events: RecordingInstrumentation,
+    unique: str,
+    attempts: int,
+) -> None:
+    runs = Runs()
+    name = f"c11s.{unique}"
+
+    @jobs.job(name, retry=Retry(attempts=attempts, **FAST))
+    def handler(payload: Note, ctx: Any) -> None:
+        runs.add()
+        raise ValueError("always")
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.dispatcher.dispatch_sync(handler, {"text": "x"})
+        wait_until(lambda: _finished(events, name), what="the job to give up")
+        assert stays_false(lambda: runs.count > attempts + 1, 0.3 if harness.durable else 0.0)
+    assert runs.count == attempts + 1
+    assert _attempts(events, name) == list(range(attempts + 1))
+
+
+def test_C12_fails_k_times_then_succeeds(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+) -> None:
+    runs = Runs()
+    name = f"c12.{unique}"
+
+    @jobs.job(name, retry=Retry(attempts=3, **FAST), on_failure=lambda e, p, c: runs.fail(e, p))
+    def handler(payload: Note, ctx: Any) -> None:
+        if runs.add() <= 2:
+            raise ConnectionError("flaky")
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.dispatcher.dispatch_sync(handler, {"text": "flaky"})
+        wait_until(lambda: _finished(events, name), what="the job to complete")
+    assert runs.count == 3
+    assert runs.failures == []
+    assert events.kinds(name)[-1] == "completed"
+    assert _attempts(events, name) == [0, 1, 2]
+
+
+def test_C13_permanent_error_runs_once(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+) -> None:
+    runs = Runs()
+    name = f"c13.{unique}"
+
+    @jobs.job(name, retry=Retry(attempts=4, **FAST), on_failure=lambda e, p, c: runs.fail(e, p))
+    async def handler(payload: Note, ctx: Any) -> None:
+        runs.add()
+        raise PermanentError("card declined")
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.dispatcher.dispatch_sync(handler, {"text": "x"})
+        wait_until(lambda: _finished(events, name), what="the job to give up")
+        assert stays_false(lambda: runs.count > 1, 0.4 if harness.durable else 0.0)
+    assert runs.count == 1
+    assert len(runs.failures) == 1 and isinstance(runs.failures[0][0], PermanentError)
+    assert events.kinds(name)[-2:] == ["started", "failed"]
+    assert "retrying" not in events.kinds(name)
+
+
+def test_C14_retry_later_waits_and_counts_as_an_attempt(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+) -> None:
+    runs = Runs()
+    name = f"c14.{unique}"
+    wait = 0.6
+
+    @jobs.job(name, retry=Retry(attempts=1, **FAST), on_failure=lambda e, p, c: runs.fail(e, p))
+    def handler(payload: Note, ctx: Any) -> None:
+        runs.add()
+        raise RetryLater(timedelta(seconds=wait))
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.dispatcher.dispatch_sync(handler, {"text": "later"})
+        wait_until(lambda: _finished(events, name), what="the job to give up")
+    assert runs.count == 2, "RetryLater counts against attempts=1: two runs, then give up"
+    assert len(runs.failures) == 1 and isinstance(runs.failures[0][0], RetryLater)
+    retrying = [e for e in events.for_job(name) if e.kind == "retrying"]
+    assert retrying[0].retry_in == timedelta(seconds=wait)
+    if harness.durable:
+        assert runs.gaps()[0] >= wait - 0.05, runs.gaps()
+
+
+def test_C15_backoff_schedule_is_honoured(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+) -> None:
+    runs = Runs()
+    name = f"c15.{unique}"
+    retry = Retry(
+        attempts=3,
+        min_backoff=timedelta(milliseconds=250),
+        max_backoff=timedelta(milliseconds=600),
+        jitter=False,
+    )
+
+    @jobs.job(name, retry=retry)
+    def handler(payload: Note, ctx: Any) -> None:
+        runs.add()
+        raise RuntimeError("again")
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.dispatcher.dispatch_sync(handler, {"text": "x"})
+        wait_until(lambda: _finished(events, name), what="the job to give up")
+    expected = [0.25, 0.5, 0.6]  # min(max, min * 2**(k-1)) for k = 1, 2, 3
+    announced = [e.retry_in for e in events.for_job(name) if e.kind == "retrying"]
+    assert announced == [timedelta(seconds=s) for s in expected]
+    gaps = runs.gaps()
+    if harness.durable:
+        for gap, want in zip(gaps, expected):
+            assert gap >= want - 0.05, (gaps, expected)
+    else:
+        assert all(gap < 0.2 for gap in gaps), f"inline should not wait by default: {gaps}"
+
+
+def test_C15_jitter_stays_within_half(harness: BackendHarness) -> None:
+    retry = Retry(attempts=5, min_backoff=timedelta(seconds=1), max_backoff=timedelta(seconds=10))
+    for k, base in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0)]:
+        assert retry.base_backoff(k) == timedelta(seconds=base)
+        samples = [retry.backoff(k).total_seconds() for _ in range(200)]
+        assert all(base * 0.5 <= s <= base for s in samples)
+        assert max(samples) - min(samples) > 0, "jitter on: the waits vary"
+
+
+def test_C16_payload_that_no_longer_fits_is_not_retried(
+    harness: BackendHarness,
+    jobs: JobRegistry[Any],
+    events: RecordingInstrumentation,
+    unique: str,
+) -> None:
+    runs = Runs()
+    name = f"c16.{unique}"
+
+    @jobs.job(name, retry=Retry(attempts=3, **FAST), on_failure=lambda e, p, c: runs.fail(e, p))
+    def handler(payload: Note, ctx: Any) -> None:
+        runs.add(payload)
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.send_raw(name, {"text": ["not", "a", "str"], "n": "x"})
+        wait_until(lambda: _finished(events, name), what="the bad message to fail")
+        s.dispatcher.dispatch_sync(handler, {"text": "next"})
+        wait_until(lambda: runs.count == 1, what="the next job to run")
+        assert stays_false(lambda: len(runs.failures) > 1, 0.3 if harness.durable else 0.0)
+    assert runs.items == [Note(text="next")]
+    assert len(runs.failures) == 1
+    error, raw = runs.failures[0]
+    assert isinstance(error, JobPayloadError) and error.job_name == name
+    assert raw == {"text": ["not", "a", "str"], "n": "x"}
+    kinds = events.kinds(name)
+    assert "retrying" not in kinds and kinds.count("failed") == 1
+
+
+def test_C17_unknown_job_name_is_logged_kept_and_skipped(
+    harness: BackendHarness,
+    jobs: JobRegistry[Any],
+    events: RecordingInstrumentation,
+    unique: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs = Runs()
+    known = f"c17.{unique}"
+    unknown = f"c17.unknown.{unique}"
+
+    @jobs.job(known)
+    def handler(payload: Note, ctx: Any) -> None:
+        runs.add(payload)
+
+    caplog.set_level(logging.ERROR)
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        s.send_raw(unknown, {"text": "who?"})
+        wait_until(lambda: unknown in s.dead_letters(), what="the unknown job in the dead letters")
+        s.dispatcher.dispatch_sync(handler, {"text": "after"})
+        wait_until(lambda: runs.count == 1, what="a known job after the unknown one")
+    assert runs.items == [Note(text="after")]
+    assert any(unknown in r.getMessage() for r in caplog.records), "the name is logged"
+    assert [e.kind for e in events.for_job(unknown)] == ["failed"]
+
+
+@pytest.mark.parametrize("handler_kind", ["sync", "async"])
+@pytest.mark.parametrize("context_kind", ["sync-factory", "async-factory", "object"])
+def test_C18_sync_and_async_handlers_and_contexts(
+    harness: BackendHarness,
+    jobs: JobRegistry[Any],
+    events: RecordingInstrumentation,
+    unique: str,
+    handler_kind: str,
+    context_kind: str,
+) -> None:
+    runs = Runs()
+    name = f"c18.{handler_kind}.{context_kind}.{unique}"
+    seen: list[Any] = []
+
+    async def async_factory() -> dict[str, Any]:
+        return runs.make_context()
+
+    context: Any = {
+        "sync-factory": runs.make_context,
+        "async-factory": async_factory,
+        "object": {"runs": runs, "kind": "object"},
+    }[context_kind]
+
+    if handler_kind == "sync":
+
+        def handler(payload: Note, ctx: Any) -> None:
+            seen.append(ctx)
+            ctx["runs"].add(payload)
+            if payload.n == 0 and ctx["runs"].count == 1:
+                raise RuntimeError("once")
+
+    else:
+
+        async def handler(payload: Note, ctx: Any) -> None:  # type: ignore[misc]
+            seen.append(ctx)
+            ctx["runs"].add(payload)
+            if payload.n == 0 and ctx["runs"].count == 1:
+                raise RuntimeError("once")
+
+    job = jobs.define_job(name, handle=handler, retry=Retry(attempts=2, **FAST))
+    with harness.session(jobs, context=context, instrumentation=events) as s:
+        s.dispatcher.dispatch_sync(job, {"text": "x", "n": 0})
+        wait_until(lambda: _finished(events, name), what="the job to complete")
+    assert runs.count == 2
+    assert events.kinds(name)[-1] == "completed"
+    if context_kind == "object":
+        assert all(ctx is context for ctx in seen)
+    else:
+        assert runs.contexts == 2, "the context factory is called for each run"
+        assert seen[0] is not seen[1]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ("ok", ["scheduled", "started", "completed"]),
+        ("flaky", ["scheduled", "started", "retrying", "started", "completed"]),
+        ("permanent", ["scheduled", "started", "failed"]),
+        ("exhausted", ["scheduled", "started", "retrying", "started", "failed"]),
+    ],
+)
+def test_C19_same_event_sequence_on_every_backend(
+    harness: BackendHarness,
+    jobs: JobRegistry[Any],
+    events: RecordingInstrumentation,
+    unique: str,
+    scenario: str,
+    expected: list[str],
+) -> None:
+    runs = Runs()
+    name = f"c19.{scenario}.{unique}"
+
+    @jobs.job(name, retry=Retry(attempts=1, **FAST))
+    def handler(payload: Note, ctx: Any) -> None:
+        n = runs.add()
+        if scenario == "flaky" and n == 1:
+            raise RuntimeError("first time")
+        if scenario == "permanent":
+            raise PermanentError("no")
+        if scenario == "exhausted":
+            raise RuntimeError("always")
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        receipt = s.dispatcher.dispatch_sync(handler, {"text": scenario})
+        wait_until(lambda: _finished(events, name), what=f"scenario {scenario}")
+    recorded = events.for_job(name)
+    assert [e.kind for e in recorded] == expected
+    assert {e.backend for e in recorded} == {harness.name}
+    assert {e.dispatch_id for e in recorded} == {receipt.dispatch_id}
+    assert [e.phase for e in recorded] == ["schedule"] + ["execute"] * (len(expected) - 1)
+    assert all(e.duration is not None for e in recorded if e.kind in ("completed", "failed"))
