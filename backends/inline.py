@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
 from typing import Any
-
-from pydantic import BaseModel
 
 from jobs_core.config import JobsSettings
 from jobs_core.dispatcher import BaseDispatcher, PreparedJob
@@ -27,7 +24,7 @@ from jobs_core.execution import ContextSource, JobOutcome, run_job, run_job_sync
 from jobs_core.idempotency import MemoryIdempotencyStore
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.job import Job
-from jobs_core.port import DispatchItem, DispatchReceipt
+from jobs_core.port import DispatchReceipt
 
 BACKEND = "inline"
 
@@ -141,4 +138,3 @@ def create_dispatcher(
 
 
 __all__ = ["InlineDispatcher", "create_dispatcher"]
-

@@ -34,6 +34,7 @@ __all__ = [
     "LoggingInstrumentation",
     "PermanentError",
     "Retry",
+    "RetryLater",
     "create_dispatcher",
     "run_job",
     "run_job_sync",

@@ -41,9 +41,7 @@ class JobsSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    backend: str = Field(
-        default="inline", validation_alias=AliasChoices("JOBS_BACKEND", "backend")
-    )
+    backend: str = Field(default="inline", validation_alias=AliasChoices("JOBS_BACKEND", "backend"))
     broker_url: str = Field(
         default="redis://localhost:6379/0",
         validation_alias=AliasChoices("JOBS_BROKER_URL", "broker_url"),
@@ -86,7 +84,8 @@ def load_settings(**overrides: Any) -> JobsSettings:
         errors = getattr(exc, "errors", None)
         detail = (
             "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors(include_input=False)
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in errors(include_input=False)
             )
             if callable(errors)
             else str(exc)

@@ -57,7 +57,7 @@ class PermanentError(JobsError):
     """Raised by a handler for a failure that retrying cannot fix: the job gives up at once."""
 
 
-class RetryLater(JobsError):  # noqa: N818 - the public name is fixed by the design
+class RetryLater(JobsError):
     """Raised by a handler to be retried after at least `delay`; it counts as one attempt."""
 
     def __init__(self, delay: timedelta | float, message: str = "") -> None:

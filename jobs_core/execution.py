@@ -20,7 +20,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -292,5 +292,3 @@ def report_unknown_job(
             error=f"UnknownJob: no job named {job_name!r} in this worker's registry",
         ),
     )
-
-

@@ -19,7 +19,7 @@ C = TypeVar("C")
 
 JOB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
-Handler = Callable[[P, C], "Awaitable[None] | None | Any"]
+Handler = Callable[[P, C], "Awaitable[None] | Any | None"]
 FailureHook = Callable[[BaseException, Any, C], "Awaitable[None] | None"]
 
 
@@ -50,7 +50,7 @@ class Job(Generic[P, C]):
         """Validate `payload` and run the handler once, without retries: how a test runs a job."""
         from .payload import validate_payload
 
-        model = validate_payload(self, payload)
+        model = typing.cast(P, validate_payload(self, payload))
         result = self.handler(model, ctx)
         if inspect.isawaitable(result):
             await result
@@ -177,7 +177,9 @@ class JobRegistry(Generic[C]):
             return self._jobs[name]
         except KeyError:
             known = ", ".join(sorted(self._jobs)) or "none"
-            raise JobConfigError(f"no job named {name!r} in this registry (known: {known})") from None
+            raise JobConfigError(
+                f"no job named {name!r} in this registry (known: {known})"
+            ) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._jobs

@@ -26,26 +26,40 @@ def _shape_error(job_name: str, got: Any, expected: str) -> JobPayloadError:
     kind = type(got).__name__
     return JobPayloadError(
         job_name,
-        [{"type": "model_type", "loc": (), "msg": f"expected {expected}, got {kind}", "input": kind}],
+        [
+            {
+                "type": "model_type",
+                "loc": (),
+                "msg": f"expected {expected}, got {kind}",
+                "input": kind,
+            }
+        ],
     )
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    # `ctx` can hold exception objects: keep the error list plain data (picklable, loggable).
+    return [{k: v for k, v in e.items() if k != "ctx"} for e in exc.errors(include_url=False)]
 
 
 def validate_payload(job: Job[Any, Any], payload: Any) -> BaseModel:
     """Return `payload` as an instance of the job's model, or raise `JobPayloadError` (C4, C5)."""
-    model = job.payload_model
+    model: type[BaseModel] = job.payload_model
     if isinstance(payload, model):
         return payload
     if isinstance(payload, Mapping) and not isinstance(payload, BaseModel):
         try:
             return model.model_validate(payload)
         except ValidationError as exc:
-            raise JobPayloadError(job.name, exc.errors(include_url=False)) from None
+            raise JobPayloadError(job.name, _errors(exc)) from None
     raise _shape_error(
         job.name, payload, f"an instance of {model.__name__} or a mapping of its fields"
     )
 
 
-def to_wire(job: Job[Any, Any], model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
+def to_wire(
+    job: Job[Any, Any], model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Any:
     """The JSON-ready form of a validated payload; refuses one over `max_bytes` (no truncation)."""
     data = model.model_dump(mode="json")
     if max_bytes:
@@ -72,14 +86,14 @@ def parse_payload(job: Job[Any, Any], raw: Any) -> BaseModel:
     Any failure, whatever its cause (bad JSON, wrong shape, schema drift), is a `JobPayloadError`
     so that the worker gives up on the message instead of retrying it (C16).
     """
-    model = job.payload_model
+    model: type[BaseModel] = job.payload_model
     try:
         if isinstance(raw, (str, bytes, bytearray)):
             return model.model_validate_json(raw)
         if isinstance(raw, Mapping):
             return model.model_validate(raw)
     except ValidationError as exc:
-        raise JobPayloadError(job.name, exc.errors(include_url=False)) from None
+        raise JobPayloadError(job.name, _errors(exc)) from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise JobPayloadError(
             job.name, [{"type": "invalid_payload", "loc": (), "msg": str(exc)[:200]}]

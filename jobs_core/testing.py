@@ -140,7 +140,9 @@ class RecordingInstrumentation:
     def kinds(self, job_name: str | None = None, dispatch_id: str | None = None) -> list[str]:
         return [e.kind for e in self.for_job(job_name, dispatch_id)]
 
-    def for_job(self, job_name: str | None = None, dispatch_id: str | None = None) -> list[JobEvent]:
+    def for_job(
+        self, job_name: str | None = None, dispatch_id: str | None = None
+    ) -> list[JobEvent]:
         with self._changed:
             events = list(self.events)
         return [
@@ -150,9 +152,7 @@ class RecordingInstrumentation:
             and (dispatch_id is None or e.dispatch_id == dispatch_id)
         ]
 
-    def wait_for(
-        self, predicate: Any, timeout: float = 10.0
-    ) -> bool:
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
         """Block until `predicate(events)` is true or `timeout` passes; returns the last result."""
         with self._changed:
             return bool(self._changed.wait_for(lambda: predicate(list(self.events)), timeout))

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 
-
 class SharedResources:
     """Session-wide resources for harnesses; the Redis server starts on first use."""
 

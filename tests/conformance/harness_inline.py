@@ -29,21 +29,32 @@ class InlineSession:
         # Inline has no queue; a raw message is what a worker would do with it: the core path.
         job = self.registry.get(job_name)
         if job is None:
-            report_unknown_job(job_name, dispatch_id=None, backend="inline",
-                               instrumentation=self.instrumentation)
+            report_unknown_job(
+                job_name, dispatch_id=None, backend="inline", instrumentation=self.instrumentation
+            )
             self._dead.append(job_name)
             return
         attempt = 0
-        while run_job_sync(job, data, context=self.context, attempt=attempt, dispatch_id=None,
-                           backend="inline", instrumentation=self.instrumentation).should_retry:
+        while run_job_sync(
+            job,
+            data,
+            context=self.context,
+            attempt=attempt,
+            dispatch_id=None,
+            backend="inline",
+            instrumentation=self.instrumentation,
+        ).should_retry:
             attempt += 1
 
     def dead_letters(self) -> list[str]:
         return list(self._dead)
 
     def enqueued_count(self) -> int:
-        return sum(1 for e in self.instrumentation.events  # type: ignore[attr-defined]
-                   if e.kind == "scheduled")
+        return sum(
+            1
+            for e in self.instrumentation.events  # type: ignore[attr-defined]
+            if e.kind == "scheduled"
+        )
 
 
 class InlineHarness:
@@ -63,8 +74,9 @@ class InlineHarness:
     def environment(self) -> dict[str, str]:
         return {}
 
-    def unreachable_dispatcher(self, registry: JobRegistry[Any], *, timeout: float,
-                               hanging: bool) -> None:
+    def unreachable_dispatcher(
+        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
+    ) -> None:
         return None
 
 

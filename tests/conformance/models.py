@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from datetime import date, datetime
@@ -76,4 +77,4 @@ class Runs:
     def gaps(self) -> list[float]:
         with self._lock:
             times = [t for t, _ in self.calls]
-        return [b - a for a, b in zip(times, times[1:])]
+        return [b - a for a, b in itertools.pairwise(times)]

@@ -37,7 +37,9 @@ def test_C10_payload_survives_the_trip_unchanged(
         runs.add(payload)
 
     original = {
-        "when": datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        "when": datetime(
+            2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone(timedelta(hours=5, minutes=30))
+        ),
         "day": date(2024, 2, 29),
         "ident": uuid4(),
         "amount": Decimal("12345678901234567890.000000001"),
@@ -45,7 +47,7 @@ def test_C10_payload_survives_the_trip_unchanged(
         "address": Address(street="Straße 1", city="Zürich"),
         "tags": ["α", "β", "🚀"],
         "nickname": None,
-        "text": "naïve café — 日本語 \u0000 \n\"quoted\"",
+        "text": 'naïve café — 日本語 \u0000 \n"quoted"',
     }
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
         s.dispatcher.dispatch_sync(handler, original)

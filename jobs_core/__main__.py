@@ -1,0 +1,161 @@
+"""`python -m jobs_core`: list an app's jobs, dispatch one, or start the configured backend's worker.
+
+    python -m jobs_core list myapp.jobs:jobs [--json]
+    python -m jobs_core dispatch myapp.jobs:jobs mail.welcome '{"email": "a@example.com"}'
+    python -m jobs_core worker myapp.jobs:jobs --context myapp.infra:create_context [-- extra]
+
+The backend is `JOBS_BACKEND` (default `inline`); `worker` passes unknown options to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from .config import import_backend, import_string, load_settings, resolve_backend_factory
+from .errors import JobsError
+from .job import JobRegistry
+
+
+def load_registry(target: str) -> JobRegistry[Any]:
+    """Import `module:attribute` and check that it is a `JobRegistry`."""
+    registry = import_string(target, "APP:REGISTRY")
+    if not isinstance(registry, JobRegistry):
+        raise JobsError(f"{target} is a {type(registry).__name__}, not a JobRegistry")
+    return registry
+
+
+def load_context(target: str | None) -> Any:
+    return import_string(target, "--context") if target else None
+
+
+def _describe(registry: JobRegistry[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": job.name,
+            "retry": {
+                "attempts": job.retry.attempts,
+                "min_backoff_seconds": job.retry.min_backoff.total_seconds(),
+                "max_backoff_seconds": job.retry.max_backoff.total_seconds(),
+                "jitter": job.retry.jitter,
+            },
+            "has_on_failure": job.on_failure is not None,
+            "payload_schema": job.payload_model.model_json_schema(),
+        }
+        for job in registry
+    ]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    described = _describe(load_registry(args.registry))
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    for job in described:
+        retry = job["retry"]
+        print(
+            f"{job['name']}  retry: attempts={retry['attempts']} "
+            f"backoff={retry['min_backoff_seconds']:g}s..{retry['max_backoff_seconds']:g}s "
+            f"jitter={retry['jitter']}"
+        )
+        print(f"  payload schema: {json.dumps(job['payload_schema'], sort_keys=True)}")
+    return 0
+
+
+def cmd_dispatch(args: argparse.Namespace) -> int:
+    registry = load_registry(args.registry)
+    job = registry[args.name]
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise JobsError(f"the payload is not valid JSON: {exc}") from None
+    settings = load_settings()
+    factory = resolve_backend_factory(settings.backend)
+    dispatcher = factory(settings, context=load_context(args.context), instrumentation=None)
+    try:
+        receipt = dispatcher.dispatch_sync(
+            job,
+            payload,
+            delay=timedelta(seconds=args.delay) if args.delay else None,
+            idempotency_key=args.idempotency_key,
+        )
+    finally:
+        close = getattr(dispatcher, "close", None)
+        if close is not None:
+            close()
+    print(
+        json.dumps(
+            {
+                "job": receipt.job_name,
+                "dispatch_id": receipt.dispatch_id,
+                "backend": receipt.backend,
+                "deduplicated": receipt.deduplicated,
+            }
+        )
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
+    settings = load_settings()
+    if settings.backend == "inline":
+        raise JobsError(
+            "JOBS_BACKEND is 'inline': jobs run inside dispatch, there is no worker to start. "
+            "Set JOBS_BACKEND to celery, dramatiq or inngest."
+        )
+    if ":" in settings.backend:
+        raise JobsError("`worker` starts built-in backends only; start a third-party one its way")
+    module = import_backend(settings.backend)
+    registry = load_registry(args.registry)
+    code: int = module.run_worker(
+        registry, context=load_context(args.context), settings=settings, argv=extra
+    )
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs_core", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="list the jobs of a registry")
+    p_list.add_argument("registry", metavar="APP:REGISTRY")
+    p_list.add_argument("--json", action="store_true", help="print JSON")
+
+    p_dispatch = sub.add_parser("dispatch", help="dispatch one job through JOBS_BACKEND")
+    p_dispatch.add_argument("registry", metavar="APP:REGISTRY")
+    p_dispatch.add_argument("name", help="the job's name")
+    p_dispatch.add_argument("payload", metavar="JSON", help="the payload as a JSON object")
+    p_dispatch.add_argument("--delay", type=float, default=0.0, help="seconds to wait")
+    p_dispatch.add_argument("--idempotency-key", default=None)
+    p_dispatch.add_argument("--context", metavar="MODULE:FACTORY", help="inline only")
+
+    p_worker = sub.add_parser("worker", help="run the JOBS_BACKEND worker for a registry")
+    p_worker.add_argument("registry", metavar="APP:REGISTRY")
+    p_worker.add_argument("--context", metavar="MODULE:FACTORY", help="context or factory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    try:
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "dispatch":
+            return cmd_dispatch(args)
+        return cmd_worker(args, extra)
+    except JobsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Core behaviour outside the backend contract: errors, settings, run_job, inline options."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from backends.inline import InlineDispatcher
+from jobs_core import (
+    DispatchError,
+    JobConfigError,
+    JobFailedError,
+    JobPayloadError,
+    JobRegistry,
+    JobsSettings,
+    PermanentError,
+    Retry,
+    RetryLater,
+    run_job,
+    run_job_sync,
+)
+from jobs_core.config import load_settings, redact_url
+from jobs_core.payload import parse_payload, to_wire, validate_payload
+from jobs_core.testing import RecordingInstrumentation
+
+
+class Item(BaseModel):
+    sku: str
+    qty: int = 1
+
+
+def test_job_call_runs_handler_once_without_retries() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    seen: list[Item] = []
+
+    @jobs.job("t.call")
+    async def handler(payload: Item, ctx: Any) -> None:
+        seen.append(payload)
+        raise RuntimeError("no retry here")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(handler.call({"sku": "a"}, None))
+    assert seen == [Item(sku="a")]
+    with pytest.raises(JobPayloadError):
+        asyncio.run(handler.call({"qty": 2}, None))
+
+
+def test_payload_error_names_job_and_fields_and_pickles() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.payload", payload=Item, handle=lambda p, c: None)
+    with pytest.raises(JobPayloadError) as caught:
+        validate_payload(job, {"qty": "many"})
+    error = caught.value
+    assert error.job_name == "t.payload"
+    assert {e["loc"] for e in error.errors} == {("sku",), ("qty",)}
+    assert "t.payload" in str(error) and "sku" in str(error) and "qty" in str(error)
+    assert isinstance(error, ValueError)
+    clone = pickle.loads(pickle.dumps(error))
+    assert clone.job_name == error.job_name and str(clone) == str(error)
+
+
+@pytest.mark.parametrize("raw", [b"not json", "[1, 2]", "{}", 7, None, b"\xff\xfe", "{" * 5000])
+def test_parse_payload_only_raises_job_payload_error(raw: Any) -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.parse", payload=Item, handle=lambda p, c: None)
+    with pytest.raises(JobPayloadError):
+        parse_payload(job, raw)
+    assert parse_payload(job, '{"sku": "x"}') == Item(sku="x")
+    assert parse_payload(job, b'{"sku": "x", "qty": 3}') == Item(sku="x", qty=3)
+
+
+def test_oversized_payload_is_refused_naming_the_limit() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.big", payload=Item, handle=lambda p, c: None)
+    with pytest.raises(JobPayloadError, match="limit is 100 bytes"):
+        to_wire(job, Item(sku="x" * 200), max_bytes=100)
+    dispatcher = InlineDispatcher(max_payload_bytes=100)
+    with pytest.raises(JobPayloadError, match="JOBS_MAX_PAYLOAD_BYTES"):
+        dispatcher.dispatch_sync(job, {"sku": "x" * 200})
+
+
+def test_errors_say_what_to_change() -> None:
+    assert "could not dispatch job 'a'" in str(DispatchError("a", ConnectionError("refused")))
+    assert pickle.loads(pickle.dumps(DispatchError("a", "down"))).job_name == "a"
+    later = RetryLater(2.5)
+    assert later.delay == timedelta(seconds=2.5)
+    assert pickle.loads(pickle.dumps(later)).delay == timedelta(seconds=2.5)
+    with pytest.raises(ValueError):
+        RetryLater(-1)
+    failed = JobFailedError("a", PermanentError("x"), 1)
+    assert "gave up after 1 run(s)" in str(failed)
+
+
+def test_settings_from_environment_and_secrets_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBS_BACKEND", "celery")
+    monkeypatch.setenv("JOBS_BROKER_URL", "redis://user:s3cret-pw@host:6379/1")
+    monkeypatch.setenv("JOBS_QUEUE", "mail")
+    monkeypatch.setenv("JOBS_DISPATCH_TIMEOUT", "2.5")
+    settings = load_settings()
+    assert (settings.backend, settings.queue, settings.dispatch_timeout) == ("celery", "mail", 2.5)
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings)
+    assert settings.redacted_broker_url == "redis://user:***@host:6379/1"
+    assert redact_url("amqp://guest:guest@localhost:5672//") == "amqp://guest:***@localhost:5672//"
+    assert redact_url("redis://:only-pass@h/0") == "redis://:***@h/0"
+    monkeypatch.setenv("JOBS_DISPATCH_TIMEOUT", "-1")
+    with pytest.raises(JobConfigError, match="JOBS_DISPATCH_TIMEOUT: Input should be greater than 0"):
+        load_settings()
+
+
+def test_sync_job_runs_without_an_event_loop() -> None:
+    """Sync handlers see no running loop (Django's ORM refuses to run inside one)."""
+    jobs: JobRegistry[Any] = JobRegistry()
+    loops: list[bool] = []
+
+    def handler(payload: Item, ctx: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+            loops.append(True)
+        except RuntimeError:
+            loops.append(False)
+
+    job = jobs.define_job("t.noloop", handle=handler)
+    outcome = run_job_sync(job, {"sku": "a"}, context=None, attempt=0, dispatch_id="d", backend="t")
+    assert outcome.completed and loops == [False]
+
+
+def test_async_jobs_reuse_one_loop_per_thread() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    loops: list[int] = []
+
+    @jobs.job("t.loop")
+    async def handler(payload: Item, ctx: Any) -> None:
+        loops.append(id(asyncio.get_running_loop()))
+
+    def work() -> None:
+        for _ in range(3):
+            run_job_sync(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t")
+
+    work()
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(10)
+    assert len(set(loops[:3])) == 1 and len(set(loops[3:])) == 1 and loops[0] != loops[3]
+
+
+async def test_run_job_sync_refuses_a_running_loop_for_async_jobs() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+
+    @jobs.job("t.inloop")
+    async def handler(payload: Item, ctx: Any) -> None: ...
+
+    with pytest.raises(RuntimeError, match="await run_job"):
+        run_job_sync(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t")
+    outcome = await run_job(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t")
+    assert outcome.completed
+
+
+def test_on_failure_errors_do_not_break_the_worker(caplog: pytest.LogCaptureFixture) -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+
+    def hook(error: BaseException, payload: Any, ctx: Any) -> None:
+        raise KeyError("hook bug")
+
+    @jobs.job("t.hook", retry=Retry(attempts=0), on_failure=hook)
+    def handler(payload: Item, ctx: Any) -> None:
+        raise PermanentError("no")
+
+    outcome = run_job_sync(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id="x", backend="t")
+    assert outcome.gave_up and isinstance(outcome.error, PermanentError)
+    assert "on_failure raised" in caplog.text
+
+
+def test_context_factory_failure_is_retried_like_a_handler_error() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+
+    @jobs.job("t.ctxfail", retry=Retry(attempts=1))
+    def handler(payload: Item, ctx: Any) -> None: ...
+
+    def broken() -> Any:
+        raise ConnectionError("db down")
+
+    outcome = run_job_sync(handler, {"sku": "a"}, context=broken, attempt=0, dispatch_id=None, backend="t")
+    assert outcome.should_retry and isinstance(outcome.error, ConnectionError)
+
+
+def test_inline_raises_job_failed_error_or_calls_on_error() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+
+    @jobs.job("t.inline", retry=Retry(attempts=2, min_backoff=timedelta(0), max_backoff=timedelta(0)))
+    def handler(payload: Item, ctx: Any) -> None:
+        raise RuntimeError("nope")
+
+    with pytest.raises(JobFailedError) as caught:
+        InlineDispatcher().dispatch_sync(handler, {"sku": "a"})
+    assert caught.value.runs == 3 and isinstance(caught.value.error, RuntimeError)
+
+    seen: list[tuple[BaseException, str]] = []
+    dispatcher = InlineDispatcher(on_error=lambda e, job: seen.append((e, job.name)))
+    receipt = dispatcher.dispatch_sync(handler, {"sku": "a"})
+    assert receipt.backend == "inline" and [name for _, name in seen] == ["t.inline"]
+
+
+def test_inline_wait_backoff_waits_the_schedule() -> None:
+    import time
+
+    jobs: JobRegistry[Any] = JobRegistry()
+    times: list[float] = []
+    retry = Retry(attempts=2, min_backoff=timedelta(milliseconds=100), max_backoff=timedelta(seconds=1), jitter=False)
+
+    @jobs.job("t.wait", retry=retry)
+    def handler(payload: Item, ctx: Any) -> None:
+        times.append(time.monotonic())
+        raise RuntimeError("x")
+
+    InlineDispatcher(on_error=lambda e, j: None, wait_backoff=True).dispatch_sync(handler, {"sku": "a"})
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2, gaps
+
+
+def test_instrumentation_failure_never_breaks_a_job(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def record(self, event: Any) -> None:
+            raise RuntimeError("metrics down")
+
+    jobs: JobRegistry[Any] = JobRegistry()
+    ran: list[int] = []
+    job = jobs.define_job("t.inst", payload=Item, handle=lambda p, c: ran.append(1))
+    InlineDispatcher(instrumentation=Broken()).dispatch_sync(job, {"sku": "a"})
+    assert ran == [1] and "failed to record" in caplog.text
+
+
+def test_recording_instrumentation_wait_for_times_out() -> None:
+    events = RecordingInstrumentation()
+    assert events.wait_for(lambda evs: len(evs) > 0, timeout=0.05) is False
