@@ -1,0 +1,178 @@
+"""The Dramatiq backend's harness: a real Redis broker and a real in-process `dramatiq.Worker`.
+
+Each session gets its own broker object and a unique queue (Dramatiq brokers keep their actor
+declarations, and a shared queue would let one test's messages reach another's worker); the
+worker runs the test's registry through `backends.dramatiq.register_actors`, exactly as a
+production worker does. On exit the worker stops (bounded), the broker and dispatcher close,
+and the session's keys are deleted.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dramatiq
+import redis
+
+from backends.dramatiq import (
+    NAMESPACE,
+    DramatiqDispatcher,
+    close_broker,
+    make_worker_broker,
+    new_queue_name,
+    register_actors,
+)
+from jobs_core import JobRegistry, JobsSettings
+from jobs_core.instrumentation import Instrumentation
+
+WORKER_THREADS = 4
+WORKER_TIMEOUT_MS = 50
+STOP_TIMEOUT_MS = 5_000
+
+
+def _hset_calls(client: redis.Redis) -> int:
+    """Server-wide count of HSET commands (Dramatiq's enqueue script runs one per message)."""
+    stats: dict[str, Any] = client.info("commandstats")
+    return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_hset",))
+
+
+class DramatiqSession:
+    def __init__(
+        self,
+        url: str,
+        registry: JobRegistry[Any],
+        context: Any,
+        instrumentation: Instrumentation,
+    ) -> None:
+        self.url = url
+        self.queue = new_queue_name("conf")
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        self.broker = make_worker_broker(url)
+        self.broker.declare_queue(self.queue)
+        register_actors(
+            registry,
+            context=context,
+            broker=self.broker,
+            instrumentation=instrumentation,
+            queue=self.queue,
+        )
+        self.dispatcher = DramatiqDispatcher(url, self.queue, instrumentation=instrumentation)
+        self.worker = dramatiq.Worker(
+            self.broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
+        )
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def close(self) -> None:
+        try:
+            self.worker.stop(timeout=STOP_TIMEOUT_MS)
+        finally:
+            close_broker(self.broker)
+            self.dispatcher.close()
+            try:
+                keys = list(self.client.scan_iter(match=f"{NAMESPACE}:*{self.queue}*", count=500))
+                if keys:
+                    self.client.delete(*keys)
+            finally:
+                self.client.close()
+
+    # -- BackendSession -------------------------------------------------------------------
+
+    def send_raw(self, job_name: str, data: Any) -> None:
+        message: Any = dramatiq.Message(
+            queue_name=self.queue, actor_name=job_name, args=(data,), kwargs={}, options={}
+        )
+        self.broker.enqueue(message)
+
+    def dead_letters(self) -> list[str]:
+        decode = dramatiq.get_encoder().decode
+        raw: list[bytes] = self.client.hvals(f"{NAMESPACE}:{self.queue}.XQ.msgs")  # type: ignore[assignment]
+        return [str(decode(data)["actor_name"]) for data in raw]
+
+    def enqueued_count(self) -> int:
+        return _hset_calls(self.client)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def _hanging_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel completes the handshake from the listen
+    backlog) and never answers: what a hung broker looks like to a client."""
+    try:
+        from tests.support.hanging_server import HangingServer  # type: ignore[import-untyped]
+    except ImportError:
+        HangingServer = None
+    if HangingServer is not None:
+        with HangingServer() as server:
+            yield int(server.port)
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield int(sock.getsockname()[1])
+
+
+class DramatiqHarness:
+    name = "dramatiq"
+    durable = True
+    has_worker_queue = True
+
+    def __init__(self, resources: Any) -> None:
+        self.resources = resources
+
+    @property
+    def url(self) -> str:
+        url: str = self.resources.redis_url(2)
+        return url
+
+    @contextmanager
+    def session(
+        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
+    ) -> Iterator[DramatiqSession]:
+        session = DramatiqSession(self.url, registry, context, instrumentation)
+        try:
+            session.start()
+            yield session
+        finally:
+            session.close()
+
+    def settings(self) -> JobsSettings:
+        return JobsSettings(backend="dramatiq", broker_url=self.url, queue="conformance")
+
+    def environment(self) -> dict[str, str]:
+        return {"JOBS_BROKER_URL": self.url, "JOBS_QUEUE": "conformance"}
+
+    @contextmanager
+    def unreachable_dispatcher(
+        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
+    ) -> Iterator[DramatiqDispatcher]:
+        def make(port: int) -> DramatiqDispatcher:
+            return DramatiqDispatcher(f"redis://127.0.0.1:{port}/0", "unreachable", timeout=timeout)
+
+        if hanging:
+            with _hanging_port() as port:
+                dispatcher = make(port)
+                try:
+                    yield dispatcher
+                finally:
+                    dispatcher.close()
+        else:
+            dispatcher = make(_free_port())
+            try:
+                yield dispatcher
+            finally:
+                dispatcher.close()
+
+
+def make_harness(resources: Any) -> DramatiqHarness:
+    return DramatiqHarness(resources)

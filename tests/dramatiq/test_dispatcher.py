@@ -1,0 +1,158 @@
+"""The Dramatiq producer and actor wiring, against a real Redis (no worker needed)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+
+from backends.dramatiq import (
+    DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    DEFAULT_MAINTENANCE_CHANCE,
+    DramatiqDispatcher,
+    JobGaveUp,
+    close_broker,
+    make_worker_broker,
+    register_actors,
+)
+from jobs_core import JobRegistry, Retry
+from tests.dramatiq.app import Work, jobs, work
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer() as made:
+        yield made
+
+
+@pytest.fixture
+def url(server: Any) -> Iterator[str]:
+    server.client(3).flushdb()
+    yield server.url_for_db(3)
+
+
+def _messages(client: redis.Redis, queue: str) -> list[dramatiq.Message[Any]]:
+    ids: list[bytes] = client.lrange(f"dramatiq:{queue}", 0, -1)  # type: ignore[assignment]
+    raw: list[bytes] = client.hmget(f"dramatiq:{queue}.msgs", ids)  # type: ignore[arg-type,assignment]
+    return [dramatiq.Message.decode(data) for data in raw]
+
+
+def test_messages_are_what_actor_send_makes(url: str) -> None:
+    dispatcher = DramatiqDispatcher(url, "fmt")
+    try:
+        receipt = dispatcher.dispatch_sync(work, {"n": 7})
+    finally:
+        dispatcher.close()
+    [message] = _messages(redis.Redis.from_url(url), "fmt")
+    assert message.actor_name == "durability.work"
+    assert message.queue_name == "fmt"
+    assert message.message_id == receipt.dispatch_id
+    assert message.args == (Work(n=7).model_dump(mode="json"),)
+    assert message.kwargs == {}
+    assert abs(message.message_timestamp - time.time() * 1000) < 5_000
+
+
+def test_delay_goes_to_the_delay_queue_with_an_eta(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    dispatcher = DramatiqDispatcher(url, "later")
+    try:
+        before = time.time() * 1000
+        dispatcher.dispatch_sync(work, {"n": 1}, delay=timedelta(seconds=30))
+        dispatcher.dispatch_sync(work, {"n": 2}, run_at=datetime.now(timezone.utc) - timedelta(1))
+    finally:
+        dispatcher.close()
+    [delayed] = _messages(client, "later.DQ")
+    assert delayed.queue_name == "later.DQ"
+    assert before + 29_000 < delayed.options["eta"] < before + 31_000
+    [past] = _messages(client, "later")  # a run_at in the past: straight to the queue
+    assert "eta" not in past.options
+
+
+def test_dispatch_many_is_one_round_trip(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    dispatcher = DramatiqDispatcher(url, "many")
+    try:
+        dispatcher.dispatch_sync(work, {"n": -1})  # connect and load the script first
+        sent: list[int] = []
+        original = redis.connection.Connection.send_packed_command
+
+        def counting(self: Any, command: Any, check_health: bool = True) -> None:
+            sent.append(1)
+            original(self, command, check_health)
+
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+        receipts = dispatcher.dispatch_many_sync([(work, {"n": n}) for n in range(500)])
+    finally:
+        dispatcher.close()
+    assert len(sent) == 1
+    assert len({r.dispatch_id for r in receipts}) == 500
+    assert len(_messages(redis.Redis.from_url(url), "many")) == 501
+
+
+def test_an_empty_script_cache_is_reloaded(url: str, server: Any) -> None:
+    dispatcher = DramatiqDispatcher(url, "noscript")
+    try:
+        dispatcher.dispatch_sync(work, {"n": 0})
+        server.client().script_flush()
+        dispatcher.dispatch_sync(work, {"n": 1})
+        server.client().script_flush()
+        dispatcher.dispatch_many_sync([(work, {"n": n}) for n in range(2, 12)])
+    finally:
+        dispatcher.close()
+    numbers = sorted(m.args[0]["n"] for m in _messages(redis.Redis.from_url(url), "noscript"))
+    assert numbers == list(range(12))
+
+
+def test_repr_hides_the_broker_password() -> None:
+    dispatcher = DramatiqDispatcher("redis://user:s3cret@127.0.0.1:1/0", "q")
+    try:
+        assert "s3cret" not in repr(dispatcher)
+        assert "***" in repr(dispatcher)
+    finally:
+        dispatcher.close()
+
+
+def test_actors_carry_the_core_policy(url: str) -> None:
+    registry = JobRegistry[Any]()
+
+    @registry.job("policy.none", retry=Retry(attempts=0))
+    def none(payload: Work, ctx: Any) -> None: ...
+
+    broker = make_worker_broker(url)
+    try:
+        register_actors(registry, broker=broker, queue="policy")
+        register_actors(jobs, broker=broker, queue="policy")
+        for name, attempts in [("policy.none", 0), ("durability.work", 3)]:
+            actor = broker.get_actor(name)
+            assert actor.queue_name == "policy"
+            assert actor.options["max_retries"] == attempts  # never Dramatiq's 20
+            assert actor.options["throws"] == (JobGaveUp,)
+        assert actor.options["min_backoff"] == 100
+        assert actor.options["max_backoff"] == 3_600_000
+        assert broker.heartbeat_timeout == DEFAULT_HEARTBEAT_TIMEOUT_MS  # type: ignore[attr-defined]
+        assert broker.maintenance_chance == DEFAULT_MAINTENANCE_CHANCE  # type: ignore[attr-defined]
+        names = {type(m).__name__ for m in broker.middleware}
+        assert "TimeLimit" not in names and "Retries" in names and "JobsMiddleware" in names
+    finally:
+        close_broker(broker)
+
+
+def test_unknown_script_layout_falls_back_to_broker_enqueue(url: str) -> None:
+    dispatcher = DramatiqDispatcher(url, "fallback")
+    dispatcher._sender.layout_ok = False  # type: ignore[union-attr]  # another Dramatiq version
+    try:
+        dispatcher.dispatch_sync(work, {"n": 0})
+        dispatcher.dispatch_many_sync([(work, {"n": 1}), (work, {"n": 2})])
+        dispatcher.dispatch_sync(work, {"n": 3}, delay=timedelta(seconds=30))
+    finally:
+        dispatcher.close()
+    client = redis.Redis.from_url(url)
+    assert sorted(m.args[0]["n"] for m in _messages(client, "fallback")) == [0, 1, 2]
+    [delayed] = _messages(client, "fallback.DQ")
+    assert delayed.args[0]["n"] == 3 and "eta" in delayed.options

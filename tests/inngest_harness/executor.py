@@ -1,0 +1,348 @@
+"""The executor half of the stand-in Inngest server: drives runs against the SDK over HTTP.
+
+For each run it POSTs the executor request to the function's registered URL
+(``?fnId=<app>-<fn>&stepId=step``), signed in cloud mode, and follows the SDK's answer the way
+Inngest does: 200 = completed; 206 = step ops (``StepRun``/``StepFailed`` memoised into
+``steps``, ``StepError`` retried then memoised, ``StepPlanned`` targeted next via ``stepId``,
+``Sleep`` waited); anything else = error, retried up to the function's ``retries``
+(``x-inngest-no-retry: true`` stops at once, ``retry-after`` sets the time of the next try,
+otherwise ``retry_delay``). Attempts are counted per step, as Inngest does: ``ctx.attempt``
+goes back to 0 after each step that completes.
+
+A scheduler thread waits on a condition for the next due call and hands it to a small thread
+pool; each run has at most one call in flight.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import heapq
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from .protocol import (
+    H_NO_RETRY,
+    H_REQUEST_ID,
+    H_RETRY_AFTER,
+    H_SERVER_KIND,
+    H_SIGNATURE,
+    Q_STEP_ID,
+    UNSPECIFIED_STEP_ID,
+    canonical_json,
+    new_ulid,
+    parse_retry_after,
+    sign_body,
+    verify_response_signature,
+)
+from .records import Attempt, RegisteredFunction, Run
+
+_USER_AGENT = "inngest-test-harness (stand-in for the Inngest executor)"
+_MAX_CALLS_PER_RUN = 1000
+"""Guards against an SDK answering 206 forever: the run fails past this many calls."""
+
+
+class ExecutorSettings(Protocol):
+    """The knobs the executor reads on every call (tests may change them mid-test)."""
+
+    signing_key: str | None
+    retry_delay: float
+    signature_offset: float
+
+    @property
+    def server_kind(self) -> Literal["dev", "cloud"]: ...
+
+
+@dataclasses.dataclass
+class _RunState:
+    """Executor-private progress of a run (what Inngest keeps in its state store)."""
+
+    fn: RegisteredFunction
+    attempt: int = 0
+    stack: list[str] = dataclasses.field(default_factory=list)
+    planned: list[str] = dataclasses.field(default_factory=list)
+    not_before: float = 0.0
+    """Wall-clock epoch seconds before which the next call must not start."""
+
+
+class Executor:
+    """Runs functions for the harness; shares the harness's lock and change condition."""
+
+    def __init__(
+        self,
+        *,
+        settings: ExecutorSettings,
+        lock: threading.RLock,
+        changed: threading.Condition,
+        on_failed: Callable[[Run], str | None],
+        call_timeout: float,
+        workers: int,
+    ) -> None:
+        """
+        Args:
+            settings: signing key, retry delay, signature offset, server kind.
+            lock: the harness lock; every record change happens under it.
+            changed: notified (lock held) after every change, for test waits.
+            on_failed: called (lock held) when a run fails for good; returns the id of the
+                ``inngest/function.failed`` event it emitted, if any.
+            call_timeout: seconds for one HTTP call to the SDK.
+            workers: calls in flight at once.
+        """
+        self._settings = settings
+        self._lock = lock
+        self._changed = changed
+        self._wake = threading.Condition(lock)
+        self._on_failed = on_failed
+        self.runs: dict[str, Run] = {}
+        self._states: dict[str, _RunState] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._stopping = False
+        self._http = httpx.Client(
+            timeout=call_timeout,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={"user-agent": _USER_AGENT},
+        )
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="inngest-harness-call")
+        self._thread = threading.Thread(
+            target=self._scheduler_loop, name="inngest-harness-scheduler", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop scheduling, let in-flight calls end, close the client. True if all stopped."""
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._thread.join(timeout)
+        self._http.close()
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ runs
+
+    def new_run(self, fn: RegisteredFunction, event: dict[str, Any]) -> Run:
+        """Create a run of ``fn`` for ``event``; first call at the event's ``ts`` (lock held)."""
+        run = Run(run_id=new_ulid(), function_id=fn.id, event=event, created_at=time.time())
+        self.runs[run.run_id] = run
+        self._states[run.run_id] = _RunState(fn=fn)
+        self._schedule(run.run_id, float(event.get("ts") or 0) / 1000.0)
+        self._changed.notify_all()
+        return run
+
+    def failed_run(self, function_id: str, event: dict[str, Any], error: Any) -> Run:
+        """Record a run that failed before any call (e.g. unknown function; lock held)."""
+        now = time.time()
+        run = Run(
+            run_id=new_ulid(),
+            function_id=function_id,
+            event=event,
+            status="failed",
+            error=error,
+            created_at=now,
+            finished_at=now,
+        )
+        self.runs[run.run_id] = run
+        self._changed.notify_all()
+        return run
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _schedule(self, run_id: str, not_before: float) -> None:
+        """Queue the run's next call for no earlier than wall time ``not_before`` (lock held)."""
+        if self._stopping:
+            return
+        self._states[run_id].not_before = not_before
+        due = time.monotonic() + max(0.0, not_before - time.time())
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, run_id))
+        self._wake.notify_all()
+
+    def _scheduler_loop(self) -> None:
+        with self._lock:
+            while not self._stopping:
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                delay = self._heap[0][0] - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                _, _, run_id = heapq.heappop(self._heap)
+                self._pool.submit(self._call, run_id)
+
+    # ------------------------------------------------------------------ one call
+
+    def _call(self, run_id: str) -> None:
+        """Make one executor call for ``run_id`` and act on the SDK's answer."""
+        settings = self._settings
+        with self._lock:
+            if self._stopping:
+                return
+            run, state = self.runs[run_id], self._states[run_id]
+            if time.time() < state.not_before:  # monotonic and wall clocks disagreed
+                self._schedule(run_id, state.not_before)
+                return
+            if len(run.attempts) >= _MAX_CALLS_PER_RUN:
+                self._finish(run, "failed", error={"message": "harness: too many calls"})
+                return
+            step_id = state.planned[0] if state.planned else UNSPECIFIED_STEP_ID
+            request: dict[str, Any] = {
+                "ctx": {
+                    "attempt": state.attempt,
+                    "disable_immediate_execution": False,
+                    "max_attempts": state.fn.retries + 1,
+                    "run_id": run.run_id,
+                    "stack": {"stack": list(state.stack)},
+                },
+                "event": run.event,
+                "events": [run.event],
+                "steps": copy.deepcopy(run.steps),
+                "use_api": False,
+            }
+            attempt = Attempt(
+                attempt=state.attempt, step_id=step_id, started_at=time.time(), request=request
+            )
+            run.attempts.append(attempt)
+            self._changed.notify_all()
+            url = _with_query(state.fn.url, {Q_STEP_ID: step_id})
+            body = canonical_json(request)
+
+        headers = {
+            "content-type": "application/json",
+            H_SERVER_KIND: settings.server_kind,
+            H_REQUEST_ID: new_ulid(),
+        }
+        if settings.signing_key is not None:
+            stamp = int(time.time() + settings.signature_offset)
+            headers[H_SIGNATURE] = sign_body(body, settings.signing_key, timestamp=stamp)
+        status: int | None = None
+        res_headers: dict[str, str] = {}
+        res_body: Any = None
+        raw = b""
+        error: str | None = None
+        try:
+            res = self._http.post(url, content=body, headers=headers)
+            status, raw = res.status_code, res.content
+            res_headers = {k.lower(): v for k, v in res.headers.items()}
+            res_body = parse_body(raw)
+            if status == 201 and isinstance(res_body, dict) and "status" in res_body:
+                # Streaming mode (INNGEST_STREAMING=force): the real answer is in the body.
+                status = int(res_body["status"])
+                res_headers.update({k.lower(): v for k, v in res_body.get("headers", {}).items()})
+                inner = res_body.get("body")
+                res_body = parse_body(inner.encode()) if isinstance(inner, str) else inner
+        except (httpx.HTTPError, RuntimeError) as err:  # RuntimeError: client closed on stop
+            error = f"{type(err).__name__}: {err}"
+
+        with self._lock:
+            attempt.finished_at = time.time()
+            attempt.status_code = status
+            attempt.headers = res_headers
+            attempt.body = res_body
+            attempt.transport_error = error
+            if settings.signing_key is not None and status is not None:
+                attempt.signature_valid = verify_response_signature(
+                    raw, res_headers.get(H_SIGNATURE), settings.signing_key
+                )
+            self._on_answer(run, state, attempt)
+            self._changed.notify_all()
+
+    def _on_answer(self, run: Run, state: _RunState, attempt: Attempt) -> None:
+        """Follow the SDK's answer like Inngest's executor (lock held)."""
+        if attempt.status_code == 200:
+            self._finish(run, "completed", output=attempt.body)
+            return
+        if attempt.status_code == 206 and isinstance(attempt.body, list):
+            self._on_steps(run, state, attempt)
+            return
+        body = attempt.body
+        error = body if body is not None else {"message": attempt.transport_error}
+        no_retry = attempt.headers.get(H_NO_RETRY) == "true" or (
+            isinstance(body, dict) and body.get("code") == "function_not_found"
+        )
+        if no_retry or state.attempt >= state.fn.retries:
+            self._finish(run, "failed", error=error)
+            return
+        state.attempt += 1
+        retry_at = parse_retry_after(attempt.headers.get(H_RETRY_AFTER))
+        if retry_at is None:
+            retry_at = time.time() + self._settings.retry_delay
+        self._schedule(run.run_id, retry_at)
+
+    def _on_steps(self, run: Run, state: _RunState, attempt: Attempt) -> None:
+        """206: memoise finished steps, queue planned ones, retry errored ones (lock held)."""
+        not_before = time.time()
+        retry = False
+        no_retry = attempt.headers.get(H_NO_RETRY) == "true"
+
+        def memo(step_id: str, value: Any) -> None:
+            run.steps[step_id] = value
+            state.stack.append(step_id)
+            if step_id in state.planned:
+                state.planned.remove(step_id)
+            state.attempt = 0  # Inngest counts attempts per step
+
+        for op in attempt.body:
+            kind, step_id = op.get("op"), str(op.get("id"))
+            if kind == "StepRun":
+                memo(step_id, {"data": op.get("data")})
+            elif kind == "StepFailed":
+                memo(step_id, {"error": op.get("error")})
+            elif kind == "StepError":
+                if no_retry or state.attempt >= state.fn.retries:
+                    memo(step_id, {"error": op.get("error")})
+                else:
+                    retry = True
+            elif kind == "StepPlanned":
+                if step_id not in state.planned:
+                    state.planned.append(step_id)
+            elif kind == "Sleep":
+                until = parse_retry_after(op.get("name"))  # the SDK puts the ISO time in name
+                memo(step_id, None)
+                if until is not None:
+                    not_before = max(not_before, until)
+            else:
+                self._finish(run, "failed", error={"message": f"harness: unsupported op {kind}"})
+                return
+        if retry:
+            state.attempt += 1
+            not_before = max(not_before, time.time() + self._settings.retry_delay)
+        self._schedule(run.run_id, not_before)
+
+    def _finish(
+        self,
+        run: Run,
+        status: Literal["completed", "failed"],
+        *,
+        output: Any = None,
+        error: Any = None,
+    ) -> None:
+        """Close a run; a failure is reported to ``on_failed`` (lock held)."""
+        run.status, run.output, run.error, run.finished_at = status, output, error, time.time()
+        if status == "failed":
+            run.failure_event_id = self._on_failed(run)
+
+
+def parse_body(raw: bytes) -> Any:
+    """JSON when it is JSON, else the text (None for an empty body)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+def _with_query(url: str, params: dict[str, str]) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    query.update(params)
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))

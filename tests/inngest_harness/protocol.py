@@ -1,0 +1,200 @@
+"""Wire-level pieces of the Inngest protocol, as the Python SDK 0.5.19 reads and writes them.
+
+Everything here mirrors code in the installed SDK (``inngest/_internal``); the module and line
+each piece copies is named in its docstring, so a reader can check it after an SDK upgrade.
+Nothing here talks to the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import email.utils
+import hashlib
+import hmac
+import json
+import os
+import re
+import time
+import urllib.parse
+from typing import Any, Final
+
+import jcs  # type: ignore[import-untyped]  # the SDK's own canonical-JSON dependency
+
+# Header names (inngest/_internal/server_lib/consts.py, HeaderKey).
+H_SIGNATURE: Final = "x-inngest-signature"
+H_SERVER_KIND: Final = "x-inngest-server-kind"
+H_EXPECTED_SERVER_KIND: Final = "x-inngest-expected-server-kind"
+H_NO_RETRY: Final = "x-inngest-no-retry"
+H_RETRY_AFTER: Final = "retry-after"
+H_SYNC_KIND: Final = "x-inngest-sync-kind"
+H_REQUEST_ID: Final = "x-request-id"
+H_EVENT_ID_SEED: Final = "x-inngest-event-id-seed"
+H_SDK_HANDLED: Final = "x-inngest-sdk-handled"
+
+# Query parameters the SDK's serve endpoint reads (QueryParamKey).
+Q_FN_ID: Final = "fnId"
+Q_STEP_ID: Final = "stepId"
+UNSPECIFIED_STEP_ID: Final = "step"
+"""``stepId=step`` means "no step targeted": the SDK runs the handler from the top."""
+
+FUNCTION_FAILED_EVENT: Final = "inngest/function.failed"
+"""The system event the SDK's ``on_failure`` function (``{fn_id}-failure``) is triggered by."""
+
+DEFAULT_RETRIES: Final = 4
+"""What Inngest uses when a function registers no ``retries`` (the SDK then omits the field)."""
+
+_SIGNING_KEY_PREFIX = re.compile(r"^signkey-[\w]+-")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def strip_signing_key_prefix(signing_key: str) -> str:
+    """``signkey-test-abcd`` -> ``abcd`` (transforms.remove_signing_key_prefix)."""
+    match = _SIGNING_KEY_PREFIX.match(signing_key)
+    return signing_key[match.end() :] if match else signing_key
+
+
+def hash_signing_key(signing_key: str) -> str:
+    """The bearer token the SDK sends to the Inngest API (transforms.hash_signing_key).
+
+    It is sha256 over the key's *hex-decoded* bytes, so a signing key must be
+    ``signkey-<env>-<hex>``: a non-hex key makes the SDK raise ``ValueError`` while syncing.
+    """
+    return hashlib.sha256(bytes.fromhex(strip_signing_key_prefix(signing_key))).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) bytes, which is what both request signing and verification hash."""
+    out: bytes = jcs.canonicalize(value)
+    return out
+
+
+def sign_body(body: bytes, signing_key: str, *, timestamp: int | None = None) -> str:
+    """Make an ``X-Inngest-Signature`` value for a request body, as the Inngest server does.
+
+    Same algorithm as ``inngest._internal.net.sign_request``: HMAC-SHA256 keyed by the signing
+    key without its ``signkey-*-`` prefix, over the JCS-canonical body followed by the decimal
+    Unix timestamp in **seconds**; the value is ``t=<seconds>&s=<hex>``. An empty body is
+    hashed as empty. The SDK does not check the timestamp's age.
+    """
+    t = int(time.time()) if timestamp is None else timestamp
+    canonical = canonical_json(json.loads(body)) if body else b""
+    mac = hmac.new(strip_signing_key_prefix(signing_key).encode(), canonical, hashlib.sha256)
+    mac.update(str(t).encode())
+    return f"t={t}&s={mac.hexdigest()}"
+
+
+def verify_response_signature(body: bytes, header: str | None, signing_key: str) -> bool:
+    """Check the signature the SDK puts on its answer to a signed request.
+
+    The SDK signs the *raw* response bytes (not canonicalised) plus the timestamp
+    (net.sign_response); it only signs when the request carried a valid signature.
+    """
+    if not header:
+        return False
+    parsed = urllib.parse.parse_qs(header)
+    if "s" not in parsed:
+        return False
+    mac = hmac.new(strip_signing_key_prefix(signing_key).encode(), body, hashlib.sha256)
+    if "t" in parsed:
+        mac.update(parsed["t"][0].encode())
+    return hmac.compare_digest(parsed["s"][0], mac.hexdigest())
+
+
+def new_ulid(ms: int | None = None, entropy: bytes | None = None) -> str:
+    """A ULID (26 Crockford base-32 chars), the id format Inngest gives events and runs."""
+    millis = int(time.time() * 1000) if ms is None else ms
+    rand = os.urandom(10) if entropy is None else entropy[:10].ljust(10, b"\0")
+    value = ((millis & (2**48 - 1)) << 80) | int.from_bytes(rand, "big")
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def seeded_event_id(seed: str | None, index: int) -> str | None:
+    """The id Inngest derives for the ``index``-th id-less event of a request.
+
+    The SDK sends ``x-inngest-event-id-seed: <unix ms>,<base64 entropy>`` (client._seed) and
+    resends the *same* request on a 5xx, so ids derived from the seed make a resent batch
+    deduplicate instead of running twice. Returns None when the seed is absent or malformed.
+    """
+    if not seed or "," not in seed:
+        return None
+    millis_s, entropy_b64 = seed.split(",", 1)
+    try:
+        millis = int(millis_s)
+        entropy = base64.b64decode(entropy_b64, validate=True)
+    except ValueError:
+        return None
+    derived = hashlib.sha256(entropy + index.to_bytes(4, "big")).digest()
+    return new_ulid(millis, derived)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Wall-clock time (epoch seconds) a ``retry-after`` header asks to wait until.
+
+    The SDK sends an ISO-8601 UTC time with millisecond precision, truncated (not rounded):
+    ``2024-01-01T00:00:00.123Z`` (transforms.to_iso_utc), so it can be up to 1 ms earlier
+    than the ``RetryAfterError`` asked for. HTTP's integer seconds and HTTP-date forms are
+    accepted too. Returns None when absent or unparseable.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    current = time.time() if now is None else now
+    if value.isdigit():
+        return current + int(value)
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.timestamp()
+
+
+_CLAUSE = re.compile(
+    r"""^\s*event\.(?P<path>[A-Za-z_][\w.]*)\s*(?P<op>==|!=)\s*
+    (?:'(?P<sq>[^']*)'|"(?P<dq>[^"]*)"|(?P<lit>-?\d+(?:\.\d+)?|true|false|null))\s*$""",
+    re.VERBOSE,
+)
+
+
+class UnsupportedExpression(ValueError):
+    """A trigger expression outside the tiny subset the harness evaluates."""
+
+
+def expression_matches(expression: str | None, event: dict[str, Any]) -> bool:
+    """Evaluate a trigger ``expression`` (CEL in Inngest) against an event.
+
+    Only ``event.<path> == / != <literal>`` clauses joined by ``&&`` are understood: enough for
+    the SDK's on_failure trigger ``event.data.function_id == '<app>-<fn>'``. Anything else
+    raises UnsupportedExpression so a test never passes by accident.
+    """
+    if expression is None or expression.strip() == "":
+        return True
+    for clause in expression.split("&&"):
+        match = _CLAUSE.match(clause)
+        if match is None:
+            raise UnsupportedExpression(expression)
+        expected: Any
+        if match["sq"] is not None:
+            expected = match["sq"]
+        elif match["dq"] is not None:
+            expected = match["dq"]
+        else:
+            expected = json.loads(match["lit"])
+        actual: Any = event
+        for part in match["path"].split("."):
+            actual = actual.get(part) if isinstance(actual, dict) else None
+        if (actual == expected) != (match["op"] == "=="):
+            return False
+    return True
+
+
+def event_name_matches(pattern: str, name: str) -> bool:
+    """Trigger event match: exact, or a trailing ``*`` wildcard (``app/*``) as Inngest allows."""
+    if pattern.endswith("*"):
+        return name.startswith(pattern[:-1])
+    return pattern == name

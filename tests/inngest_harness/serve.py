@@ -1,0 +1,114 @@
+"""Serve SDK functions (or any ASGI app) in-process under uvicorn, on a free loopback port.
+
+The server runs in a background thread and is stopped on exit of the context manager. Start-up
+is awaited with a threading.Event set right after uvicorn's own ``startup`` (sockets
+listening), with a deadline, so no test sleeps on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import fastapi
+import inngest
+import inngest.fast_api
+import uvicorn
+
+DEFAULT_SERVE_PATH = "/api/inngest"
+
+
+class _ThreadedServer(uvicorn.Server):
+    """uvicorn.Server that signals when it is listening (or gave up starting)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+        self.failure: BaseException | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.ready.set()
+
+    def run_in_thread(self, sock: socket.socket) -> None:
+        try:
+            self.run(sockets=[sock])
+        except BaseException as err:  # uvicorn exits via SystemExit on start-up failure
+            self.failure = err
+        finally:
+            self.ready.set()
+
+
+@contextlib.contextmanager
+def run_asgi_app(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    startup_timeout: float = 10.0,
+    shutdown_timeout: float = 10.0,
+) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread; yield its base URL ``http://host:port``.
+
+    The port is bound here (port 0) before uvicorn starts, so it is known up front and
+    nothing else can take it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="auto",
+        timeout_graceful_shutdown=int(shutdown_timeout),
+    )
+    server = _ThreadedServer(config)
+    thread = threading.Thread(
+        target=server.run_in_thread, args=(sock,), name=f"uvicorn-{port}", daemon=True
+    )
+    thread.start()
+    try:
+        if not server.ready.wait(startup_timeout):
+            raise TimeoutError(f"uvicorn did not start within {startup_timeout}s")
+        if not server.started:
+            raise RuntimeError(f"uvicorn failed to start: {server.failure!r}")
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(shutdown_timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(shutdown_timeout)
+        sock.close()
+        if thread.is_alive():
+            raise RuntimeError(f"uvicorn on port {port} did not stop")
+
+
+@contextlib.contextmanager
+def serve_functions(
+    client: inngest.Inngest,
+    functions: list[inngest.Function[Any]],
+    *,
+    serve_path: str | None = None,
+    host: str = "127.0.0.1",
+    startup_timeout: float = 10.0,
+    shutdown_timeout: float = 10.0,
+) -> Iterator[str]:
+    """Serve ``functions`` with ``inngest.fast_api.serve`` and yield the serve URL.
+
+    The URL is ``http://127.0.0.1:<port>/api/inngest`` (or ``serve_path``): give it to
+    ``InngestHarness.register_app``. In cloud mode the client needs a signing key, or
+    ``serve`` raises ``SigningKeyMissingError`` here.
+    """
+    app = fastapi.FastAPI()
+    inngest.fast_api.serve(app, client, functions, serve_path=serve_path)
+    with run_asgi_app(
+        app, host=host, startup_timeout=startup_timeout, shutdown_timeout=shutdown_timeout
+    ) as base_url:
+        yield base_url + (serve_path or DEFAULT_SERVE_PATH)

@@ -1,0 +1,760 @@
+"""A small stand-in for the Inngest server (Event API + registration + executor), for tests only.
+
+The real Inngest Dev Server cannot be installed on these machines, so tests drive the SDK's
+real serve endpoint the way Inngest does, over loopback HTTP:
+
+* **Event API** ``POST /e/{event_key}``: takes the JSON array (or single object) that
+  ``client.send_sync`` posts, answers ``{"ids": [...], "status": 200}``, deduplicates event ids
+  for 24 h, honours ``ts`` (Unix ms) as "run no earlier than", records everything.
+* **Registration** ``POST /fn/register``: where the SDK's ``PUT`` handler sends the app's
+  function configs (out-of-band sync, dev and cloud mode). In-band sync (cloud mode) is driven
+  by :meth:`InngestHarness.register_app` with ``in_band=True``.
+* **Executor**: for each accepted event, every registered function whose trigger matches gets a
+  run; the run calls the function's registered URL (``?fnId=<app>-<fn>&stepId=step``) with the
+  executor's request body, signed in cloud mode, and follows the answers: 200 done, 206 steps
+  (memoised, then called again), 500 retried up to ``retries`` (``x-inngest-no-retry`` stops,
+  ``retry-after`` delays), and on final failure emits ``inngest/function.failed`` so the SDK's
+  ``on_failure`` function (``{fn_id}-failure``) runs.
+
+Deliberate simplifications (a real Inngest server differs): one call per run at a time (no
+parallel steps; planned steps are run one by one); ``WaitForEvent``/``InvokeFunction``/AI ops
+fail the run; cron triggers never fire (use :meth:`InngestHarness.start_run`); no
+concurrency/throttle/debounce/batching/idempotency/cancel; an SDK answer ``function_not_found``
+fails the run at once instead of being retried; trigger expressions are limited to
+``event.<path> ==/!= <literal>`` joined by ``&&``. Waits use conditions, never sleeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import http.server
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from .executor import Executor, parse_body
+from .protocol import (
+    FUNCTION_FAILED_EVENT,
+    H_EVENT_ID_SEED,
+    H_SERVER_KIND,
+    H_SIGNATURE,
+    H_SYNC_KIND,
+    UNSPECIFIED_STEP_ID,
+    UnsupportedExpression,
+    canonical_json,
+    event_name_matches,
+    expression_matches,
+    hash_signing_key,
+    new_ulid,
+    seeded_event_id,
+    sign_body,
+    verify_response_signature,
+)
+from .records import (
+    EventApiRequest,
+    EventRecord,
+    RegisteredApp,
+    RegisteredFunction,
+    Run,
+)
+
+ServerKind = Literal["dev", "cloud"]
+T = TypeVar("T")
+
+
+class HarnessError(RuntimeError):
+    """The SDK or the test did something the stand-in server cannot go on with."""
+
+
+@dataclasses.dataclass
+class _ForcedAnswer:
+    status: int
+    body: dict[str, Any] | str
+    remaining: int | None
+    accept: bool
+
+
+class InngestHarness:
+    """Loopback stand-in for the Inngest server: Event API, app registration and executor.
+
+    Use as a context manager; everything it starts (HTTP server thread, executor scheduler
+    thread, call pool) stops on exit. Give the SDK client :attr:`event_api_url` and
+    :attr:`api_url` (``inngest.Inngest(event_api_base_url=..., api_base_url=...)``, or
+    :meth:`client_kwargs`), serve the functions (see ``serve_functions``), then call
+    :meth:`register_app` with the serve URL.
+
+    Mode: with ``signing_key`` the harness acts as Inngest Cloud (``x-inngest-server-kind:
+    cloud``, every call signed, registration must carry the signing key's bearer hash);
+    without, as the Dev Server (``dev``, nothing signed).
+    """
+
+    def __init__(
+        self,
+        *,
+        signing_key: str | None = None,
+        event_key: str | None = None,
+        retry_delay: float = 0.01,
+        call_timeout: float = 30.0,
+        dedup_window: float = 24 * 3600.0,
+        workers: int = 8,
+        host: str = "127.0.0.1",
+    ) -> None:
+        """
+        Args:
+            signing_key: ``signkey-<env>-<hex>``; set = cloud mode (signed calls), None = dev.
+            event_key: when set, ``POST /e/{key}`` with another key gets 401; None = any key.
+            retry_delay: seconds before retrying an ordinary error (no ``retry-after``).
+            call_timeout: seconds for one executor call to the SDK.
+            dedup_window: seconds an event id is remembered for deduplication (Inngest: 24 h).
+            workers: executor calls in flight at once (one per run at a time).
+            host: loopback address to bind.
+        """
+        if signing_key is not None:
+            try:
+                hash_signing_key(signing_key)
+            except ValueError:
+                raise ValueError(
+                    "signing_key must be 'signkey-<env>-<hex>': the SDK hex-decodes it"
+                ) from None
+        self.signing_key = signing_key
+        self.event_key = event_key
+        self.retry_delay = retry_delay
+        """Seconds before retrying an ordinary error; may be changed mid-test."""
+        self.call_timeout = call_timeout
+        self.dedup_window = dedup_window
+        self.signature_offset: float = 0.0
+        """Seconds added to the timestamp of executor signatures (stale-signature tests)."""
+        self._host = host
+        self._workers = workers
+
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # any record changed (test waits)
+        self._events: list[EventRecord] = []
+        self._requests: list[EventApiRequest] = []
+        self._seen_ids: dict[str, float] = {}
+        self._functions: dict[str, RegisteredFunction] = {}
+        self._apps: list[RegisteredApp] = []
+        self._errors: list[str] = []
+        self._forced: _ForcedAnswer | None = None
+        self._stopping = False
+        self._httpd: _HarnessHTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self._executor: Executor | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> InngestHarness:
+        """Bind a free loopback port and start the HTTP server and the executor."""
+        if self._httpd is not None:
+            return self
+        self._stopping = False
+        self._executor = Executor(
+            settings=self,
+            lock=self._lock,
+            changed=self._changed,
+            on_failed=self._on_run_failed,
+            call_timeout=self.call_timeout,
+            workers=self._workers,
+        )
+        self._httpd = _HarnessHTTPServer((self._host, 0), _Handler, self)
+        self._http_thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="inngest-harness-http",
+            daemon=True,
+        )
+        self._http_thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop everything; pending retries and future-``ts`` runs are dropped (left running).
+
+        Records stay readable after stop.
+        """
+        with self._lock:
+            self._stopping = True
+            self._changed.notify_all()
+        stopped = True
+        # Executor first: a function still running may send events to the Event API.
+        if self._executor is not None:
+            stopped = self._executor.stop(timeout)
+        if self._httpd is not None and self._http_thread is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._http_thread.join(timeout)
+            stopped = stopped and not self._http_thread.is_alive()
+        self._httpd = None
+        self._http_thread = None
+        if not stopped:
+            raise HarnessError(f"harness threads did not stop within {timeout}s")
+
+    def __enter__(self) -> InngestHarness:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ addresses & modes
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise HarnessError("harness not started")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def event_api_url(self) -> str:
+        """Origin for the SDK's ``event_api_base_url`` / ``INNGEST_EVENT_API_BASE_URL``."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """Origin for the SDK's ``api_base_url`` / ``INNGEST_API_BASE_URL`` (registration)."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def server_kind(self) -> ServerKind:
+        """``cloud`` with a signing key, else ``dev``: sent as ``x-inngest-server-kind``."""
+        return "cloud" if self.signing_key is not None else "dev"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``inngest.Inngest(app_id=..., **h.client_kwargs())``."""
+        kwargs: dict[str, Any] = {
+            "api_base_url": self.api_url,
+            "event_api_base_url": self.event_api_url,
+            "is_production": self.signing_key is not None,
+        }
+        if self.signing_key is not None:
+            kwargs["signing_key"] = self.signing_key
+        if self.event_key is not None:
+            kwargs["event_key"] = self.event_key
+        return kwargs
+
+    def sign(self, body: bytes, *, timestamp: int | None = None) -> str:
+        """An ``X-Inngest-Signature`` for ``body`` with this harness's signing key."""
+        if self.signing_key is None:
+            raise HarnessError("dev-mode harness has no signing key")
+        return sign_body(body, self.signing_key, timestamp=timestamp)
+
+    # ------------------------------------------------------------------ Event API controls
+
+    def fail_event_api(
+        self,
+        status: int,
+        *,
+        times: int | None = None,
+        body: dict[str, Any] | str | None = None,
+        accept: bool = False,
+    ) -> None:
+        """Make ``POST /e/...`` answer ``status`` (for the next ``times`` requests, or all).
+
+        ``body`` defaults to ``{"error": ..., "status": status}``; a str is sent as text (to
+        mimic a proxy's non-JSON 502). With ``accept=True`` the events are still accepted and
+        run, only the answer is replaced (a response lost after the server took the events).
+        """
+        if body is None:
+            body = {"error": f"harness: forced status {status}", "status": status}
+        with self._lock:
+            self._forced = _ForcedAnswer(status, body, times, accept)
+
+    def reset_event_api(self) -> None:
+        """Back to normal answers."""
+        with self._lock:
+            self._forced = None
+
+    # ------------------------------------------------------------------ registration
+
+    def register_app(
+        self,
+        serve_url: str,
+        *,
+        in_band: bool = False,
+        timeout: float = 10.0,
+    ) -> list[RegisteredFunction]:
+        """Sync the app served at ``serve_url`` and return its registered functions.
+
+        Out-of-band (default, dev and cloud): ``PUT serve_url`` with
+        ``x-inngest-server-kind``; the SDK answers by POSTing its configs to
+        ``{api_base_url}/fn/register`` before it answers the PUT. In cloud mode the PUT is
+        signed (so it also works with ``INNGEST_ENABLE_UNAUTHED_SYNC=false``).
+        In-band (cloud only): a signed ``PUT`` with ``x-inngest-sync-kind: in_band`` and body
+        ``{"url": serve_url}``; the SDK returns the configs in its (signed) answer.
+        Waits (deadline ``timeout``) until the functions are known.
+        """
+        if in_band:
+            return self._register_in_band(serve_url, timeout)
+        headers: dict[str, str] = {H_SERVER_KIND: self.server_kind}
+        if self.signing_key is not None:
+            headers[H_SIGNATURE] = self.sign(b"")
+        with self._lock:
+            before = len(self._apps)
+        res = httpx.put(serve_url, headers=headers, timeout=timeout)
+        body = parse_body(res.content)
+        if res.status_code != 200 or (isinstance(body, dict) and "error" in body):
+            # The SDK answers 200 even when /fn/register failed, passing our error through.
+            raise HarnessError(f"sync PUT {serve_url} answered {res.status_code}: {body!r}")
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._apps) > before, timeout):
+                raise TimeoutError(f"no registration arrived from {serve_url} in {timeout}s")
+            new_apps = self._apps[before:]
+            # Prefer this app's own sync if another app synced meanwhile (the SDK reports the
+            # URL it was reached at, unless serve_origin/serve_path override it).
+            app = next((a for a in reversed(new_apps) if a.url == serve_url), new_apps[-1])
+            return [self._functions[fid] for fid in app.function_ids if fid in self._functions]
+
+    def _register_in_band(self, serve_url: str, timeout: float) -> list[RegisteredFunction]:
+        if self.signing_key is None:
+            raise HarnessError("in-band sync needs cloud mode (a signing key)")
+        body = canonical_json({"url": serve_url})
+        headers = {
+            "content-type": "application/json",
+            H_SERVER_KIND: "cloud",
+            H_SYNC_KIND: "in_band",
+            H_SIGNATURE: self.sign(body),
+        }
+        res = httpx.put(serve_url, content=body, headers=headers, timeout=timeout)
+        data = parse_body(res.content)
+        if res.status_code != 200 or not isinstance(data, dict):
+            raise HarnessError(f"in-band sync answered {res.status_code}: {data!r}")
+        if res.headers.get(H_SYNC_KIND) != "in_band":
+            raise HarnessError(f"SDK did not do an in-band sync: {dict(res.headers)}")
+        if not verify_response_signature(
+            res.content, res.headers.get(H_SIGNATURE), self.signing_key
+        ):
+            raise HarnessError("in-band sync answer has no valid signature")
+        with self._lock:
+            app = self._store_registration(
+                data, "in_band", {k.lower(): v for k, v in res.headers.items()}
+            )
+            return [self._functions[fid] for fid in app.function_ids]
+
+    def inspect(self, serve_url: str) -> dict[str, Any]:
+        """``GET serve_url`` as Inngest does (signed in cloud mode): the SDK's inspection."""
+        headers: dict[str, str] = {H_SERVER_KIND: self.server_kind}
+        if self.signing_key is not None:
+            headers[H_SIGNATURE] = self.sign(b"")
+        res = httpx.get(serve_url, headers=headers, timeout=self.call_timeout)
+        data = parse_body(res.content)
+        if res.status_code != 200 or not isinstance(data, dict):
+            raise HarnessError(f"inspection answered {res.status_code}: {data!r}")
+        return data
+
+    def _store_registration(
+        self,
+        body: dict[str, Any],
+        sync_kind: Literal["out_of_band", "in_band"],
+        headers: dict[str, str],
+    ) -> RegisteredApp:
+        """Replace the app's functions with the configs in ``body`` (lock held)."""
+        app_name = str(body.get("appname") or body.get("app_id") or "")
+        configs = body.get("functions")
+        if not app_name or not isinstance(configs, list):
+            raise HarnessError(f"registration without app name or functions: {body!r}")
+        fns: list[RegisteredFunction] = []
+        for cfg in configs:
+            step = (cfg.get("steps") or {}).get(UNSPECIFIED_STEP_ID) or {}
+            retries = (step.get("retries") or {}).get("attempts")
+            fns.append(
+                RegisteredFunction(
+                    id=str(cfg["id"]),
+                    name=str(cfg.get("name") or cfg["id"]),
+                    app_name=app_name,
+                    url=str((step.get("runtime") or {}).get("url") or ""),
+                    triggers=list(cfg.get("triggers") or []),
+                    retries_configured=None if retries is None else int(retries),
+                    raw=cfg,
+                )
+            )
+        for fid in [fid for fid, f in self._functions.items() if f.app_name == app_name]:
+            del self._functions[fid]
+        for fn in fns:
+            self._functions[fn.id] = fn
+        app = RegisteredApp(
+            app_name=app_name,
+            url=str(body.get("url") or ""),
+            sync_kind=sync_kind,
+            function_ids=[f.id for f in fns],
+            headers=headers,
+            body=body,
+        )
+        self._apps.append(app)
+        self._changed.notify_all()
+        return app
+
+    def _handle_register(
+        self, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, Any] | str]:
+        if self.signing_key is not None:
+            expected = f"Bearer {hash_signing_key(self.signing_key)}"
+            if headers.get("authorization") != expected:
+                return 401, {"error": "harness: missing or wrong signing-key bearer token"}
+        body = parse_body(raw)
+        if not isinstance(body, dict):
+            return 400, {"error": "harness: registration body is not a JSON object"}
+        with self._lock:
+            try:
+                self._store_registration(body, "out_of_band", headers)
+            except (HarnessError, KeyError, TypeError, ValueError) as err:
+                self._errors.append(f"registration rejected: {err}")
+                return 400, {"error": f"harness: {err}"}
+        return 200, {"ok": True, "modified": True}
+
+    # ------------------------------------------------------------------ Event API
+
+    def _handle_events(
+        self, event_key: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, Any] | str]:
+        body = parse_body(raw)
+        now = time.time()
+        with self._lock:
+            status, answer = self._accept_events(event_key, headers, body, now)
+            self._requests.append(
+                EventApiRequest(
+                    event_key=event_key,
+                    status=status,
+                    body=body,
+                    response=answer if isinstance(answer, dict) else {"text": answer},
+                    headers=headers,
+                    received_at=now,
+                )
+            )
+            self._changed.notify_all()
+        return status, answer
+
+    def _accept_events(
+        self, event_key: str, headers: dict[str, str], body: Any, now: float
+    ) -> tuple[int, dict[str, Any] | str]:
+        forced = self._forced
+        if forced is not None:
+            if forced.remaining is not None:
+                forced.remaining -= 1
+                if forced.remaining <= 0:
+                    self._forced = None
+            if not forced.accept:
+                return forced.status, forced.body
+        if self.event_key is not None and event_key != self.event_key:
+            return 401, {"error": "Event key not found", "status": 401}
+        items = body if isinstance(body, list) else [body]
+        problem = _invalid_events(items)
+        if problem is not None:
+            return 400, {"error": problem, "status": 400}
+        seed = headers.get(H_EVENT_ID_SEED)
+        ids: list[str] = []
+        for index, item in enumerate(items):
+            event_id = item.get("id") or seeded_event_id(seed, index) or new_ulid()
+            ts = item.get("ts") or int(now * 1000)
+            payload = {**item, "id": event_id, "ts": ts, "data": item.get("data") or {}}
+            seen = self._seen_ids.get(event_id)
+            duplicate = seen is not None and now - seen < self.dedup_window
+            if not duplicate:
+                self._seen_ids[event_id] = now
+            self._events.append(
+                EventRecord(
+                    name=payload["name"],
+                    data=payload["data"],
+                    id=event_id,
+                    ts=ts,
+                    received_at=now,
+                    deduplicated=duplicate,
+                    payload=payload,
+                )
+            )
+            ids.append(event_id)
+            if not duplicate:
+                self._dispatch(payload)
+        if forced is not None and forced.accept:
+            return forced.status, forced.body
+        return 200, {"ids": ids, "status": 200}
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        """Start a run of every function triggered by ``event`` (lock held)."""
+        for fn in list(self._functions.values()):
+            for trigger in fn.triggers:
+                pattern = trigger.get("event")
+                if not isinstance(pattern, str) or not event_name_matches(pattern, event["name"]):
+                    continue
+                try:
+                    matched = expression_matches(trigger.get("expression"), event)
+                except UnsupportedExpression as err:
+                    self._errors.append(f"{fn.id}: unsupported trigger expression {err}")
+                    continue
+                if matched:
+                    self._require_executor().new_run(fn, event)
+                    break
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, function_id: str, event: dict[str, Any] | None = None) -> str:
+        """Start a run of ``function_id`` directly (no trigger matching; cron functions too).
+
+        An id the harness never saw registered gives a run that is failed at once.
+        Returns the run id.
+        """
+        payload: dict[str, Any] = {"name": "harness/direct", "data": {}, **(event or {})}
+        payload.setdefault("id", new_ulid())
+        payload.setdefault("ts", int(time.time() * 1000))
+        with self._lock:
+            executor = self._require_executor()
+            fn = self._functions.get(function_id)
+            if fn is None:
+                error = {"message": f"harness: function {function_id!r} is not registered"}
+                return executor.failed_run(function_id, payload, error).run_id
+            return executor.new_run(fn, payload).run_id
+
+    def _on_run_failed(self, run: Run) -> str | None:
+        """Emit ``inngest/function.failed`` for a failed run, as Inngest does (lock held).
+
+        Not for runs started by an ``inngest/...`` event, so a failing failure handler
+        cannot loop. The event triggers the SDK's ``{fn_id}-failure`` function, whose
+        trigger expression is ``event.data.function_id == '<app>-<fn>'``.
+        """
+        if str(run.event.get("name", "")).startswith("inngest/"):
+            return None
+        error = run.error if isinstance(run.error, dict) else {"message": str(run.error)}
+        now = time.time()
+        event: dict[str, Any] = {
+            "name": FUNCTION_FAILED_EVENT,
+            "data": {
+                "error": {"name": "Error", "message": "", **error},
+                "event": run.event,
+                "function_id": run.function_id,
+                "run_id": run.run_id,
+            },
+            "id": new_ulid(),
+            "ts": int(now * 1000),
+        }
+        self._events.append(
+            EventRecord(
+                name=FUNCTION_FAILED_EVENT,
+                data=event["data"],
+                id=event["id"],
+                ts=event["ts"],
+                received_at=now,
+                deduplicated=False,
+                internal=True,
+                payload=event,
+            )
+        )
+        self._dispatch(event)
+        return str(event["id"])
+
+    # ------------------------------------------------------------------ records & waits
+
+    @property
+    def events(self) -> list[EventRecord]:
+        """Every accepted event (duplicates included, flagged), in arrival order."""
+        with self._lock:
+            return list(self._events)
+
+    @property
+    def event_api_requests(self) -> list[EventApiRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def functions(self) -> dict[str, RegisteredFunction]:
+        with self._lock:
+            return dict(self._functions)
+
+    @property
+    def apps(self) -> list[RegisteredApp]:
+        with self._lock:
+            return list(self._apps)
+
+    @property
+    def errors(self) -> list[str]:
+        """Things the harness refused or could not evaluate (e.g. trigger expressions)."""
+        with self._lock:
+            return list(self._errors)
+
+    def runs(self, function_id: str | None = None) -> list[Run]:
+        """Snapshot (deep copy) of the runs, optionally of one function, in creation order."""
+        with self._lock:
+            return copy.deepcopy(self._select_runs(function_id))
+
+    def run(self, run_id: str) -> Run:
+        with self._lock:
+            return copy.deepcopy(self._all_runs()[run_id])
+
+    def _all_runs(self) -> dict[str, Run]:
+        return self._executor.runs if self._executor is not None else {}
+
+    def _select_runs(self, function_id: str | None) -> list[Run]:
+        return [r for r in self._all_runs().values() if function_id in (None, r.function_id)]
+
+    def _require_executor(self) -> Executor:
+        if self._executor is None:
+            raise HarnessError("harness not started")
+        return self._executor
+
+    def wait_for_runs(
+        self,
+        predicate_or_count: int | Callable[[Sequence[Run]], bool],
+        timeout: float,
+        *,
+        function_id: str | None = None,
+    ) -> list[Run]:
+        """Wait until ``count`` runs have finished, or ``predicate(runs)`` holds.
+
+        ``function_id`` (``inngest.Function.id``) narrows the runs considered. The predicate
+        sees live records under the harness lock: read only. Returns a snapshot of the runs
+        considered; raises TimeoutError (listing them) after ``timeout`` seconds.
+        """
+        predicate: Callable[[Sequence[Run]], bool]
+        if isinstance(predicate_or_count, int):
+            count = predicate_or_count
+
+            def predicate(runs: Sequence[Run]) -> bool:
+                return sum(r.finished for r in runs) >= count
+        else:
+            predicate = predicate_or_count
+        return self._wait(
+            lambda: predicate(self._select_runs(function_id)),
+            lambda: copy.deepcopy(self._select_runs(function_id)),
+            timeout,
+            f"runs ({predicate_or_count!r}, function_id={function_id!r})",
+        )
+
+    def wait_until_idle(self, timeout: float) -> list[Run]:
+        """Wait until no run is running (pending retries and future ``ts`` count as running)."""
+        return self.wait_for_runs(lambda runs: all(r.finished for r in runs), timeout)
+
+    def wait_for_events(
+        self,
+        predicate_or_count: int | Callable[[Sequence[EventRecord]], bool],
+        timeout: float,
+        *,
+        name: str | None = None,
+    ) -> list[EventRecord]:
+        """Wait until ``count`` events (named ``name`` if given) arrived, or the predicate holds."""
+
+        def select() -> list[EventRecord]:
+            return [e for e in self._events if name in (None, e.name)]
+
+        predicate: Callable[[Sequence[EventRecord]], bool]
+        if isinstance(predicate_or_count, int):
+            count = predicate_or_count
+
+            def predicate(events: Sequence[EventRecord]) -> bool:
+                return len(events) >= count
+        else:
+            predicate = predicate_or_count
+        return self._wait(
+            lambda: predicate(select()),
+            select,
+            timeout,
+            f"events ({predicate_or_count!r}, name={name!r})",
+        )
+
+    def _wait(
+        self,
+        done: Callable[[], bool],
+        result: Callable[[], T],
+        timeout: float,
+        what: str,
+    ) -> T:
+        with self._changed:
+            ok = self._changed.wait_for(lambda: self._stopping or done(), timeout)
+            if ok and not self._stopping:
+                return result()
+            state = self._describe()
+        reason = "the harness stopped" if self._stopping else f"{timeout}s passed"
+        raise TimeoutError(f"{reason} waiting for {what}; harness state:\n{state}")
+
+    def _describe(self, last: int = 15) -> str:
+        """The last few events, runs and errors, for timeout messages (lock held)."""
+        runs = list(self._all_runs().values())
+        lines = [f"  {len(self._events)} events, {len(runs)} runs; the last ones:"]
+        lines += [
+            f"  event {e.name} id={e.id} dedup={e.deduplicated}" for e in self._events[-last:]
+        ]
+        for r in runs[-last:]:
+            calls = [(a.attempt, a.step_id[:8], a.status_code) for a in r.attempts]
+            lines.append(f"  run {r.function_id} {r.status} calls={calls} error={r.error!r}"[:300])
+        lines += [f"  error: {e}" for e in self._errors[-last:]]
+        return "\n".join(lines)
+
+
+class _HarnessHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[http.server.BaseHTTPRequestHandler],
+        harness: InngestHarness,
+    ) -> None:
+        super().__init__(address, handler)
+        self.harness = harness
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Routes ``POST /e/{key}`` and ``POST /fn/register``; HTTP/1.0, one request a connection."""
+
+    server: _HarnessHTTPServer
+    server_version = "inngest-test-harness"
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        path = urllib.parse.urlsplit(self.path).path
+        harness = self.server.harness
+        if path.startswith("/e/"):
+            key = urllib.parse.unquote(path[len("/e/") :])
+            self._answer(*harness._handle_events(key, headers, raw))
+        elif path == "/fn/register":
+            self._answer(*harness._handle_register(headers, raw))
+        else:
+            self._answer(404, {"error": f"harness: no route POST {path}"})
+
+    def do_GET(self) -> None:
+        if urllib.parse.urlsplit(self.path).path == "/health":
+            self._answer(200, {"status": 200})
+        else:
+            self._answer(404, {"error": f"harness: no route GET {self.path}"})
+
+    def _answer(self, status: int, body: dict[str, Any] | str) -> None:
+        if isinstance(body, str):
+            data, ctype = body.encode(), "text/plain"
+        else:
+            data, ctype = json.dumps(body).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence per-request logging."""
+
+
+def _invalid_events(items: list[Any]) -> str | None:
+    """Why this batch would be refused by Inngest's Event API, or None if it is fine."""
+    if not items:
+        return "no events"
+    for item in items:
+        if not isinstance(item, dict):
+            return "event is not an object"
+        if not isinstance(item.get("name"), str) or not item["name"]:
+            return "event has no name"
+        if item.get("data") is not None and not isinstance(item["data"], dict):
+            return "event data is not an object"
+        if item.get("id") is not None and not isinstance(item["id"], str):
+            return "event id is not a string"
+        ts = item.get("ts")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
+            return "event ts is not an integer (Unix ms)"
+    return None

@@ -1,0 +1,344 @@
+"""Self-check of the Inngest stand-in server against plain SDK functions (no jobs_core).
+
+Each test starts its own harness and serves its own app, and both stop at the end of the test.
+Every wait has a deadline; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import inngest
+import pytest
+from inngest._internal import errors as inngest_errors
+from inngest._internal import net
+
+from tests.inngest_harness import (
+    FUNCTION_FAILED_EVENT,
+    InngestHarness,
+    serve_functions,
+    sign_body,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 10.0
+SIGNING_KEY = "signkey-test-" + "ab12" * 16
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads() -> Iterator[None]:
+    """Every server a test starts is stopped by the end of the test."""
+    yield
+    ours = ("inngest-harness", "uvicorn-")
+    left = [t.name for t in threading.enumerate() if t.name.startswith(ours)]
+    assert left == []
+
+
+@pytest.fixture
+def harness() -> Iterator[InngestHarness]:
+    with InngestHarness(retry_delay=0.01) as h:
+        yield h
+
+
+def dev_client(h: InngestHarness, app_id: str) -> inngest.Inngest:
+    return inngest.Inngest(
+        app_id=app_id,
+        is_production=False,
+        event_api_base_url=h.event_api_url,
+        api_base_url=h.api_url,
+    )
+
+
+def test_event_runs_function_once_and_completes(harness: InngestHarness) -> None:
+    client = dev_client(harness, "harness-selfcheck")
+
+    @client.create_function(fn_id="hello", trigger=inngest.TriggerEvent(event="selfcheck/hello"))
+    def hello(ctx: inngest.ContextSync) -> dict[str, Any]:
+        return {"x": ctx.event.data["x"], "attempt": ctx.attempt, "run_id": ctx.run_id}
+
+    @client.create_function(
+        fn_id="hello-async", trigger=inngest.TriggerEvent(event="selfcheck/hello")
+    )
+    async def hello_async(ctx: inngest.Context) -> str:
+        return f"async {ctx.event.data['x']}"
+
+    with serve_functions(client, [hello, hello_async]) as url:
+        registered = harness.register_app(url)
+        assert {f.id for f in registered} == {
+            "harness-selfcheck-hello",
+            "harness-selfcheck-hello-async",
+        }
+        assert registered[0].url.startswith(url + "?fnId=harness-selfcheck-")
+        assert registered[0].retries_configured is None and registered[0].retries == 4
+        app = harness.apps[-1]
+        assert app.sync_kind == "out_of_band" and app.url == url
+
+        [event_id] = client.send_sync(inngest.Event(name="selfcheck/hello", data={"x": 7}))
+        runs = harness.wait_for_runs(2, timeout=WAIT)
+
+    by_fn = {r.function_id: r for r in runs}
+    sync_run = by_fn[hello.id]
+    assert sync_run.status == "completed"
+    assert sync_run.output == {"x": 7, "attempt": 0, "run_id": sync_run.run_id}
+    assert sync_run.attempt_numbers == [0]
+    assert sync_run.event["id"] == event_id
+    assert sync_run.attempts[0].step_id == "step"
+    assert by_fn[hello_async.id].output == "async 7"
+    [event] = harness.events
+    assert (event.name, event.data, event.id, event.deduplicated) == (
+        "selfcheck/hello",
+        {"x": 7},
+        event_id,
+        False,
+    )
+    assert harness.event_api_requests[-1].event_key == "NO_EVENT_KEY_SET"
+
+
+def test_steps_are_memoised_across_calls(harness: InngestHarness) -> None:
+    client = dev_client(harness, "harness-selfcheck")
+    calls: list[str] = []
+
+    def step_body(name: str, value: int) -> int:
+        calls.append(name)
+        return value
+
+    @client.create_function(fn_id="steps", trigger=inngest.TriggerEvent(event="selfcheck/steps"))
+    def steps(ctx: inngest.ContextSync) -> int:
+        a = ctx.step.run("a", step_body, "a", 1)
+        b = ctx.step.run("b", step_body, "b", 2)
+        return a + b
+
+    with serve_functions(client, [steps]) as url:
+        harness.register_app(url)
+        client.send_sync(inngest.Event(name="selfcheck/steps"))
+        [run] = harness.wait_for_runs(1, timeout=WAIT)
+
+    assert run.status == "completed" and run.output == 3
+    assert calls == ["a", "b"]  # each step ran once; later calls got the memoised value
+    assert [a.status_code for a in run.attempts] == [206, 206, 200]
+    assert [v["data"] for v in run.steps.values()] == [1, 2]
+
+
+def test_non_retriable_error_runs_once(harness: InngestHarness) -> None:
+    client = dev_client(harness, "harness-selfcheck")
+
+    @client.create_function(
+        fn_id="fatal", retries=3, trigger=inngest.TriggerEvent(event="selfcheck/fatal")
+    )
+    def fatal(ctx: inngest.ContextSync) -> None:
+        raise inngest.NonRetriableError("no point retrying")
+
+    with serve_functions(client, [fatal]) as url:
+        harness.register_app(url)
+        client.send_sync(inngest.Event(name="selfcheck/fatal"))
+        [run] = harness.wait_for_runs(1, timeout=WAIT)
+
+    assert run.status == "failed"
+    assert run.attempt_numbers == [0]
+    assert run.attempts[0].status_code == 500
+    assert run.attempts[0].headers["x-inngest-no-retry"] == "true"
+    assert run.error["message"] == "no point retrying"
+
+
+def test_retries_then_on_failure(harness: InngestHarness) -> None:
+    client = dev_client(harness, "harness-selfcheck")
+
+    def on_failure(ctx: inngest.ContextSync) -> dict[str, Any]:
+        return {
+            "name": ctx.event.name,
+            "function_id": ctx.event.data["function_id"],
+            "run_id": ctx.event.data["run_id"],
+            "message": ctx.event.data["error"]["message"],  # type: ignore[index,call-overload]
+            "original": ctx.event.data["event"]["data"],  # type: ignore[index,call-overload]
+        }
+
+    @client.create_function(
+        fn_id="flaky",
+        retries=2,
+        on_failure=on_failure,
+        trigger=inngest.TriggerEvent(event="selfcheck/flaky"),
+    )
+    def flaky(ctx: inngest.ContextSync) -> None:
+        raise RuntimeError(f"boom {ctx.attempt}")
+
+    with serve_functions(client, [flaky]) as url:
+        registered = {f.id: f for f in harness.register_app(url)}
+        failure_id = f"{flaky.id}-failure"
+        assert registered[flaky.id].retries == 2
+        assert registered[failure_id].retries_configured == 0
+        assert registered[failure_id].triggers == [
+            {
+                "event": FUNCTION_FAILED_EVENT,
+                "expression": f"event.data.function_id == '{flaky.id}'",
+            }
+        ]
+        client.send_sync(inngest.Event(name="selfcheck/flaky", data={"k": 1}))
+        [run] = harness.wait_for_runs(1, timeout=WAIT, function_id=flaky.id)
+        [failure_run] = harness.wait_for_runs(1, timeout=WAIT, function_id=failure_id)
+
+    assert run.status == "failed"
+    assert run.attempt_numbers == [0, 1, 2]
+    assert [a.request["ctx"]["max_attempts"] for a in run.attempts] == [3, 3, 3]
+    assert run.error["message"] == "boom 2"
+    assert failure_run.status == "completed"
+    assert failure_run.output == {
+        "name": FUNCTION_FAILED_EVENT,
+        "function_id": flaky.id,
+        "run_id": run.run_id,
+        "message": "boom 2",
+        "original": {"k": 1},
+    }
+    assert failure_run.event["id"] == run.failure_event_id
+    assert [e.internal for e in harness.events] == [False, True]
+
+
+def test_retry_after_delays_next_attempt(harness: InngestHarness) -> None:
+    client = dev_client(harness, "harness-selfcheck")
+
+    @client.create_function(
+        fn_id="later", retries=1, trigger=inngest.TriggerEvent(event="selfcheck/later")
+    )
+    def later(ctx: inngest.ContextSync) -> int:
+        if ctx.attempt == 0:
+            raise inngest.RetryAfterError("not yet", retry_after=datetime.timedelta(seconds=0.3))
+        return ctx.attempt
+
+    with serve_functions(client, [later]) as url:
+        harness.register_app(url)
+        client.send_sync(inngest.Event(name="selfcheck/later"))
+        [run] = harness.wait_for_runs(1, timeout=WAIT)
+
+    assert run.status == "completed" and run.output == 1
+    first, second = run.attempts
+    assert first.status_code == 500 and "retry-after" in first.headers
+    # retry-after is an ISO time truncated to the millisecond: allow 1 ms.
+    assert second.started_at - first.started_at >= 0.3 - 0.001
+
+
+def test_duplicate_event_id_runs_once(harness: InngestHarness) -> None:
+    client = dev_client(harness, "harness-selfcheck")
+
+    @client.create_function(fn_id="once", trigger=inngest.TriggerEvent(event="selfcheck/once"))
+    def once(ctx: inngest.ContextSync) -> str:
+        return "ran"
+
+    with serve_functions(client, [once]) as url:
+        harness.register_app(url)
+        ids_1 = client.send_sync(inngest.Event(name="selfcheck/once", id="order-42"))
+        ids_2 = client.send_sync(inngest.Event(name="selfcheck/once", id="order-42"))
+        runs = harness.wait_until_idle(timeout=WAIT)
+
+    assert ids_1 == ids_2 == ["order-42"]
+    assert len(runs) == 1 and runs[0].status == "completed"
+    assert [e.deduplicated for e in harness.events] == [False, True]
+
+
+def test_future_ts_runs_no_earlier(harness: InngestHarness) -> None:
+    client = dev_client(harness, "harness-selfcheck")
+
+    @client.create_function(fn_id="timed", trigger=inngest.TriggerEvent(event="selfcheck/timed"))
+    def timed(ctx: inngest.ContextSync) -> int:
+        return int(time.time() * 1000)
+
+    with serve_functions(client, [timed]) as url:
+        harness.register_app(url)
+        ts = int(time.time() * 1000) + 1200
+        client.send_sync(inngest.Event(name="selfcheck/timed", ts=ts))
+        assert harness.runs()[0].attempts == []  # accepted, not started
+        [run] = harness.wait_for_runs(1, timeout=WAIT)
+
+    assert run.status == "completed"
+    assert run.attempts[0].started_at * 1000 >= ts
+    assert run.output >= ts
+
+
+def test_event_api_wire_format_and_misbehaviour() -> None:
+    with InngestHarness(event_key="test-key") as h:
+        event_api_url = h.event_api_url
+        single = httpx.post(f"{h.event_api_url}/e/test-key", json={"name": "a/b", "data": {}})
+        assert single.status_code == 200
+        body = single.json()
+        assert body["status"] == 200 and len(body["ids"]) == 1
+
+        wrong = httpx.post(f"{h.event_api_url}/e/other", json=[{"name": "a/b"}])
+        assert wrong.status_code == 401
+
+        bad_client = inngest.Inngest(
+            app_id="harness-selfcheck",
+            is_production=False,
+            event_key="other",
+            event_api_base_url=h.event_api_url,
+        )
+        with pytest.raises(inngest_errors.SendEventsError):
+            bad_client.send_sync(inngest.Event(name="a/b"))  # 4xx: raised at once
+
+        h.fail_event_api(500, times=1, accept=True)  # events taken, answer lost
+        good_client = inngest.Inngest(app_id="harness-selfcheck", **h.client_kwargs())
+        ids = good_client.send_sync(inngest.Event(name="a/c"))  # the SDK resends after the 500
+        statuses = [r.status for r in h.event_api_requests]
+        assert statuses[-2:] == [500, 200]
+        # The resend carries the same id seed, so the id-less event is deduplicated.
+        c_events = [e for e in h.events if e.name == "a/c"]
+        assert [e.deduplicated for e in c_events] == [False, True]
+        assert {e.id for e in c_events} == set(ids)
+        assert h.start_run("harness-selfcheck-missing") is not None
+        [unknown] = h.runs("harness-selfcheck-missing")
+        assert unknown.status == "failed"
+    with pytest.raises(httpx.ConnectError):  # stopped: the port is closed
+        httpx.post(f"{event_api_url}/e/test-key", json=[{"name": "a/b"}], timeout=2)
+
+
+def test_signature_matches_sdk_signer() -> None:
+    body = json.dumps({"b": [1, 2.5, "é"], "a": None}).encode()
+    assert sign_body(body, SIGNING_KEY, timestamp=1700000000) == net.sign_request(
+        body, SIGNING_KEY, 1700000000
+    )
+
+
+def test_production_mode_signed_calls_and_unsigned_rejected() -> None:
+    with InngestHarness(signing_key=SIGNING_KEY, event_key="test-key") as h:
+        client = inngest.Inngest(
+            app_id="harness-selfcheck-prod",
+            is_production=True,
+            signing_key=SIGNING_KEY,
+            event_key="test-key",
+            event_api_base_url=h.event_api_url,
+            api_base_url=h.api_url,
+        )
+
+        @client.create_function(fn_id="prod", trigger=inngest.TriggerEvent(event="selfcheck/prod"))
+        def prod(ctx: inngest.ContextSync) -> str:
+            return ctx.step.run("s", lambda: "signed ok")
+
+        with serve_functions(client, [prod]) as url:
+            [fn] = h.register_app(url)  # out-of-band: harness checks the bearer hash
+            assert h.apps[-1].headers["authorization"].startswith("Bearer ")
+            [fn_in_band] = h.register_app(url, in_band=True)
+            assert fn_in_band.id == fn.id and h.apps[-1].sync_kind == "in_band"
+            assert h.inspect(url)["authentication_succeeded"] is True
+
+            client.send_sync(inngest.Event(name="selfcheck/prod"))
+            [run] = h.wait_for_runs(1, timeout=WAIT)
+            assert run.status == "completed" and run.output == "signed ok"
+            assert all(a.signature_valid for a in run.attempts)
+
+            request = json.dumps(run.attempts[0].request).encode()
+            unsigned = httpx.post(fn.url, content=request)
+            assert unsigned.status_code == 401
+            forged = httpx.post(
+                fn.url,
+                content=request,
+                headers={"x-inngest-signature": sign_body(request, "signkey-test-" + "cd" * 32)},
+            )
+            assert forged.status_code == 401
+            signed = httpx.post(
+                fn.url, content=request, headers={"x-inngest-signature": h.sign(request)}
+            )
+            assert signed.status_code == 206

@@ -1,0 +1,1 @@
+"""Test support: private redis-server processes and misbehaving sockets."""
