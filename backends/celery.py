@@ -62,6 +62,25 @@ NOT_BEFORE_KWARG = "jobs_core_not_before"
 
 DEAD_LETTER_SUFFIX = ".dead"
 
+ARGSREPR = "(<payload>,)"
+"""What monitoring tools (Flower, `celery inspect`) show for a job's arguments: payloads may
+hold personal data or secrets (C23), so they stay out of the message headers."""
+
+MESSAGE_OPTIONS: dict[str, Any] = {
+    "argsrepr": ARGSREPR,
+    "kwargsrepr": "{}",
+    "ignore_result": True,
+}
+
+PUBLISH_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.1,
+    "interval_max": 0.1,
+}
+"""One retry after a reconnect: with the per-attempt socket timeouts (a third of the dispatch
+timeout) a dead broker fails within the dispatch timeout (C7)."""
+
 logger = logging.getLogger("jobs_core.celery")
 
 
@@ -151,15 +170,11 @@ class CeleryDispatcher(BaseDispatcher):
         conf.update(
             broker_connection_timeout=attempt_timeout,
             broker_connection_max_retries=1,
-            task_publish_retry_policy={
-                "max_retries": 1,
-                "interval_start": 0,
-                "interval_step": 0.1,
-                "interval_max": 0.1,
-            },
+            task_publish_retry_policy=dict(PUBLISH_RETRY_POLICY),
         )
         self.app = Celery("jobs_core.producer", set_as_current=False)
         self.app.conf.update(conf)
+        self._queue_entity: Any = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -189,24 +204,35 @@ class CeleryDispatcher(BaseDispatcher):
                 )
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
+        """Publish through Celery's own message layer (`app.amqp`), as `send_task` does.
+
+        Skipped from `send_task`: routing (the queue is known) and the result object (results
+        are ignored). One job: one publish, retried once after a reconnect. Several: kombu's
+        `Producer.batch()` (kombu >= 5.7) buffers them into one Redis pipeline; nothing is sent
+        before its flush, so there is no per-message retry or queue declaration.
+        """
         self._check_delays(jobs)
-        send_task = self.app.send_task
-        queue = self.queue
-        if len(jobs) == 1:
-            p = jobs[0]
-            send_task(p.job.name, args=(p.data,), task_id=p.dispatch_id, queue=queue, eta=p.eta)
-            return [p.dispatch_id]
-        with self.app.producer_or_acquire() as producer, producer.batch(max_size=len(jobs) + 1):
-            # kombu >= 5.7: every publish in the block goes out in one Redis pipeline.
-            for p in jobs:
-                send_task(
-                    p.job.name,
-                    args=(p.data,),
-                    task_id=p.dispatch_id,
-                    queue=queue,
-                    eta=p.eta,
-                    producer=producer,
+        amqp = self.app.amqp
+        queue = self._queue_entity or amqp.queues[self.queue]
+        self._queue_entity = queue
+        create_message, send_message = amqp.create_task_message, amqp.send_task_message
+        with self.app.producer_or_acquire() as producer:
+            if len(jobs) == 1:
+                p = jobs[0]
+                message = create_message(
+                    p.dispatch_id, p.job.name, (p.data,), {}, eta=p.eta, **MESSAGE_OPTIONS
                 )
+                send_message(producer, p.job.name, message, queue=queue)
+                return [p.dispatch_id]
+            producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
+            with producer.batch(max_size=len(jobs) + 1):
+                for p in jobs:
+                    message = create_message(
+                        p.dispatch_id, p.job.name, (p.data,), {}, eta=p.eta, **MESSAGE_OPTIONS
+                    )
+                    send_message(
+                        producer, p.job.name, message, queue=queue, retry=False, declare=[]
+                    )
         return [p.dispatch_id for p in jobs]
 
     def close(self) -> None:
