@@ -38,13 +38,14 @@ from jobs_core.payload import DEFAULT_MAX_PAYLOAD_BYTES
 
 try:
     import redis
-    from celery import Celery, Task, signals
+    from celery import Celery, signals
     from celery.exceptions import Ignore, Reject, Retry
-    from kombu import Queue
+    from kombu.entity import Queue as _KombuQueue
 except ImportError as exc:  # pragma: no cover - exercised by the C24 test
     raise missing_extra("celery", "celery", getattr(exc, "name", None) or "celery") from exc
 
 BACKEND = "celery"
+Queue: Any = _KombuQueue
 
 DEFAULT_VISIBILITY_TIMEOUT = 7200.0
 """Seconds a delivered message may stay unacked (Redis) before it is delivered again.
@@ -246,10 +247,7 @@ class CeleryDispatcher(BaseDispatcher):
             self._redis.close()
 
     def __repr__(self) -> str:
-        return (
-            f"CeleryDispatcher(broker_url={redact_url(self.broker_url)!r}, "
-            f"queue={self.queue!r})"
-        )
+        return f"CeleryDispatcher(broker_url={redact_url(self.broker_url)!r}, queue={self.queue!r})"
 
 
 def create_dispatcher(
@@ -338,14 +336,18 @@ def _register_job(
     )(run)
 
 
-def _keep_unknown(
-    app: Any, queue: str, instrumentation: Instrumentation | None
-) -> Any:
+def _same(a: object, b: object) -> bool:
+    return a is b
+
+
+def _keep_unknown(app: Any, queue: str, instrumentation: Instrumentation | None) -> Any:
     """A `task_unknown` receiver: record the job as failed and keep its message (C17)."""
     dead = dead_letter_queue(queue)
 
-    def on_unknown(sender: Any = None, message: Any = None, name: str = "", id: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is not app or message is None:
+    def on_unknown(
+        sender: Any = None, message: Any = None, name: str = "", id: Any = None, **_: Any
+    ) -> None:
+        if message is None or not _same(getattr(sender, "app", None), app):
             return
         report_unknown_job(
             name, dispatch_id=id, backend=BACKEND, instrumentation=instrumentation, where=dead
@@ -359,7 +361,7 @@ def _keep_unknown(
                     headers=message.headers,
                     content_type=message.content_type,
                     content_encoding=message.content_encoding,
-                    declare=[Queue(dead, routing_key=dead)],
+                    declare=[Queue(dead, routing_key=dead)],  # kept on AMQP too
                     retry=True,
                     retry_policy={"max_retries": 5, "interval_start": 0.1},
                 )

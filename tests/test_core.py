@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import pickle
 import threading
 from datetime import timedelta
@@ -18,7 +19,6 @@ from jobs_core import (
     JobFailedError,
     JobPayloadError,
     JobRegistry,
-    JobsSettings,
     PermanentError,
     Retry,
     RetryLater,
@@ -219,7 +219,7 @@ def test_inline_wait_backoff_waits_the_schedule() -> None:
         raise RuntimeError("x")
 
     InlineDispatcher(on_error=lambda e, j: None, wait_backoff=True).dispatch_sync(handler, {"sku": "a"})
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2, gaps
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -41,7 +42,12 @@ def create_context() -> redis.Redis:
     return _store()
 
 
-@jobs.job("celery_test.work", retry=Retry(attempts=3, min_backoff=timedelta_ms(50) if False else None) if False else Retry(attempts=3))  # noqa: E501
+@jobs.job(
+    "celery_test.work",
+    retry=Retry(
+        attempts=3, min_backoff=timedelta(milliseconds=50), max_backoff=timedelta(seconds=1)
+    ),
+)
 def work(payload: Work, ctx: redis.Redis) -> None:
     ctx.hset(STARTED, str(payload.n), os.getpid())
     if payload.seconds:

@@ -1,0 +1,12 @@
+"""The quickstart's jobs in a Celery worker: `celery -A examples.celery.worker:celery_app worker`.
+
+The app is built from the quickstart's registry and context factory; the broker and queue come
+from `JOBS_BROKER_URL` and `JOBS_QUEUE` (defaults `redis://localhost:6379/0`, `default`).
+"""
+
+from __future__ import annotations
+
+from backends.celery import create_celery_app
+from examples.quickstart import create_context, jobs
+
+celery_app = create_celery_app(jobs, context=create_context)
