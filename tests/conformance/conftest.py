@@ -14,7 +14,7 @@ from jobs_core.testing import RecordingInstrumentation
 
 from .harness import BackendHarness
 
-HARNESSES = ["inline", "celery", "dramatiq"]
+HARNESSES = ["inline", "celery", "dramatiq", "inngest"]
 """Every backend under the contract. A backend is added here, never skipped silently."""
 
 

@@ -51,6 +51,9 @@ class BackendHarness(Protocol):
     has_worker_queue: bool
     """True where unknown names and raw messages reach a worker (false inline: C16/C17 are
     checked there by calling the core directly, as the inline backend has no queue)."""
+    reports_unknown_jobs: bool
+    """True where a message for an unknown job reaches the worker, which logs it and records
+    `failed` (C17). False on Inngest: an event no function takes stays in Inngest's event log."""
 
     def session(
         self,

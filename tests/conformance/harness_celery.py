@@ -125,6 +125,7 @@ class CeleryHarness:
     name = "celery"
     durable = True
     has_worker_queue = True
+    reports_unknown_jobs = True
 
     def __init__(self, resources: Any) -> None:
         self.resources = resources

@@ -126,6 +126,7 @@ class DramatiqHarness:
     name = "dramatiq"
     durable = True
     has_worker_queue = True
+    reports_unknown_jobs = True
 
     def __init__(self, resources: Any) -> None:
         self.resources = resources

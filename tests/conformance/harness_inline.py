@@ -61,6 +61,7 @@ class InlineHarness:
     name = "inline"
     durable = False
     has_worker_queue = False
+    reports_unknown_jobs = True
 
     @contextmanager
     def session(
