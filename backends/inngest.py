@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -234,9 +235,7 @@ def _event(prepared: PreparedJob) -> inngest.Event:
     return inngest.Event(
         name=prepared.name,
         data=prepared.data,
-        id=event_id_for(prepared.name, prepared.idempotency_key)
-        if prepared.idempotency_key
-        else "",
+        id=prepared.dispatch_id if prepared.idempotency_key else "",
         ts=_millis(prepared.eta) if prepared.eta is not None else 0,
     )
 
@@ -343,6 +342,23 @@ class InngestDispatcher(BaseDispatcher):
         self.max_request_bytes = max_request_bytes
         self.sender = EventSender(client, timeout)
         self.inngest = InngestPort(self)
+
+    def prepare(
+        self,
+        job: Job[Any, Any],
+        payload: Any,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> PreparedJob:
+        """As on every backend; a keyed dispatch's id is its event id, so a duplicate's
+        receipt names the event that Inngest keeps."""
+        prepared = super().prepare(job, payload, delay, run_at, idempotency_key)
+        if idempotency_key:
+            return dataclasses.replace(
+                prepared, dispatch_id=event_id_for(job.name, idempotency_key)
+            )
+        return prepared
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
         ids: list[str] = []
