@@ -9,7 +9,12 @@ of the core's runner, and its `JobOutcome` is mapped onto Celery:
 - give up (the core already ran `on_failure` and recorded `failed`): re-raise the error, so
   the task ends as FAILURE and is acked; never `Ignore` (the job would vanish);
 - unknown task name (C17): Celery rejects the message and fires `task_unknown`; we record it
-  (`report_unknown_job`) and republish the raw message to the queue `<queue>.dead`.
+  (`report_unknown_job`) and republish the raw message to the queue `<queue>.dead`;
+- a malformed message (a body that is not JSON, or not Celery's `[args, kwargs, embed]`): our
+  task strategy turns the error into Celery's `InvalidTaskError`, so Celery logs and rejects it
+  instead of stopping the worker (a wrong-shape body raised out of Celery's consumer loop and
+  stopped the worker; a non-JSON body was acked and dropped); on `task_rejected` we log it with
+  its job name and task id and republish it to `<queue>.dead` too.
 
 Safe defaults (see BACKEND_NOTES.md): JSON only, `task_acks_late`, `task_reject_on_worker_lost`,
 `worker_prefetch_multiplier=1`, and on Redis a `visibility_timeout` of 2 h. A message not acked
@@ -39,8 +44,9 @@ from jobs_core.payload import DEFAULT_MAX_PAYLOAD_BYTES
 try:
     import redis
     from celery import Celery, signals
-    from celery.exceptions import Ignore, Reject, Retry
+    from celery.exceptions import Ignore, InvalidTaskError, Reject, Retry
     from kombu.entity import Queue as _KombuQueue
+    from kombu.exceptions import DecodeError as _KombuDecodeError
 except ImportError as exc:  # pragma: no cover - exercised by the C24 test
     raise missing_extra("celery", "celery", getattr(exc, "name", None) or "celery") from exc
 
@@ -271,6 +277,48 @@ def create_dispatcher(
 # -- worker side --------------------------------------------------------------------------
 
 
+MALFORMED_MESSAGE_ERRORS: tuple[type[BaseException], ...] = (
+    _KombuDecodeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+)
+"""What Celery's consumer raises while reading a malformed message (before any run)."""
+
+
+def _strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
+    """Celery's default task strategy, with malformed messages turned into `InvalidTaskError`.
+
+    Celery reads a message's body in the consumer thread; a body of the wrong shape raised
+    `ValueError` out of the consumer loop ("Unrecoverable error": the worker stopped, and every
+    worker that fetched the message again stopped too), and a body that is not JSON was acked
+    and dropped. As `InvalidTaskError`, Celery logs the message, rejects it (no retry) and sends
+    `task_rejected`, on which the message is kept in `<queue>.dead` (`_keep_rejected`).
+    """
+    from celery.worker.strategy import default  # worker side only
+
+    handle = default(task, app, consumer, **options)
+
+    def task_message_handler(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return handle(message, body, *args, **kwargs)
+        except InvalidTaskError:
+            raise
+        except MALFORMED_MESSAGE_ERRORS as exc:
+            raise InvalidTaskError(
+                f"malformed message for job {task.name!r} (task id "
+                f"{_header(message, 'id')}): {type(exc).__name__}: {str(exc)[:200]}"
+            ) from exc
+
+    return task_message_handler
+
+
+def _header(message: Any, name: str) -> Any:
+    headers = getattr(message, "headers", None)
+    return headers.get(name) if isinstance(headers, dict) else None
+
+
 def _register_job(
     app: Any,
     job: Job[Any, Any],
@@ -289,7 +337,8 @@ def _register_job(
         ).apply_async()
 
     def run(self: Any, *args: Any, **kwargs: Any) -> None:
-        data = args[0] if args else None
+        # One argument, the payload; anything else (a message made by hand) is bad input (C16).
+        data = args[0] if len(args) == 1 else list(args)
         not_before = kwargs.get(NOT_BEFORE_KWARG)
         if isinstance(not_before, (int, float)) and not_before - time.time() > 0.001:
             hop(self, data, float(not_before), self.request.retries)
@@ -333,11 +382,32 @@ def _register_job(
         ignore_result=True,
         serializer="json",
         typing=False,
+        Strategy=f"{__name__}:_strategy",
+        shared=False,  # else every Celery app made later in this process gets this task
     )(run)
 
 
 def _same(a: object, b: object) -> bool:
     return a is b
+
+
+def _keep_message(app: Any, message: Any, dead: str, what: str) -> None:
+    """Republish `message` as it came to the queue `dead`, for an operator to find."""
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.publish(
+                message.body,
+                exchange="",
+                routing_key=dead,
+                headers=message.headers,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                declare=[Queue(dead, routing_key=dead)],  # kept on AMQP too
+                retry=True,
+                retry_policy={"max_retries": 5, "interval_start": 0.1},
+            )
+    except Exception:
+        logger.exception("could not keep the message of %s in %s", what, dead)
 
 
 def _keep_unknown(app: Any, queue: str, instrumentation: Instrumentation | None) -> Any:
@@ -352,23 +422,34 @@ def _keep_unknown(app: Any, queue: str, instrumentation: Instrumentation | None)
         report_unknown_job(
             name, dispatch_id=id, backend=BACKEND, instrumentation=instrumentation, where=dead
         )
-        try:
-            with app.producer_or_acquire() as producer:
-                producer.publish(
-                    message.body,
-                    exchange="",
-                    routing_key=dead,
-                    headers=message.headers,
-                    content_type=message.content_type,
-                    content_encoding=message.content_encoding,
-                    declare=[Queue(dead, routing_key=dead)],  # kept on AMQP too
-                    retry=True,
-                    retry_policy={"max_retries": 5, "interval_start": 0.1},
-                )
-        except Exception:
-            logger.exception("could not keep the message of unknown job %r in %s", name, dead)
+        _keep_message(app, message, dead, f"unknown job {name!r}")
 
     return on_unknown
+
+
+def _keep_rejected(app: Any, queue: str) -> Any:
+    """A `task_rejected` receiver: log a malformed message and keep it in `<queue>.dead`.
+
+    Celery sends `task_rejected` for a message it cannot read as a task (no task name, a body
+    that is not JSON or of the wrong shape: see `_strategy`) after it has rejected it.
+    """
+    dead = dead_letter_queue(queue)
+
+    def on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+        if message is None or not _same(getattr(sender, "app", None), app):
+            return
+        name, task_id = _header(message, "task"), _header(message, "id")
+        logger.error(
+            "malformed message (job=%r, task id=%s, %d bytes): not run; kept in %s: %s",
+            name,
+            task_id,
+            len(message.body or b""),
+            dead,
+            str(exc)[:300] if exc is not None else "not a task message",
+        )
+        _keep_message(app, message, dead, f"malformed message (job={name!r}, id={task_id})")
+
+    return on_rejected
 
 
 def create_celery_app(
@@ -407,6 +488,9 @@ def create_celery_app(
     receiver = _keep_unknown(app, queue, instrumentation)
     app.jobs_core_unknown_receiver = receiver  # keeps the (weakly connected) receiver alive
     signals.task_unknown.connect(receiver, weak=True)
+    rejected = _keep_rejected(app, queue)
+    app.jobs_core_rejected_receiver = rejected
+    signals.task_rejected.connect(rejected, weak=True)
     app.jobs_core_queue = queue
     return app
 

@@ -4,10 +4,11 @@ Producer (`DramatiqDispatcher`, made by `create_dispatcher`): needs no handler c
 becomes a Dramatiq message for the actor named after the job, on `JOBS_QUEUE`, with the
 validated JSON payload as its one argument and the dispatch id as its message id. On Redis the
 message goes through Dramatiq's own `dispatch` Lua script (the same call `actor.send` makes), so
-workers see exactly what `actor.send` would have produced; `dispatch_many` sends all scripts in
-one pipeline (one round trip). The Redis client uses `JOBS_DISPATCH_TIMEOUT` for connecting and
-for every reply, with no client-side retries, so a refused, down or hanging broker is a
-`DispatchError` within the timeout (C7).
+workers see exactly what `actor.send` would have produced; `dispatch_many` writes all messages
+in one MULTI/EXEC transaction (one round trip) with the same Redis writes as the script's
+`enqueue` (checked against the script's text). The Redis client uses `JOBS_DISPATCH_TIMEOUT` for
+connecting and for every reply, with no client-side retries, so a refused, down or hanging broker
+is a `DispatchError` within the timeout (C7).
 
 Worker (`register_actors`, `run_worker`, or the native `dramatiq module` CLI): one actor per
 job, whose body hands the delivery to the core's `run_job_sync` and maps the outcome:
@@ -21,7 +22,14 @@ job, whose body hands the delivery to the core's `run_job_sync` and maps the out
   actor, so no `AsyncIO` middleware is needed (C18);
 - an unknown actor name: Dramatiq's worker logs it and dead-letters the message; our middleware
   also reports it through the core (`report_unknown_job`: logged with its name, `failed`
-  recorded) and the worker goes on (C17).
+  recorded) and the worker goes on (C17);
+- a message that cannot be decoded (not JSON, or not a Dramatiq message): Dramatiq's consumer
+  raised out of its loop, restarted, and left the undecodable message and the rest of its
+  prefetched batch fetched-but-unacked until the worker process died. Worker brokers made here
+  use a consumer that logs it (message id, queue) and dead-letters it (`XQ`), and goes on with
+  the batch;
+- a message whose arguments are not the one payload (sent by hand): the actor hands them to the
+  core as they are, so it is bad input (C16), not a Dramatiq retry.
 
 Crash safety (C20): after a worker dies (SIGKILL), its unacked messages go back to the queue
 only through Redis broker maintenance, which runs on a random `maintenance_chance` (per million
@@ -58,7 +66,9 @@ try:
     import dramatiq
     import redis
     from dramatiq.brokers.redis import RedisBroker as _RedisBroker
-    from dramatiq.common import dq_name
+    from dramatiq.brokers.redis import _RedisConsumer
+    from dramatiq.common import dq_name, q_name
+    from dramatiq.errors import ConnectionClosed, DecodeError
     from dramatiq.middleware import Middleware
     from redis.backoff import NoBackoff
     from redis.exceptions import NoScriptError
@@ -134,6 +144,259 @@ def _producer_client(url: str, timeout: float) -> redis.Redis:
     )
 
 
+PAYLOAD_REPR = "<payload>"
+"""How Dramatiq's worker log lines show a job's argument: payloads may hold personal data or
+secrets (C23), and a large one made every failure a log line as large (Celery: `ARGSREPR`)."""
+
+
+class HidePayloads(logging.Filter):
+    """Shows a message in Dramatiq's worker log lines as `actor(<payload>) [message id]`.
+
+    Dramatiq logs `str(message)`, its arguments' reprs in full ("Failed to process message
+    %s ..."); this filter, on the `dramatiq.worker` loggers, replaces them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, _MESSAGE_TYPES) for a in args):
+            record.args = tuple(_without_payload(a) for a in args)
+        return True
+
+
+def _without_payload(arg: Any) -> Any:
+    if isinstance(arg, _MESSAGE_TYPES):
+        message: Any = arg
+        return f"{message.actor_name}({PAYLOAD_REPR}) [{message.message_id}]"
+    return arg
+
+
+_MESSAGE_TYPES: tuple[type, ...] = (dramatiq.Message, dramatiq.broker.MessageProxy)
+_HIDE_PAYLOADS = HidePayloads()
+
+
+def hide_payloads(log: logging.Logger) -> None:
+    """Install `HidePayloads` on `log` (once)."""
+    if _HIDE_PAYLOADS not in log.filters:
+        log.addFilter(_HIDE_PAYLOADS)
+
+
+def hide_payloads_in_worker_logs() -> None:
+    """Install `HidePayloads` on Dramatiq's worker-thread logger; `JobsMiddleware` does it on
+    each consumer thread's own logger (`dramatiq.worker.ConsumerThread(<queue>)`) as it boots."""
+    hide_payloads(logging.getLogger("dramatiq.worker.WorkerThread"))
+
+
+class _WorkerConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, with three holes closed.
+
+    - A message it cannot decode is dead-lettered, not fatal. Dramatiq's consumer raises
+      `DecodeError` out of the worker's consumer loop: the loop logs it, drops the rest of the
+      prefetched batch from memory and restarts, so the undecodable message and that batch stay
+      fetched-but-unacked for as long as the worker process lives. Here the message is found by
+      its data among this consumer's unacked ids, moved to the dead-letter queue
+      (`<queue>.XQ`) with the broker's own `nack`, and logged.
+    - Messages fetched while the connection broke are not stranded. Redis runs the fetch
+      script (which marks the messages as this worker's) even when its reply is lost, as when
+      the broker restarts; Dramatiq's consumer thread then makes a new consumer, but those
+      messages stay in this worker's acks set, to come back only when the worker process dies.
+    - Delayed messages likewise. A worker holds the messages of its delay queue (`<queue>.DQ`:
+      retries, delayed jobs) in memory until their eta; when the connection breaks, Dramatiq's
+      consumer thread drops them from memory, and they stay in the acks set too.
+
+    So each new consumer, before its first fetch, puts back on its queue every message of
+    this worker's acks set that the worker does not hold (for a delay queue: all of them,
+    since their copies in memory are gone). The broker counts what the worker holds: given
+    out by a consumer and not yet acked or nacked. An id acked meanwhile is left alone (the
+    broker's requeue script moves only ids still in the acks set).
+    """
+
+    def __next__(self) -> Any:
+        if not getattr(self, "_orphans_requeued", False):
+            self._requeue_orphans()
+            self._orphans_requeued = True
+        while True:
+            try:
+                fetch: Any = super().__next__
+                message = fetch()
+            except DecodeError as exc:
+                self._dead_letter(exc)
+                continue
+            if message is not None:
+                self._held().add(message.options["redis_message_id"])
+            return message
+
+    def ack(self, message: Any) -> None:
+        done: Any = super().ack
+        done(message)  # on a connection error the worker tries again: still held till then
+        self._held().discard(message.options.get("redis_message_id"))
+
+    def nack(self, message: Any) -> None:
+        done: Any = super().nack
+        done(message)  # on a connection error the worker tries again: still held till then
+        self._held().discard(message.options.get("redis_message_id"))
+
+    def _held(self) -> _Held:
+        broker: Any = self.broker
+        held: _Held = broker.held(self.queue_name)
+        return held
+
+    def _requeue_orphans(self) -> None:
+        broker: Any = self.broker
+        acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}"
+        held = self._held()
+        try:
+            fetched = {i.decode() for i in broker.client.smembers(acks)}
+            if q_name(self.queue_name) != self.queue_name:  # a delay queue
+                held.clear()
+            orphans = sorted(fetched - held.snapshot())
+            if orphans:
+                broker.do_requeue(self.queue_name, *orphans)
+        except redis.ConnectionError as exc:
+            closed: Any = ConnectionClosed
+            raise closed(exc) from None
+        if orphans:
+            logger.warning(
+                "put %d message(s) back on %r: fetched by this worker while its connection to "
+                "the broker broke, and not held by it",
+                len(orphans),
+                self.queue_name,
+            )
+
+    def _dead_letter(self, exc: DecodeError) -> None:
+        data = exc.data
+        broker: Any = self.broker
+        client: Any = broker.client
+        acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}"
+        messages = f"{broker.namespace}:{self.queue_name}.msgs"
+        message_id: str | None = None
+        try:
+            ids = sorted(client.smembers(acks))
+            if ids:
+                for candidate, stored in zip(ids, client.hmget(messages, ids)):
+                    if stored == data:
+                        message_id = candidate.decode()
+                        break
+            if message_id is not None:
+                self.broker.do_nack(self.queue_name, message_id)
+        except redis.RedisError:
+            logger.exception("could not dead-letter an undecodable message on %r", self.queue_name)
+        cause = exc.error if exc.error is not None else exc
+        size = len(data) if isinstance(data, (bytes, str)) else 0
+        where = (
+            f"kept in the dead-letter queue {broker.namespace}:{self.queue_name}.XQ"
+            if message_id is not None
+            else "left unacked (not found among this worker's messages)"
+        )
+        logger.error(
+            "undecodable message %s on queue %r (%d bytes, starts %r): not run; %s: %s: %s",
+            message_id,
+            self.queue_name,
+            size,
+            data[:80] if isinstance(data, (bytes, str)) else data,
+            where,
+            type(cause).__name__,
+            str(cause)[:200],
+        )
+
+
+class _Held:
+    """The Redis message ids of one queue that a worker process holds (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, message_id: str) -> None:
+        with self._lock:
+            self._ids.add(message_id)
+
+    def discard(self, message_id: str | None) -> None:
+        with self._lock:
+            self._ids.discard(message_id or "")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._ids.clear()
+
+    def snapshot(self) -> set[str]:
+        with self._lock:
+            return set(self._ids)
+
+
+_HELD_LOCK = threading.Lock()
+
+ENQUEUE_RETRY_SECONDS = 300.0
+"""How long a worker keeps trying to enqueue (a retry, a delayed job that is due) while the
+broker cannot be reached, before it gives up on that enqueue."""
+
+
+class _WorkerRedisBroker(_RedisBroker):
+    """The worker-side Redis broker: Dramatiq's, with `_WorkerConsumer`, and an `enqueue` that
+    waits for the broker to come back.
+
+    A retry is a new message enqueued by Dramatiq's `Retries` middleware; the old one is then
+    acked. When that enqueue failed (the broker restarting), `Retries` logged the error, the old
+    message was acked anyway, and the job was lost. Dramatiq itself retries acks until the
+    connection recovers; this does the same for enqueues, for up to `ENQUEUE_RETRY_SECONDS`,
+    without sending a message twice when only the reply was lost.
+    """
+
+    enqueue_retry_seconds = ENQUEUE_RETRY_SECONDS
+
+    @property
+    def consumer_class(self) -> Any:
+        return _WorkerConsumer
+
+    def held(self, queue_name: str) -> _Held:
+        """What this worker process holds of `queue_name` (see `_WorkerConsumer`)."""
+        table: dict[str, _Held] = self.__dict__.setdefault("_jobs_core_held", {})
+        with _HELD_LOCK:
+            return table.setdefault(queue_name, _Held())
+
+    def enqueue(
+        self, message: dramatiq.Message[Any], *, delay: int | None = None
+    ) -> dramatiq.Message[Any]:
+        """`RedisBroker.enqueue`, waiting for the broker to come back, and sent at most once.
+
+        The message keeps one Redis id across attempts: when an attempt fails after Redis ran
+        it (the broker shut down before its reply left), the next attempt finds the message
+        stored under that id and does not send it again.
+        """
+        queue_name = message.queue_name
+        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            eta = int(time.time() * 1000) + delay
+            message = message.copy(queue_name=queue_name, options={"eta": eta})
+        redis_id = message.options["redis_message_id"]
+        stored_at = f"{self.namespace}:{queue_name}.msgs"
+        self.emit_before("enqueue", message, delay)
+        commands: Any = self  # `do_enqueue` is made by `RedisBroker.__getattr__`
+        deadline = time.monotonic() + self.enqueue_retry_seconds
+        pause, attempted = 0.1, False
+        while True:
+            try:
+                if not (attempted and self.client.hexists(stored_at, redis_id)):
+                    commands.do_enqueue(queue_name, redis_id, message.encode())
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                attempted = True
+                if time.monotonic() + pause > deadline:
+                    raise
+                logger.warning(
+                    "could not enqueue message %s (%s) on %r: %s; trying again in %.1fs",
+                    message.message_id,
+                    message.actor_name,
+                    queue_name,
+                    exc,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+        self.emit_after("enqueue", message, delay)
+        return message
+
+
 def make_worker_broker(
     broker_url: str,
     *,
@@ -150,6 +413,7 @@ def make_worker_broker(
     `TimeLimit`.
     """
     _check_url(broker_url)
+    hide_payloads_in_worker_logs()
     if middleware is None:
         middleware = [
             m()
@@ -166,7 +430,8 @@ def make_worker_broker(
         socket_keepalive=True,
         health_check_interval=30,
     )
-    redis_broker: Broker = RedisBroker(
+    broker_class: Any = _WorkerRedisBroker  # untyped constructor
+    redis_broker: Broker = broker_class(
         client=client,
         middleware=middleware,
         heartbeat_timeout=heartbeat_timeout,
@@ -195,6 +460,20 @@ _SCRIPT_LAYOUT = (
     "local message_id = ARGS[1]",
     "local message_data = ARGS[2]",
 )
+
+_ENQUEUE_STEPS = (
+    'local heartbeats = namespace .. ":__heartbeats__"',
+    'redis.call("zadd", heartbeats, timestamp, worker_id)',
+    'local queue_full_name = namespace .. ":" .. queue_name',
+    'local queue_messages = queue_full_name .. ".msgs"',
+    'redis.call("hset", queue_messages, message_id, message_data)',
+    'redis.call("rpush", queue_full_name, message_id)',
+)
+"""What the script's `enqueue` writes, which `_RedisSender.send_batch` writes itself; another
+Dramatiq version without these lines gets one script call per message, pipelined."""
+
+BATCH_CHUNK = 1_000
+"""Messages per HSET / RPUSH command inside a batch's transaction."""
 
 
 def _enqueue_each(broker: Broker, queue: str, jobs: Sequence[PreparedJob]) -> None:
@@ -232,10 +511,13 @@ class _RedisSender:
         # The argument layout this sender writes; another Dramatiq version with another
         # layout falls back to `RedisBroker.enqueue`, one message per round trip.
         self.layout_ok = all(marker in text for marker in _SCRIPT_LAYOUT)
+        self.batch_ok = self.layout_ok and all(step in text for step in _ENQUEUE_STEPS)
         # Arguments are passed as bytes: redis-py then packs them without converting each.
         self._head = (self.sha.encode(), b"1", NAMESPACE.encode(), b"enqueue")
         self._queue = queue.encode()
         self._delay_queue = self.delay_queue.encode()
+        self._namespace = NAMESPACE.encode() + b":"
+        self._heartbeats = self._namespace + b"__heartbeats__"
         self._fixed = (
             str(self.broker.broker_id).encode(),
             str(self.broker.heartbeat_timeout).encode(),
@@ -246,6 +528,11 @@ class _RedisSender:
 
     def _args(self, prepared: PreparedJob, now_ms: int, now: bytes) -> tuple[bytes, ...]:
         """EVALSHA's arguments (after the command name) for one message."""
+        queue_arg, message_id, data = self._message(prepared, now_ms)
+        return (*self._head, now, queue_arg, *self._fixed, message_id, data)
+
+    def _message(self, prepared: PreparedJob, now_ms: int) -> tuple[bytes, bytes, bytes]:
+        """(queue, message id, encoded message) for one job, as `RedisBroker.enqueue` makes them."""
         options: dict[str, Any] = {"redis_message_id": prepared.dispatch_id}
         queue, queue_arg = self.queue, self._queue
         if prepared.eta is not None:
@@ -264,7 +551,7 @@ class _RedisSender:
                 "message_timestamp": now_ms,
             }
         )
-        return (*self._head, now, queue_arg, *self._fixed, prepared.dispatch_id.encode(), data)
+        return queue_arg, prepared.dispatch_id.encode(), data
 
     def send(self, jobs: Sequence[PreparedJob]) -> None:
         if not self.layout_ok:
@@ -278,6 +565,9 @@ class _RedisSender:
                 self._execute("EVALSHA", *args)
             except NoScriptError:
                 self._execute("EVAL", self.script, *args[1:])
+            return
+        if self.batch_ok:
+            self.send_batch(jobs, now_ms, now)
             return
         pending = [self._args(p, now_ms, now) for p in jobs]
         for _ in range(2):
@@ -296,6 +586,30 @@ class _RedisSender:
             self.client.script_load(self.script)
             pending = missing
         raise NoScriptError("the dramatiq dispatch script could not be loaded")
+
+    def send_batch(self, jobs: Sequence[PreparedJob], now_ms: int, now: bytes) -> None:
+        """Enqueue several messages in one MULTI/EXEC: the script's `enqueue` writes for each
+        (heartbeat ZADD, HSET of the message, RPUSH of its id), as a few commands in all.
+
+        One script call per message cost the producer ~40 % of a batch's CPU in packing 13
+        arguments per message, and Redis one Lua run per message. Here every message goes in,
+        or none does (the transaction); ids keep their order within each queue.
+        """
+        by_queue: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        for prepared in jobs:
+            queue, message_id, data = self._message(prepared, now_ms)
+            by_queue.setdefault(queue, []).append((message_id, data))
+        pipe: Any = self.client.pipeline(transaction=True)
+        pipe.execute_command("ZADD", self._heartbeats, now, self._fixed[0])
+        for queue, messages in by_queue.items():
+            full_name = self._namespace + queue
+            for start in range(0, len(messages), BATCH_CHUNK):
+                chunk = messages[start : start + BATCH_CHUNK]
+                pipe.execute_command(
+                    "HSET", full_name + b".msgs", *[part for message in chunk for part in message]
+                )
+                pipe.execute_command("RPUSH", full_name, *[message_id for message_id, _ in chunk])
+        pipe.execute()
 
 
 class _BrokerSender:
@@ -417,6 +731,12 @@ class JobsMiddleware(Middleware):
 
     after_skip_message = after_process_message
 
+    def after_consumer_thread_boot(self, broker: Broker, thread: Any) -> None:
+        hide_payloads(thread.logger)
+
+    def after_worker_thread_boot(self, broker: Broker, thread: Any) -> None:
+        hide_payloads(thread.logger)
+
     def before_nack(self, broker: Broker, message: Any) -> None:
         if message.actor_name not in broker.actors:
             report_unknown_job(
@@ -447,7 +767,10 @@ def _actor_body(
 ) -> Callable[[Any], None]:
     local = current.local
 
-    def run(data: Any) -> None:
+    def run(*args: Any, **kwargs: Any) -> None:
+        # One argument, the payload. Anything else was not sent by a dispatcher: the core
+        # gets it as it is and treats it as bad input (C16).
+        data: Any = args[0] if len(args) == 1 and not kwargs else [*args, kwargs]
         message: Any = getattr(local, "message", None)
         if message is not None:
             attempt = int(message.options.get("retries", 0))
@@ -502,6 +825,7 @@ def register_actors(
             )
             dramatiq.set_broker(broker)
     current = _jobs_middleware(broker, instrumentation)
+    hide_payloads_in_worker_logs()
     for job in registry:
         retry = job.retry
         dramatiq.actor(
@@ -649,14 +973,27 @@ def run_worker(
 
 
 def dead_letters(broker_url: str, queue: str) -> list[dict[str, Any]]:
-    """The dead-lettered messages of `queue` on a Redis broker (for operators and tests)."""
+    """The dead-lettered messages of `queue` on a Redis broker (for operators and tests).
+
+    A message that could not be decoded is given as `{"message_id": ..., "undecodable": raw}`.
+    """
     client = redis.Redis.from_url(broker_url, socket_connect_timeout=5, socket_timeout=5)
     try:
-        raw: list[Any] = client.hvals(f"{NAMESPACE}:{queue}.XQ.msgs")
+        raw: dict[Any, Any] = client.hgetall(f"{NAMESPACE}:{queue}.XQ.msgs")
     finally:
         client.close()
     decode = dramatiq.get_encoder().decode
-    return [dict(decode(data)) for data in raw]
+    found: list[dict[str, Any]] = []
+    for message_id, data in raw.items():
+        try:
+            decoded = decode(data)
+        except Exception:
+            decoded = None
+        if isinstance(decoded, dict):
+            found.append(dict(decoded))
+        else:  # an undecodable message, dead-lettered by the worker: id and raw bytes
+            found.append({"message_id": message_id.decode(), "undecodable": data})
+    return found
 
 
 def new_queue_name(prefix: str = "jobs") -> str:

@@ -1,4 +1,8 @@
-"""Shared fixtures: one private redis-server for the whole test session (started on demand)."""
+"""Shared fixtures: one private redis-server for the whole test session (started on demand).
+
+Also the soak's option: the short soak (1,000 jobs per backend) runs with the suite; the full one
+(10,000 per backend, marker `soak_full`) only with `pytest -m soak_full --run-soak-full`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-soak-full",
+        action="store_true",
+        default=False,
+        help="run the full soak, 10,000 jobs per backend (select it with -m soak_full)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-soak-full"):
+        return
+    skip = pytest.mark.skip(reason="the full soak runs with: pytest -m soak_full --run-soak-full")
+    for item in items:
+        if "soak_full" in item.keywords:
+            item.add_marker(skip)
 
 
 class SharedResources:

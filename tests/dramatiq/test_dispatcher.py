@@ -20,7 +20,7 @@ from backends.dramatiq import (
     make_worker_broker,
     register_actors,
 )
-from jobs_core import JobRegistry, Retry
+from jobs_core import JobRegistry, JobRequest, Retry
 from tests.dramatiq.app import Work, jobs, work
 
 
@@ -156,3 +156,32 @@ def test_unknown_script_layout_falls_back_to_broker_enqueue(url: str) -> None:
     assert sorted(m.args[0]["n"] for m in _messages(client, "fallback")) == [0, 1, 2]
     [delayed] = _messages(client, "fallback.DQ")
     assert delayed.args[0]["n"] == 3 and "eta" in delayed.options
+
+
+def test_dispatch_many_writes_what_the_script_writes(url: str) -> None:
+    """A batch (one MULTI/EXEC) leaves each message where `dispatch_sync` (the script) would:
+    due ones on the queue in order, delayed ones on the delay queue with their eta."""
+    client = redis.Redis.from_url(url)
+    dispatcher = DramatiqDispatcher(url, "batch")
+    try:
+        assert dispatcher._sender.batch_ok  # type: ignore[union-attr]
+        before = time.time() * 1000
+        receipts = dispatcher.dispatch_many_sync(
+            [
+                (work, {"n": 1}),
+                JobRequest(work, {"n": 2}, delay=timedelta(seconds=30)),
+                (work, {"n": 3}),
+                JobRequest(work, {"n": 4}, run_at=datetime.now(timezone.utc) - timedelta(1)),
+            ]
+        )
+    finally:
+        dispatcher.close()
+    due = _messages(client, "batch")
+    assert [m.args[0]["n"] for m in due] == [1, 3, 4]
+    assert [m.message_id for m in due] == [receipts[i].dispatch_id for i in (0, 2, 3)]
+    assert all(m.queue_name == "batch" and "eta" not in m.options for m in due)
+    [delayed] = _messages(client, "batch.DQ")
+    assert delayed.args[0]["n"] == 2 and delayed.queue_name == "batch.DQ"
+    assert before + 29_000 < delayed.options["eta"] < before + 31_000
+    producer_id = str(dispatcher._sender.broker.broker_id)  # type: ignore[union-attr]
+    assert client.zscore("dramatiq:__heartbeats__", producer_id)  # as the script does
