@@ -60,7 +60,7 @@ def test_C22_unsigned_forged_and_replayed_calls_get_401_and_run_nothing(
     production: tuple[InngestHarness, InngestDispatcher, str, Calls],
 ) -> None:
     harness, dispatcher, fn_url, calls = production
-    dispatcher.dispatch_sync(dispatcher_job(harness), {"name": "signed"})
+    dispatcher.dispatch_sync(dispatcher_job(), {"name": "signed"})
     [run] = harness.wait_for_runs(1, timeout=WAIT)
     assert run.status == "completed" and calls.names == ["signed"]
     assert all(a.signature_valid for a in run.attempts)
@@ -86,11 +86,9 @@ def test_C22_unsigned_forged_and_replayed_calls_get_401_and_run_nothing(
     assert calls.names == ["signed", "signed"]
 
 
-def dispatcher_job(harness: InngestHarness) -> Any:
-    from jobs_core import JobRegistry as _Registry
-
-    # The producer needs only the job's definition (name and model), not the worker's handler.
-    registry: _Registry[Any] = _Registry()
+def dispatcher_job() -> Any:
+    """The producer's view of the job: its name and model only, no worker handler."""
+    registry: JobRegistry[Any] = JobRegistry()
     return registry.define_job("secure.greet", payload=Greeting, handle=lambda p, c: None)
 
 
@@ -101,7 +99,7 @@ def test_C23_no_key_in_logs_reprs_or_errors(
 ) -> None:
     harness, dispatcher, _, calls = production
     caplog.set_level(logging.DEBUG)
-    job = dispatcher_job(harness)
+    job = dispatcher_job()
     dispatcher.dispatch_sync(job, {"name": "a"})
     dispatcher.dispatch_many_sync([(job, {"name": "b"}), (job, {"name": "c"})])
     harness.wait_for_runs(3, timeout=WAIT)
