@@ -37,7 +37,7 @@ from jobs_core.dispatcher import DEFAULT_DISPATCH_TIMEOUT, BaseDispatcher, Prepa
 from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource, report_unknown_job, run_job_sync
 from jobs_core.idempotency import IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore
-from jobs_core.instrumentation import Instrumentation
+from jobs_core.instrumentation import Instrumentation, with_logging
 from jobs_core.job import Job, JobRegistry
 from jobs_core.payload import DEFAULT_MAX_PAYLOAD_BYTES
 
@@ -480,6 +480,7 @@ def create_celery_app(
     conf.update(celery_conf)
     vt = float(conf["broker_transport_options"].get("visibility_timeout", vt))
 
+    instrumentation = with_logging(instrumentation)
     app = Celery("jobs_core.worker", set_as_current=False)
     app.conf.update(conf)
     max_hop = max(max_delay_seconds(vt), 0.001)

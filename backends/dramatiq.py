@@ -59,7 +59,7 @@ from jobs_core.dispatcher import BaseDispatcher, PreparedJob
 from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource, report_unknown_job, run_job_sync
 from jobs_core.idempotency import IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore
-from jobs_core.instrumentation import Instrumentation
+from jobs_core.instrumentation import Instrumentation, with_logging
 from jobs_core.job import Job, JobRegistry
 
 try:
@@ -824,6 +824,7 @@ def register_actors(
                 url, heartbeat_timeout=heartbeat_timeout, maintenance_chance=maintenance_chance
             )
             dramatiq.set_broker(broker)
+    instrumentation = with_logging(instrumentation)
     current = _jobs_middleware(broker, instrumentation)
     hide_payloads_in_worker_logs()
     for job in registry:

@@ -48,13 +48,18 @@ from jobs_core.errors import DispatchError, JobConfigError
 from jobs_core.execution import (
     ContextSource,
     JobOutcome,
-    default_instrumentation,
     needs_event_loop,
     run_job,
     run_job_sync,
 )
 from jobs_core.idempotency import MemoryIdempotencyStore
-from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
+from jobs_core.instrumentation import (
+    Instrumentation,
+    JobEvent,
+    describe_error,
+    safe_record,
+    with_logging,
+)
 from jobs_core.job import Job, JobRegistry
 from jobs_core.retry import MAX_ATTEMPTS
 
@@ -444,7 +449,7 @@ def create_inngest_job_function(
     event loop (what Django's ORM needs).
     """
     _check_retries(job)
-    instrumentation = instrumentation or default_instrumentation()
+    instrumentation = with_logging(instrumentation)
     register = client.create_function(
         fn_id=job.name,
         name=job.name,

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from backends.celery import CeleryDispatcher
+from jobs_core.backends.celery import CeleryDispatcher
 
 from .common import (
     PYTHON,

@@ -1,7 +1,7 @@
 """The Celery worker process of the end-to-end scenario: both sides in one worker.
 
 `python -m benchmarks.celery_worker BROKER_URL QUEUE [POOL CONCURRENCY]` starts one worker
-(default: threads pool, concurrency 8) of an app made by `backends.celery.create_celery_app`
+(default: threads pool, concurrency 8) of an app made by `jobs_core.backends.celery.create_celery_app`
 with the benchmark's registry (ours: the jobs_core task that calls `run_job_sync`), plus a
 plain task `bench.raw` on the same app, so both sides run with exactly the same settings
 (acks_late, prefetch 1, JSON). Each side's handler does one Redis `INCR` of its own counter.
@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from backends.celery import create_celery_app
+from jobs_core.backends.celery import create_celery_app
 
 from .jobs import RAW_NAME, RedisHits, counter_keys, jobs
 

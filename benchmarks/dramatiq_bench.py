@@ -12,7 +12,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker as _RedisBroker
 
-from backends.dramatiq import DramatiqDispatcher, close_broker
+from jobs_core.backends.dramatiq import DramatiqDispatcher, close_broker
 
 from .common import (
     PYTHON,

@@ -1,7 +1,7 @@
 """The Dramatiq worker process of the end-to-end scenario: both sides in one worker.
 
 `python -m benchmarks.dramatiq_worker BROKER_URL QUEUE [THREADS]` starts one worker process
-(default 8 threads) on a broker made by `backends.dramatiq.make_worker_broker`, with our actor
+(default 8 threads) on a broker made by `jobs_core.backends.dramatiq.make_worker_broker`, with our actor
 (`register_actors`: the jobs_core actor that calls `run_job_sync`) and a plain actor
 `bench.raw` on the same broker and queue, so both sides run with the same settings. Each side's
 handler does one Redis `INCR` of its own counter. It runs until SIGTERM / SIGINT.
@@ -21,7 +21,7 @@ from typing import Any
 import dramatiq
 import redis
 
-from backends.dramatiq import close_broker, make_worker_broker, register_actors
+from jobs_core.backends.dramatiq import close_broker, make_worker_broker, register_actors
 
 from .jobs import RAW_NAME, RedisHits, counter_keys, jobs
 

@@ -3,7 +3,7 @@ against the direct call an app could make instead (`Model.model_validate` + the 
 
 from __future__ import annotations
 
-from backends.inline import InlineDispatcher
+from jobs_core.backends.inline import InlineDispatcher
 
 from . import memory
 from .common import Env, Result, compare, floor_result, interleave, lpush_side, timed

@@ -25,7 +25,7 @@ from typing import Any
 import fastapi
 import inngest
 
-from backends.inngest import InngestDispatcher, create_inngest_job_function, serve
+from jobs_core.backends.inngest import InngestDispatcher, create_inngest_job_function, serve
 from tests.inngest_harness import InngestHarness, run_asgi_app
 
 from .common import (

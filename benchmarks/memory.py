@@ -48,7 +48,7 @@ def peak_rss_bytes() -> int:
 
 def measure(jobs: int, mark: int) -> dict[str, Any]:
     """Dispatch `jobs` inline jobs one by one (each runs before `dispatch_sync` returns)."""
-    from backends.inline import InlineDispatcher
+    from jobs_core.backends.inline import InlineDispatcher
 
     from .jobs import SAMPLE, LocalHits, noop
 

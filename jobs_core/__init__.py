@@ -11,7 +11,12 @@ from .errors import (
     RetryLater,
 )
 from .execution import JobOutcome, run_job, run_job_sync
-from .instrumentation import Instrumentation, JobEvent, LoggingInstrumentation
+from .instrumentation import (
+    Instrumentation,
+    JobEvent,
+    LoggingInstrumentation,
+    MultiInstrumentation,
+)
 from .job import Job, JobRegistry
 from .port import DispatchReceipt, JobDispatcherPort, JobRequest
 from .retry import Retry
@@ -32,6 +37,7 @@ __all__ = [
     "JobsError",
     "JobsSettings",
     "LoggingInstrumentation",
+    "MultiInstrumentation",
     "PermanentError",
     "Retry",
     "RetryLater",

@@ -18,10 +18,10 @@ from .port import JobDispatcherPort
 
 BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
     # name: (adapter module, extra that installs its library)
-    "inline": ("backends.inline", ""),
-    "inngest": ("backends.inngest", "inngest"),
-    "celery": ("backends.celery", "celery"),
-    "dramatiq": ("backends.dramatiq", "dramatiq"),
+    "inline": ("jobs_core.backends.inline", ""),
+    "inngest": ("jobs_core.backends.inngest", "inngest"),
+    "celery": ("jobs_core.backends.celery", "celery"),
+    "dramatiq": ("jobs_core.backends.dramatiq", "dramatiq"),
 }
 BACKEND_LIBRARIES: dict[str, tuple[str, ...]] = {
     "inngest": ("inngest", "httpx", "fastapi", "uvicorn"),
@@ -64,8 +64,11 @@ class JobsSettings(BaseSettings):
 
     @field_validator("backend")
     @classmethod
-    def _strip_backend(cls, value: str) -> str:
-        return value.strip()
+    def _normalise_backend(cls, value: str) -> str:
+        # Built-in names ignore case and spaces ('Celery ' is 'celery'); a
+        # 'package.module:factory' path keeps its case, as Python names are case-sensitive.
+        value = value.strip()
+        return value if ":" in value else value.lower()
 
     @property
     def redacted_broker_url(self) -> str:

@@ -19,12 +19,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from .errors import DispatchError, JobPayloadError
-from .execution import default_instrumentation
 from .idempotency import IdempotencyStore, scoped_key
-from .instrumentation import Instrumentation, JobEvent, describe_error, safe_record
+from .instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
 from .job import Job
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES, to_wire, validate_payload
-from .port import DispatchItem, DispatchReceipt, JobRequest
+from .port import DispatchItem, DispatchReceipt, JobRequest, P
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
 
@@ -90,7 +89,7 @@ class BaseDispatcher(ABC):
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         timeout: float = DEFAULT_DISPATCH_TIMEOUT,
     ) -> None:
-        self.instrumentation = instrumentation or default_instrumentation()
+        self.instrumentation = with_logging(instrumentation)
         self.idempotency = idempotency
         self.max_payload_bytes = max_payload_bytes
         self.timeout = timeout
@@ -109,8 +108,8 @@ class BaseDispatcher(ABC):
 
     async def dispatch(
         self,
-        job: Job[Any, Any],
-        payload: BaseModel | Mapping[str, Any],
+        job: Job[P, Any],
+        payload: P | Mapping[str, Any],
         *,
         delay: timedelta | None = None,
         run_at: datetime | None = None,
@@ -122,8 +121,8 @@ class BaseDispatcher(ABC):
 
     def dispatch_sync(
         self,
-        job: Job[Any, Any],
-        payload: BaseModel | Mapping[str, Any],
+        job: Job[P, Any],
+        payload: P | Mapping[str, Any],
         *,
         delay: timedelta | None = None,
         run_at: datetime | None = None,

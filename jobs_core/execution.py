@@ -30,9 +30,9 @@ from .errors import JobPayloadError, PermanentError, RetryLater
 from .instrumentation import (
     Instrumentation,
     JobEvent,
-    LoggingInstrumentation,
     describe_error,
     safe_record,
+    with_logging,
 )
 from .job import Job
 from .payload import parse_payload
@@ -43,8 +43,6 @@ OutcomeStatus = Literal["completed", "retry", "failed"]
 
 ContextSource = Any
 """A context object, or a sync or async factory (any callable) called once per run."""
-
-_DEFAULT_INSTRUMENTATION = LoggingInstrumentation()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +69,6 @@ class JobOutcome:
     @property
     def gave_up(self) -> bool:
         return self.status == "failed"
-
-
-def default_instrumentation() -> Instrumentation:
-    """What a worker or dispatcher uses when given none: log every event on `jobs_core`."""
-    return _DEFAULT_INSTRUMENTATION
 
 
 def context_is_async(context: ContextSource) -> bool:
@@ -188,7 +181,7 @@ async def run_job(
         attempt,
         dispatch_id,
         backend,
-        instrumentation or _DEFAULT_INSTRUMENTATION,
+        with_logging(instrumentation),
     )
 
 
@@ -252,7 +245,7 @@ def run_job_sync(
         attempt,
         dispatch_id,
         backend,
-        instrumentation or _DEFAULT_INSTRUMENTATION,
+        with_logging(instrumentation),
     )
     if needs_event_loop(job, context):
         result: JobOutcome = run_coroutine_blocking(coro)
@@ -281,7 +274,7 @@ def report_unknown_job(
         hint,
     )
     safe_record(
-        instrumentation or _DEFAULT_INSTRUMENTATION,
+        with_logging(instrumentation),
         JobEvent(
             "failed",
             "execute",

@@ -80,7 +80,7 @@ class LoggingInstrumentation:
 
 
 class MultiInstrumentation:
-    """Sends each event to several instrumentations, in order."""
+    """Sends each event to several instrumentations, in order (metrics and tracing, say)."""
 
     def __init__(self, *targets: Instrumentation) -> None:
         self.targets = targets
@@ -88,6 +88,34 @@ class MultiInstrumentation:
     def record(self, event: JobEvent) -> None:
         for target in self.targets:
             target.record(event)
+
+    def __repr__(self) -> str:
+        return f"MultiInstrumentation{self.targets!r}"
+
+
+DEFAULT_LOGGING = LoggingInstrumentation()
+"""The logging every dispatcher and worker does, whatever `instrumentation=` they are given."""
+
+
+def _logs(instrumentation: Instrumentation) -> bool:
+    if isinstance(instrumentation, LoggingInstrumentation):
+        return True
+    if isinstance(instrumentation, MultiInstrumentation):
+        return any(_logs(target) for target in instrumentation.targets)
+    return False
+
+
+def with_logging(instrumentation: Instrumentation | None) -> Instrumentation:
+    """`instrumentation` plus the default logging, unless it already logs.
+
+    Passing `instrumentation=` to a dispatcher or worker adds to the log lines on the
+    `jobs_core` logger, it does not replace them: configure that logger to quieten them.
+    """
+    if instrumentation is None:
+        return DEFAULT_LOGGING
+    if _logs(instrumentation):
+        return instrumentation
+    return MultiInstrumentation(DEFAULT_LOGGING, instrumentation)
 
 
 def safe_record(instrumentation: Instrumentation, event: JobEvent) -> None:

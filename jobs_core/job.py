@@ -6,15 +6,16 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
 from ._compat import callable_name, is_async_callable
 from .errors import JobConfigError
+from .port import JobRequest, P
 from .retry import Retry
 
-P = TypeVar("P", bound=BaseModel)
 C = TypeVar("C")
 
 JOB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
@@ -55,6 +56,21 @@ class Job(Generic[P, C]):
         if inspect.isawaitable(result):
             await result
 
+    def request(
+        self,
+        payload: P | Mapping[str, Any],
+        *,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobRequest[P]:
+        """One `dispatch_many` item for this job, with options of its own.
+
+        The payload is checked against this job's model by a type checker (and validated, like
+        every payload, when it is dispatched).
+        """
+        return JobRequest(self, payload, delay, run_at, idempotency_key)
+
     def __repr__(self) -> str:
         return (
             f"Job(name={self.name!r}, payload={self.payload_model.__name__}, "
@@ -82,6 +98,21 @@ def _payload_model_from_handler(name: str, handler: Callable[..., Any]) -> type[
         f"job {name!r}: no payload model; annotate the handler's first parameter with a pydantic "
         f"BaseModel subclass or pass payload=Model (found {annotation!r})"
     )
+
+
+def _check_arity(name: str, handler: Callable[..., Any]) -> None:
+    """Refuse a handler that cannot be called as `handler(payload, ctx)`, at definition."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError as exc:
+        raise JobConfigError(
+            f"job {name!r}: the handler {callable_name(handler)}{signature} cannot be called as "
+            f"handler(payload, ctx): {exc}"
+        ) from None
 
 
 def _check_model(name: str, payload: Any) -> type[BaseModel]:
@@ -126,6 +157,12 @@ class JobRegistry(Generic[C]):
         on_failure: FailureHook[C] | None = None,
     ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]:
         """Decorator: define a job from `handler(payload, ctx)`; returns the `Job`."""
+        if callable(name) and not isinstance(name, str):
+            raise JobConfigError(
+                f'@jobs.job needs the job\'s name: write @jobs.job("some.name") above '
+                f"{callable_name(name)}, not a bare @jobs.job (the name is what every backend "
+                "routes by, so it is never guessed from the function)"
+            )
 
         def decorate(handler: Callable[[P, C], Any]) -> Job[P, C]:
             return self.define_job(
@@ -159,6 +196,7 @@ class JobRegistry(Generic[C]):
             raise JobConfigError(f"job {name!r}: retry= must be a Retry, got {retry!r}")
         if on_failure is not None and not callable(on_failure):
             raise JobConfigError(f"job {name!r}: on_failure= must be callable, got {on_failure!r}")
+        _check_arity(name, handle)
         model = (
             _check_model(name, payload)
             if payload is not None

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from .job import Job
+
+P = TypeVar("P", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +31,21 @@ class DispatchReceipt:
 
 
 @dataclass(frozen=True, slots=True)
-class JobRequest:
-    """One item of `dispatch_many` with options of its own (a plain `(job, payload)` works too)."""
+class JobRequest(Generic[P]):
+    """One item of `dispatch_many` with options of its own (a plain `(job, payload)` works too).
 
-    job: Job[Any, Any]
-    payload: BaseModel | Mapping[str, Any]
+    Build one with `job.request(payload, ...)`: a type checker then matches `payload` against
+    the job's model, which it cannot do for a `(job, payload)` tuple in a mixed list.
+    """
+
+    job: Job[P, Any]
+    payload: P | Mapping[str, Any]
     delay: timedelta | None = None
     run_at: datetime | None = None
     idempotency_key: str | None = None
 
 
-DispatchItem: TypeAlias = "JobRequest | tuple[Job[Any, Any], BaseModel | Mapping[str, Any]]"
+DispatchItem: TypeAlias = "JobRequest[Any] | tuple[Job[Any, Any], BaseModel | Mapping[str, Any]]"
 
 
 @runtime_checkable
@@ -47,13 +53,14 @@ class JobDispatcherPort(Protocol):
     """What a use case needs to start background jobs, whatever runs them.
 
     Options: `delay` (timedelta) or `run_at` (an aware datetime), and `idempotency_key`: two
-    dispatches of a job with the same key within 24 h run it once.
+    dispatches of a job with the same key within 24 h run it once. `payload` is an instance of
+    the job's own model or a mapping of its fields; a type checker flags another model.
     """
 
     async def dispatch(
         self,
-        job: Job[Any, Any],
-        payload: BaseModel | Mapping[str, Any],
+        job: Job[P, Any],
+        payload: P | Mapping[str, Any],
         *,
         delay: timedelta | None = None,
         run_at: datetime | None = None,
@@ -62,8 +69,8 @@ class JobDispatcherPort(Protocol):
 
     def dispatch_sync(
         self,
-        job: Job[Any, Any],
-        payload: BaseModel | Mapping[str, Any],
+        job: Job[P, Any],
+        payload: P | Mapping[str, Any],
         *,
         delay: timedelta | None = None,
         run_at: datetime | None = None,

@@ -178,6 +178,7 @@ if pytest is not None:
 
         Set `.context` (or build your own `InlineDispatcher(context=...)`) before dispatching.
         """
-        from backends.inline import InlineDispatcher
+        from .config import import_backend
 
-        return InlineDispatcher(context=None, instrumentation=RecordingInstrumentation())
+        inline = import_backend("inline")
+        return inline.InlineDispatcher(context=None, instrumentation=RecordingInstrumentation())

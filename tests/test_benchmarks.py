@@ -24,7 +24,7 @@ TIMEOUT = 150.0
 
 def _inngest_available() -> bool:
     try:
-        return importlib.util.find_spec("backends.inngest") is not None and (
+        return importlib.util.find_spec("jobs_core.backends.inngest") is not None and (
             importlib.util.find_spec("inngest") is not None
         )
     except ImportError:

@@ -33,8 +33,12 @@ def test_list_prints_names_retry_and_schema() -> None:
 
 def test_dispatch_runs_inline_and_prints_the_receipt() -> None:
     result = run_cli(
-        "dispatch", "examples.quickstart:jobs", "mail.welcome", '{"email": "a@example.com"}',
-        "--context", "examples.quickstart:create_context",
+        "dispatch",
+        "examples.quickstart:jobs",
+        "mail.welcome",
+        '{"email": "a@example.com"}',
+        "--context",
+        "examples.quickstart:create_context",
     )
     assert result.returncode == 0, result.stderr
     assert "mailer: to=a@example.com" in result.stdout
@@ -44,7 +48,10 @@ def test_dispatch_runs_inline_and_prints_the_receipt() -> None:
 
 def test_bad_input_gives_clear_errors() -> None:
     bad_payload = run_cli("dispatch", "examples.quickstart:jobs", "mail.welcome", '{"email": 1}')
-    assert bad_payload.returncode == 2 and "invalid payload for job 'mail.welcome'" in bad_payload.stderr
+    assert (
+        bad_payload.returncode == 2
+        and "invalid payload for job 'mail.welcome'" in bad_payload.stderr
+    )
     not_json = run_cli("dispatch", "examples.quickstart:jobs", "mail.welcome", "{nope")
     assert not_json.returncode == 2 and "not valid JSON" in not_json.stderr
     unknown_job = run_cli("dispatch", "examples.quickstart:jobs", "mail.nope", "{}")
@@ -56,13 +63,20 @@ def test_bad_input_gives_clear_errors() -> None:
     inline_worker = run_cli("worker", "examples.quickstart:jobs")
     assert inline_worker.returncode == 2 and "no worker" in inline_worker.stderr
     unknown_backend = run_cli("worker", "examples.quickstart:jobs", JOBS_BACKEND="nope")
-    assert unknown_backend.returncode == 2 and "inline, inngest, celery, dramatiq" in unknown_backend.stderr
+    assert (
+        unknown_backend.returncode == 2
+        and "inline, inngest, celery, dramatiq" in unknown_backend.stderr
+    )
 
 
 def test_quickstart_prints_what_ran() -> None:
     result = subprocess.run(
-        [sys.executable, "examples/quickstart.py"], cwd=ROOT, capture_output=True, text=True,
-        timeout=60, env={**os.environ, "JOBS_BACKEND": "inline"},
+        [sys.executable, "examples/quickstart.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "JOBS_BACKEND": "inline"},
     )
     assert result.returncode == 0, result.stderr
     summary = result.stdout.split("job ")[-1]

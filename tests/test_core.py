@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from backends.inline import InlineDispatcher
 from jobs_core import (
     DispatchError,
     JobConfigError,
@@ -25,6 +24,7 @@ from jobs_core import (
     run_job,
     run_job_sync,
 )
+from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.config import load_settings, redact_url
 from jobs_core.payload import parse_payload, to_wire, validate_payload
 from jobs_core.testing import RecordingInstrumentation
@@ -109,7 +109,9 @@ def test_settings_from_environment_and_secrets_redacted(monkeypatch: pytest.Monk
     assert redact_url("amqp://guest:guest@localhost:5672//") == "amqp://guest:***@localhost:5672//"
     assert redact_url("redis://:only-pass@h/0") == "redis://:***@h/0"
     monkeypatch.setenv("JOBS_DISPATCH_TIMEOUT", "-1")
-    with pytest.raises(JobConfigError, match="JOBS_DISPATCH_TIMEOUT: Input should be greater than 0"):
+    with pytest.raises(
+        JobConfigError, match="JOBS_DISPATCH_TIMEOUT: Input should be greater than 0"
+    ):
         load_settings()
 
 
@@ -140,7 +142,9 @@ def test_async_jobs_reuse_one_loop_per_thread() -> None:
 
     def work() -> None:
         for _ in range(3):
-            run_job_sync(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t")
+            run_job_sync(
+                handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t"
+            )
 
     work()
     worker = threading.Thread(target=work)
@@ -157,7 +161,9 @@ async def test_run_job_sync_refuses_a_running_loop_for_async_jobs() -> None:
 
     with pytest.raises(RuntimeError, match="await run_job"):
         run_job_sync(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t")
-    outcome = await run_job(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t")
+    outcome = await run_job(
+        handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t"
+    )
     assert outcome.completed
 
 
@@ -171,7 +177,9 @@ def test_on_failure_errors_do_not_break_the_worker(caplog: pytest.LogCaptureFixt
     def handler(payload: Item, ctx: Any) -> None:
         raise PermanentError("no")
 
-    outcome = run_job_sync(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id="x", backend="t")
+    outcome = run_job_sync(
+        handler, {"sku": "a"}, context=None, attempt=0, dispatch_id="x", backend="t"
+    )
     assert outcome.gave_up and isinstance(outcome.error, PermanentError)
     assert "on_failure raised" in caplog.text
 
@@ -185,14 +193,18 @@ def test_context_factory_failure_is_retried_like_a_handler_error() -> None:
     def broken() -> Any:
         raise ConnectionError("db down")
 
-    outcome = run_job_sync(handler, {"sku": "a"}, context=broken, attempt=0, dispatch_id=None, backend="t")
+    outcome = run_job_sync(
+        handler, {"sku": "a"}, context=broken, attempt=0, dispatch_id=None, backend="t"
+    )
     assert outcome.should_retry and isinstance(outcome.error, ConnectionError)
 
 
 def test_inline_raises_job_failed_error_or_calls_on_error() -> None:
     jobs: JobRegistry[Any] = JobRegistry()
 
-    @jobs.job("t.inline", retry=Retry(attempts=2, min_backoff=timedelta(0), max_backoff=timedelta(0)))
+    @jobs.job(
+        "t.inline", retry=Retry(attempts=2, min_backoff=timedelta(0), max_backoff=timedelta(0))
+    )
     def handler(payload: Item, ctx: Any) -> None:
         raise RuntimeError("nope")
 
@@ -211,14 +223,21 @@ def test_inline_wait_backoff_waits_the_schedule() -> None:
 
     jobs: JobRegistry[Any] = JobRegistry()
     times: list[float] = []
-    retry = Retry(attempts=2, min_backoff=timedelta(milliseconds=100), max_backoff=timedelta(seconds=1), jitter=False)
+    retry = Retry(
+        attempts=2,
+        min_backoff=timedelta(milliseconds=100),
+        max_backoff=timedelta(seconds=1),
+        jitter=False,
+    )
 
     @jobs.job("t.wait", retry=retry)
     def handler(payload: Item, ctx: Any) -> None:
         times.append(time.monotonic())
         raise RuntimeError("x")
 
-    InlineDispatcher(on_error=lambda e, j: None, wait_backoff=True).dispatch_sync(handler, {"sku": "a"})
+    InlineDispatcher(on_error=lambda e, j: None, wait_backoff=True).dispatch_sync(
+        handler, {"sku": "a"}
+    )
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2, gaps
 
@@ -238,3 +257,86 @@ def test_instrumentation_failure_never_breaks_a_job(caplog: pytest.LogCaptureFix
 def test_recording_instrumentation_wait_for_times_out() -> None:
     events = RecordingInstrumentation()
     assert events.wait_for(lambda evs: len(evs) > 0, timeout=0.05) is False
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        lambda: None,
+        lambda payload: None,
+        lambda payload, ctx, extra: None,
+        lambda *, payload, ctx: None,
+    ],
+    ids=["no-params", "payload-only", "three-required", "keyword-only"],
+)
+def test_a_handler_that_cannot_take_payload_and_ctx_is_refused_at_definition(
+    handler: Any,
+) -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    with pytest.raises(JobConfigError, match=r"cannot be called as handler\(payload, ctx\)"):
+        jobs.define_job("t.arity", payload=Item, handle=handler)
+    assert "t.arity" not in jobs
+
+
+def test_handlers_that_can_take_payload_and_ctx_are_accepted() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+
+    class Callable_:
+        def __call__(self, payload: Item, ctx: Any) -> None: ...
+
+    jobs.define_job("t.ok1", payload=Item, handle=lambda p, c, extra=1: None)
+    jobs.define_job("t.ok2", payload=Item, handle=lambda *args: None)
+    jobs.define_job("t.ok3", payload=Item, handle=Callable_())
+    assert len(jobs) == 3
+
+
+def test_bare_job_decorator_is_refused_naming_the_fix() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    with pytest.raises(JobConfigError, match=r'@jobs.job\("some.name"\)'):
+
+        @jobs.job  # type: ignore[arg-type]
+        def handler(payload: Item, ctx: Any) -> None: ...
+
+    assert len(jobs) == 0
+
+
+@pytest.mark.parametrize("raw", ["celery", "Celery", " CELERY ", "celery\n"])
+def test_jobs_backend_ignores_case_and_spaces(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBS_BACKEND", raw)
+    assert load_settings().backend == "celery"
+
+
+def test_a_factory_path_in_jobs_backend_keeps_its_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBS_BACKEND", " MyPkg.Adapters:Make ")
+    assert load_settings().backend == "MyPkg.Adapters:Make"
+
+
+def test_passing_instrumentation_keeps_the_default_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.logs", payload=Item, handle=lambda p, c: None)
+    events = RecordingInstrumentation()
+    dispatcher = InlineDispatcher(instrumentation=events)
+    with caplog.at_level("DEBUG", logger="jobs_core"):
+        receipt = dispatcher.dispatch_sync(job, {"sku": "a"})
+    assert events.kinds("t.logs") == ["scheduled", "started", "completed"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "jobs_core"]
+    assert any(f"job completed: t.logs dispatch_id={receipt.dispatch_id}" in m for m in logged)
+    assert any("job scheduled: t.logs" in m for m in logged)
+
+
+def test_a_logging_instrumentation_given_is_not_doubled(caplog: pytest.LogCaptureFixture) -> None:
+    from jobs_core import LoggingInstrumentation, MultiInstrumentation
+
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.once", payload=Item, handle=lambda p, c: None)
+    events = RecordingInstrumentation()
+    dispatcher = InlineDispatcher(
+        instrumentation=MultiInstrumentation(LoggingInstrumentation(), events)
+    )
+    with caplog.at_level("INFO", logger="jobs_core"):
+        dispatcher.dispatch_sync(job, {"sku": "a"})
+    completed = [r for r in caplog.records if "job completed: t.once" in r.getMessage()]
+    assert len(completed) == 1
+    assert events.kinds("t.once") == ["scheduled", "started", "completed"]

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from backends.inline import InlineDispatcher
 from jobs_core import JobPayloadError, JobRegistry, Retry, run_job_sync
+from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.testing import RecordingInstrumentation
 
 
@@ -47,8 +47,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=25,
 )
 order_like = st.fixed_dictionaries(
@@ -82,7 +83,12 @@ def test_dispatch_validation_only_raises_job_payload_error(value: Any) -> None:
 def _worker_run(raw: Any) -> None:
     events = RecordingInstrumentation()
     outcome = run_job_sync(
-        handle, raw, context=None, attempt=0, dispatch_id="fuzz", backend="fuzz",
+        handle,
+        raw,
+        context=None,
+        attempt=0,
+        dispatch_id="fuzz",
+        backend="fuzz",
         instrumentation=events,
     )
     if outcome.gave_up:

@@ -131,7 +131,7 @@ def test_C23_celery_broker_password_never_shown(
     from celery import signals
     from celery.contrib.testing.worker import start_worker
 
-    from backends.celery import CeleryDispatcher, create_celery_app
+    from jobs_core.backends.celery import CeleryDispatcher, create_celery_app
 
     caplog.set_level(logging.DEBUG)
     done: list[str] = []
@@ -183,7 +183,7 @@ def test_C23_celery_broker_password_never_shown(
 def _celery_cli_output(server: RedisServer, url: str, log_dir: Path) -> str:
     """`python -m jobs_core worker` (Celery) with the password in JOBS_BROKER_URL: its banner
     shows the broker URL; run one job, stop it, return what it printed."""
-    from backends.celery import CeleryDispatcher
+    from jobs_core.backends.celery import CeleryDispatcher
     from tests.celery.app import DONE, work
     from tests.celery.workers import worker_processes
 
@@ -208,7 +208,7 @@ def test_C23_dramatiq_broker_password_never_shown(
 ) -> None:
     import dramatiq
 
-    from backends.dramatiq import (
+    from jobs_core.backends.dramatiq import (
         DramatiqDispatcher,
         close_broker,
         make_worker_broker,
@@ -257,7 +257,7 @@ def test_C23_dramatiq_broker_password_never_shown(
 def _dramatiq_cli_output(server: RedisServer, url: str) -> str:
     """`python -m jobs_core worker` (Dramatiq) with the password in JOBS_BROKER_URL: it logs
     the broker URL as it starts; run one job, stop it, return what it printed."""
-    from backends.dramatiq import DramatiqDispatcher
+    from jobs_core.backends.dramatiq import DramatiqDispatcher
     from tests.dramatiq.app import DONE, work
     from tests.dramatiq.workers import worker_processes
 

@@ -6,7 +6,7 @@ from `JOBS_BROKER_URL` and `JOBS_QUEUE` (defaults `redis://localhost:6379/0`, `d
 
 from __future__ import annotations
 
-from backends.celery import create_celery_app
 from examples.quickstart import create_context, jobs
+from jobs_core.backends.celery import create_celery_app
 
 celery_app = create_celery_app(jobs, context=create_context)

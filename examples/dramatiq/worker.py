@@ -12,7 +12,7 @@ command looks for. The same worker without this module:
 
 from __future__ import annotations
 
-from backends.dramatiq import register_actors
 from examples.quickstart import create_context, jobs
+from jobs_core.backends.dramatiq import register_actors
 
 broker = register_actors(jobs, context=create_context)

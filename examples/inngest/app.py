@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, EmailStr
 
-from backends.inngest import create_inngest_functions, serve
 from examples.quickstart import AppContext, Mailer, jobs, send_welcome
 from jobs_core import JobDispatcherPort, create_dispatcher
+from jobs_core.backends.inngest import create_inngest_functions, serve
 
 dispatcher: JobDispatcherPort = create_dispatcher()  # JOBS_BACKEND=inngest: events to Inngest
 

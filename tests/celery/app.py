@@ -16,8 +16,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from backends.celery import create_celery_app
 from jobs_core import JobRegistry, Retry
+from jobs_core.backends.celery import create_celery_app
 
 STARTED = "celery-test:started"
 DONE = "celery-test:done"

@@ -12,8 +12,8 @@ from celery import signals
 from celery.contrib.testing.worker import start_worker
 from pydantic import BaseModel
 
-from backends.celery import CeleryDispatcher, create_celery_app
 from jobs_core import JobRegistry
+from jobs_core.backends.celery import CeleryDispatcher, create_celery_app
 from jobs_core.testing import RecordingInstrumentation
 from tests.celery.workers import wait_for
 

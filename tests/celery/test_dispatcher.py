@@ -11,8 +11,8 @@ import pytest
 import redis
 from pydantic import BaseModel
 
-from backends.celery import CeleryDispatcher, create_dispatcher
 from jobs_core import DispatchError, JobRegistry, JobsSettings
+from jobs_core.backends.celery import CeleryDispatcher, create_dispatcher
 
 
 class Note(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from backends.celery import CeleryDispatcher
+from jobs_core.backends.celery import CeleryDispatcher
 from tests.celery.app import DONE, STARTED, work
 from tests.celery.workers import wait_for, worker_processes
 

@@ -1,7 +1,7 @@
 """The Celery backend's harness: a real Redis broker and a real in-process Celery worker.
 
 Each session gets its own Celery app and a unique queue (isolation: no test's messages reach
-another's worker), built by `backends.celery.create_celery_app` exactly as a production worker
+another's worker), built by `jobs_core.backends.celery.create_celery_app` exactly as a production worker
 is, and an embedded worker (`celery.contrib.testing.worker.start_worker`, threads pool). On exit
 the worker stops (bounded), the app and the dispatcher close, and the session's keys are deleted.
 """
@@ -19,8 +19,8 @@ import redis
 from celery import signals
 from celery.contrib.testing.worker import start_worker
 
-from backends.celery import CeleryDispatcher, create_celery_app, dead_letter_queue
 from jobs_core import JobRegistry, JobsSettings
+from jobs_core.backends.celery import CeleryDispatcher, create_celery_app, dead_letter_queue
 from jobs_core.instrumentation import Instrumentation
 
 REDIS_DB = 3

@@ -2,7 +2,7 @@
 
 Each session gets its own broker object and a unique queue (Dramatiq brokers keep their actor
 declarations, and a shared queue would let one test's messages reach another's worker); the
-worker runs the test's registry through `backends.dramatiq.register_actors`, exactly as a
+worker runs the test's registry through `jobs_core.backends.dramatiq.register_actors`, exactly as a
 production worker does. On exit the worker stops (bounded), the broker and dispatcher close,
 and the session's keys are deleted.
 """
@@ -17,7 +17,8 @@ from typing import Any
 import dramatiq
 import redis
 
-from backends.dramatiq import (
+from jobs_core import JobRegistry, JobsSettings
+from jobs_core.backends.dramatiq import (
     NAMESPACE,
     DramatiqDispatcher,
     close_broker,
@@ -25,7 +26,6 @@ from backends.dramatiq import (
     new_queue_name,
     register_actors,
 )
-from jobs_core import JobRegistry, JobsSettings
 from jobs_core.instrumentation import Instrumentation
 
 WORKER_THREADS = 4

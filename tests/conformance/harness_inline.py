@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from backends.inline import InlineDispatcher
 from jobs_core import JobRegistry, JobsSettings
+from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.execution import report_unknown_job, run_job_sync
 from jobs_core.instrumentation import Instrumentation
 

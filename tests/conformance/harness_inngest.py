@@ -1,7 +1,7 @@
 """The Inngest backend's harness: the loopback stand-in for Inngest plus the real served app.
 
 Each session starts its own `InngestHarness` (Event API + executor, dev mode) and serves the
-test's registry with `backends.inngest.create_inngest_app` under uvicorn on a free port, then
+test's registry with `jobs_core.backends.inngest.create_inngest_app` under uvicorn on a free port, then
 syncs the app with the harness. Jobs go dispatch → Event API → executor → HTTP call of the
 served function → `run_job` → handler, as on Inngest. Everything stops on exit.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import inngest
 
-from backends.inngest import InngestDispatcher, create_inngest_app
 from jobs_core import JobRegistry, JobsSettings
+from jobs_core.backends.inngest import InngestDispatcher, create_inngest_app
 from jobs_core.instrumentation import Instrumentation
 from tests.inngest_harness import InngestHarness, run_asgi_app
 from tests.inngest_harness.protocol import event_name_matches

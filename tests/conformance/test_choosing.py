@@ -48,7 +48,7 @@ def test_C24_missing_extra_names_the_extra(
         pytest.skip("inline needs no extra: it is part of the core install")
     library = BACKEND_LIBRARIES[harness.name][0]
     monkeypatch.setitem(sys.modules, library, None)  # import now fails as if not installed
-    monkeypatch.delitem(sys.modules, f"backends.{harness.name}", raising=False)
+    monkeypatch.delitem(sys.modules, f"jobs_core.backends.{harness.name}", raising=False)
     with pytest.raises(JobConfigError) as caught:
         create_dispatcher(settings=harness.settings())
     assert f"jobs-core[{harness.name}]" in str(caught.value)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from backends.dramatiq import register_actors
+from jobs_core.backends.dramatiq import register_actors
 from tests.dramatiq.app import create_context, jobs
 
 broker = register_actors(jobs, context=create_context)

@@ -46,7 +46,7 @@ class Ping(BaseModel):
 def test_amqp_dispatch_and_run() -> None:
     import dramatiq
 
-    from backends.dramatiq import (
+    from jobs_core.backends.dramatiq import (
         DramatiqDispatcher,
         close_broker,
         make_worker_broker,

@@ -11,7 +11,8 @@ import dramatiq
 import pytest
 import redis
 
-from backends.dramatiq import (
+from jobs_core import JobRegistry, JobRequest, Retry
+from jobs_core.backends.dramatiq import (
     DEFAULT_HEARTBEAT_TIMEOUT_MS,
     DEFAULT_MAINTENANCE_CHANCE,
     DramatiqDispatcher,
@@ -20,7 +21,6 @@ from backends.dramatiq import (
     make_worker_broker,
     register_actors,
 )
-from jobs_core import JobRegistry, JobRequest, Retry
 from tests.dramatiq.app import Work, jobs, work
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from backends.dramatiq import DramatiqDispatcher
+from jobs_core.backends.dramatiq import DramatiqDispatcher
 from tests.dramatiq.app import DONE, STARTED, work
 from tests.dramatiq.workers import wait_for, worker_processes
 

@@ -18,8 +18,8 @@ import httpx
 import inngest
 import pytest
 
-from backends.inngest import InngestDispatcher, create_inngest_app
 from jobs_core import JobRegistry
+from jobs_core.backends.inngest import InngestDispatcher, create_inngest_app
 from tests.inngest.app import Greeting
 from tests.inngest_harness import run_asgi_app
 from tests.support.redis_server import free_port

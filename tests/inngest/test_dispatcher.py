@@ -13,14 +13,14 @@ from typing import Any
 import inngest
 import pytest
 
-from backends.inngest import (
+from jobs_core import DispatchError, JobConfigError, JobRegistry, JobsSettings
+from jobs_core.backends.inngest import (
     InngestDispatcher,
     create_dispatcher,
     create_inngest_app,
     create_inngest_job_function,
     event_id_for,
 )
-from jobs_core import DispatchError, JobConfigError, JobRegistry, JobsSettings
 from jobs_core.testing import RecordingInstrumentation
 from tests.inngest.app import Greeting, greet, jobs
 from tests.inngest_harness import InngestHarness

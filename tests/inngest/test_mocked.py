@@ -12,8 +12,8 @@ from typing import Any
 
 from inngest.experimental import mocked
 
-from backends.inngest import create_inngest_job_function
 from jobs_core import JobRegistry, Retry
+from jobs_core.backends.inngest import create_inngest_job_function
 from jobs_core.testing import RecordingInstrumentation
 from tests.inngest.app import Greeting
 

@@ -13,8 +13,8 @@ import httpx
 import inngest
 import pytest
 
-from backends.inngest import InngestDispatcher, create_inngest_app
 from jobs_core import JobPayloadError, JobRegistry, Retry
+from jobs_core.backends.inngest import InngestDispatcher, create_inngest_app
 from jobs_core.instrumentation import LoggingInstrumentation, MultiInstrumentation
 from jobs_core.testing import RecordingInstrumentation
 from tests.inngest.app import Greeting

@@ -1,7 +1,7 @@
 """C22 and C23 on Inngest, in production mode: signed calls only, no replays, no keys in logs.
 
 The stand-in acts as Inngest Cloud (it signs every call with the signing key); the app is the
-one `backends.inngest.create_inngest_app` builds, served under uvicorn.
+one `jobs_core.backends.inngest.create_inngest_app` builds, served under uvicorn.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import httpx
 import inngest
 import pytest
 
-from backends.inngest import InngestDispatcher, create_inngest_app
 from jobs_core import DispatchError, JobRegistry, JobsSettings
+from jobs_core.backends.inngest import InngestDispatcher, create_inngest_app
 from jobs_core.testing import RecordingInstrumentation
 from tests.inngest.app import Greeting
 from tests.inngest_harness import InngestHarness, run_asgi_app, sign_body

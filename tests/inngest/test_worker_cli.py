@@ -13,7 +13,7 @@ import httpx
 import inngest
 import pytest
 
-from backends.inngest import InngestDispatcher
+from jobs_core.backends.inngest import InngestDispatcher
 from tests.inngest.app import greet
 from tests.inngest_harness import InngestHarness
 from tests.support.redis_server import free_port

@@ -140,7 +140,7 @@ class CeleryBackend:
     name = "celery"
 
     def __init__(self, url: str, jobs: JobRegistry[Any], events: RecordingInstrumentation) -> None:
-        from backends.celery import CeleryDispatcher, create_celery_app
+        from jobs_core.backends.celery import CeleryDispatcher, create_celery_app
 
         self.url = url
         self.queue = f"poison-{uuid.uuid4().hex[:8]}"
@@ -201,7 +201,7 @@ class CeleryBackend:
             yield
 
     def dead_letter_ids(self) -> set[str]:
-        from backends.celery import dead_letter_queue
+        from jobs_core.backends.celery import dead_letter_queue
 
         client = self._client()
         try:
@@ -211,7 +211,7 @@ class CeleryBackend:
         return {str(json.loads(item)["headers"]["id"]) for item in raw}
 
     def dead_letter_bodies(self) -> dict[str, bytes]:
-        from backends.celery import dead_letter_queue
+        from jobs_core.backends.celery import dead_letter_queue
 
         client = self._client()
         try:
@@ -245,7 +245,7 @@ class DramatiqBackend:
     def __init__(self, url: str, jobs: JobRegistry[Any], events: RecordingInstrumentation) -> None:
         import redis
 
-        from backends.dramatiq import (
+        from jobs_core.backends.dramatiq import (
             DramatiqDispatcher,
             make_worker_broker,
             new_queue_name,
@@ -301,7 +301,7 @@ class DramatiqBackend:
             worker.stop(timeout=10_000)
 
     def dead_letter_ids(self) -> set[str]:
-        from backends.dramatiq import dead_letters
+        from jobs_core.backends.dramatiq import dead_letters
 
         return {str(m["message_id"]) for m in dead_letters(self.url, self.queue)}
 
@@ -310,7 +310,7 @@ class DramatiqBackend:
         return {k.decode(): v for k, v in raw.items()}
 
     def close(self) -> None:
-        from backends.dramatiq import close_broker
+        from jobs_core.backends.dramatiq import close_broker
 
         close_broker(self.broker)
         self.dispatcher.close()

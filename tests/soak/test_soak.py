@@ -171,7 +171,7 @@ class CeleryBackend:
     lost_unstarted_per_connection = 1
 
     def dispatcher(self, broker_url: str) -> Any:
-        from backends.celery import CeleryDispatcher
+        from jobs_core.backends.celery import CeleryDispatcher
 
         return CeleryDispatcher(broker_url, QUEUE)
 
@@ -235,7 +235,7 @@ class DramatiqBackend:
     lost_unstarted_per_connection = 0  # its fetch script marks messages as taken atomically
 
     def dispatcher(self, broker_url: str) -> Any:
-        from backends.dramatiq import DramatiqDispatcher
+        from jobs_core.backends.dramatiq import DramatiqDispatcher
 
         return DramatiqDispatcher(broker_url, QUEUE)
 

@@ -74,15 +74,31 @@ class RedisServer:
 
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1", port=self.port, db=db, password=self.password,
-            socket_timeout=5, socket_connect_timeout=2,
+            host="127.0.0.1",
+            port=self.port,
+            db=db,
+            password=self.password,
+            socket_timeout=5,
+            socket_connect_timeout=2,
         )
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         args = [
-            find_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", self.dir, "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
-            "--logfile", os.path.join(self.dir, "redis.log"),
+            find_redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--dbfilename",
+            "dump.rdb",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
         ]
         if self.password:
             args += ["--requirepass", self.password]
@@ -130,12 +146,13 @@ class RedisServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __repr__(self) -> str:
         return f"RedisServer(port={self.port}, pid={self.pid})"
-
-

