@@ -1,40 +1,35 @@
 """The inline backend: runs each job in the caller's process before `dispatch` returns.
 
-Made for tests and local work. It runs the same core path as every worker (`run_job`), with
-the same number of runs for the same `Retry.attempts`, the same events and the same `on_failure`
-call. Differences from the durable backends, by design:
-
-- `delay=` / `run_at=` are ignored: the job runs at once (C8).
-- Retries do not wait unless `wait_backoff=True` (C15).
-- A job that gives up raises `JobFailedError` to the caller, or calls `on_error(error, job)`.
-- Idempotency keys live in this process only (C9).
+Made for tests and local work: the same worker path as every backend, the same number of runs
+for the same `Retry.attempts`, the same events and `on_failure` call. By design, `delay`/`run_at`
+run at once (C8), retries do not wait unless `wait_backoff=True` (C15), and idempotency keys
+live in this process (C9). A job that gives up raises `JobFailedError` from `dispatch`, or calls
+`on_error(error, job)`, or neither with `raise_on_failure=False`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from jobs_core.config import JobsSettings
 from jobs_core.dispatcher import BaseDispatcher, PreparedJob
 from jobs_core.errors import JobFailedError
-from jobs_core.execution import ContextSource, JobOutcome, run_job, run_job_sync
+from jobs_core.execution import ContextSource
 from jobs_core.idempotency import MemoryIdempotencyStore
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.job import Job
 from jobs_core.port import DispatchReceipt
-
-BACKEND = "inline"
+from jobs_core.worker import Delivery, JobWorker
 
 ErrorCallback = Callable[[BaseException, Job[Any, Any]], None]
 
 
 class InlineDispatcher(BaseDispatcher):
-    """Runs jobs immediately, in process, through the core's `run_job`."""
+    """Runs jobs immediately, in process, through the core's worker path."""
 
-    backend_name = BACKEND
+    backend_name = "inline"
 
     def __init__(
         self,
@@ -42,6 +37,7 @@ class InlineDispatcher(BaseDispatcher):
         on_error: ErrorCallback | None = None,
         instrumentation: Instrumentation | None = None,
         wait_backoff: bool = False,
+        raise_on_failure: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(
@@ -50,74 +46,54 @@ class InlineDispatcher(BaseDispatcher):
         self.context = context
         self.on_error = on_error
         self.wait_backoff = wait_backoff
+        self.raise_on_failure = raise_on_failure
+
+    def _worker(self) -> JobWorker[Any]:
+        return JobWorker(None, context=self.context, backend="inline", instrumentation=self.events)
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
-        for prepared in jobs:
-            self._run_sync(prepared)
+        worker = self._worker()
+        for p in jobs:
+            settle = _Settlement(self, p.job)
+            worker.run_in_process(p.job, p.data, p.dispatch_id, settle, self.wait_backoff)
         return [p.dispatch_id for p in jobs]
 
-    def _run_sync(self, prepared: PreparedJob) -> None:
-        attempt = 0
-        while True:
-            outcome = run_job_sync(
-                prepared.job,
-                prepared.data,
-                context=self.context,
-                attempt=attempt,
-                dispatch_id=prepared.dispatch_id,
-                backend=BACKEND,
-                instrumentation=self.instrumentation,
-            )
-            if not outcome.should_retry:
-                return self._finish(prepared, outcome)
-            if self.wait_backoff and outcome.retry_in:
-                time.sleep(outcome.retry_in.total_seconds())
-            attempt += 1
-
-    async def _run_async(self, prepared: PreparedJob) -> None:
-        attempt = 0
-        while True:
-            outcome = await run_job(
-                prepared.job,
-                prepared.data,
-                context=self.context,
-                attempt=attempt,
-                dispatch_id=prepared.dispatch_id,
-                backend=BACKEND,
-                instrumentation=self.instrumentation,
-            )
-            if not outcome.should_retry:
-                return self._finish(prepared, outcome)
-            if self.wait_backoff and outcome.retry_in:
-                await asyncio.sleep(outcome.retry_in.total_seconds())
-            attempt += 1
-
-    def _finish(self, prepared: PreparedJob, outcome: JobOutcome) -> None:
-        if outcome.completed or outcome.error is None:
-            return
-        if self.on_error is not None:
-            self.on_error(outcome.error, prepared.job)
-            return
-        raise JobFailedError(prepared.name, outcome.error, outcome.attempt + 1)
+    def _dispatch_prepared(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
+        # `scheduled` is recorded before the run starts, as on the durable backends.
+        to_send, duplicates, _ = self._claim(prepared)
+        receipts = self._receipts(prepared, [p.dispatch_id for p in to_send], duplicates)
+        self._send(to_send)
+        return receipts
 
     async def _dispatch_prepared_async(
         self, prepared: Sequence[PreparedJob]
     ) -> list[DispatchReceipt]:
         to_send, duplicates, _ = self._claim(prepared)
         receipts = self._receipts(prepared, [p.dispatch_id for p in to_send], duplicates)
-        for job in to_send:
-            await self._run_async(job)
+        worker = self._worker()
+        for p in to_send:  # async parts run on the caller's event loop, not in a thread
+            settle = _Settlement(self, p.job)
+            await worker.run_in_process_async(
+                p.job, p.data, p.dispatch_id, settle, self.wait_backoff
+            )
         return receipts
 
-    def _dispatch_prepared(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
-        # Record `scheduled` before the run starts, as the durable backends do.
-        to_send, duplicates, _ = self._claim(prepared)
-        receipts = self._receipts(prepared, [p.dispatch_id for p in to_send], duplicates)
-        self._send(to_send)
-        return receipts
 
-    def __repr__(self) -> str:
-        return f"InlineDispatcher(context={self.context!r}, wait_backoff={self.wait_backoff})"
+class _Settlement:
+    """Inline retries are the dispatcher's own loop; giving up reaches the caller."""
+
+    def __init__(self, dispatcher: InlineDispatcher, job: Job[Any, Any]) -> None:
+        self.dispatcher = dispatcher
+        self.job = job
+
+    def retry(self, delivery: Delivery, delay: timedelta) -> None:
+        """Nothing to schedule: the dispatcher runs the next attempt itself."""
+
+    def give_up(self, delivery: Delivery, error: BaseException) -> None:
+        if self.dispatcher.on_error is not None:
+            self.dispatcher.on_error(error, self.job)
+        elif self.dispatcher.raise_on_failure:
+            raise JobFailedError(delivery.job_name, error, delivery.attempt + 1)
 
 
 def create_dispatcher(
@@ -128,13 +104,8 @@ def create_dispatcher(
     **options: Any,
 ) -> InlineDispatcher:
     """The `JOBS_BACKEND=inline` factory used by `jobs_core.create_dispatcher`."""
-    return InlineDispatcher(
-        context=context,
-        instrumentation=instrumentation,
-        max_payload_bytes=settings.max_payload_bytes,
-        timeout=settings.dispatch_timeout,
-        **options,
-    )
+    options = settings.dispatcher_options(instrumentation=instrumentation, **options)
+    return InlineDispatcher(context=context, **options)
 
 
 __all__ = ["InlineDispatcher", "create_dispatcher"]

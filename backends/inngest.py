@@ -1,31 +1,17 @@
-"""The Inngest backend: jobs become Inngest events, and each job is an Inngest function.
+"""The Inngest backend: a dispatch is an Inngest event, and each job an Inngest function.
 
-Producer (`InngestDispatcher`, made by `create_dispatcher`): each dispatch is one event whose
-`name` is the job's name and whose `data` is the validated JSON payload; `delay` / `run_at`
-become the event's `ts` (Unix ms, C8) and an idempotency key becomes the event `id`, scoped by
-job name, which Inngest deduplicates for 24 h (C9). `dispatch_many` posts one request per chunk
-that stays under the Event API's size and count limits. The request is the SDK's own
-(`Inngest._build_send_request`: URL, event key, headers, id seed), sent on a connection pool of
-ours so that the whole send, retries included, ends within `JOBS_DISPATCH_TIMEOUT`: the SDK's
-`send_sync` retries for ~3.4 s and then waits up to 30 s per request (C7).
+Producer: each dispatch is one event whose `name` is the job's name and whose `data` is the
+validated payload; `delay`/`run_at` become the event's `ts` (C8) and an idempotency key its
+`id` (`<job>:<key>`), which Inngest deduplicates for 24 h (C9). `dispatch_many` posts one
+request per chunk under the Event API's size and count limits.
 
-Worker (`create_inngest_job_function`, `create_inngest_functions`, `serve`,
-`create_inngest_app`, `run_worker`): one Inngest function per job, id and trigger event = job
-name, `retries = job.retry.attempts`. Its body is one call of the core's runner, whose outcome
-is mapped onto the SDK's own errors:
-
-- retry: `RetryAfterError` at the core's backoff (C15) or the handler's `RetryLater` (C14);
-- give up (retries spent, `PermanentError`, bad payload C16): the core already ran `on_failure`
-  once and recorded `failed`; the function raises `NonRetriableError`, so Inngest stops.
-
-The SDK's own `on_failure` function is not used: the core decides when a job gave up, and calls
-the job's hook exactly once, as on every other backend.
+Worker: one Inngest function per job (function id and trigger event = the job's name,
+`retries` = `retry.attempts`), whose body is one run through the core's worker: a retry is the
+SDK's `RetryAfterError` with the core's wait, a give-up its `NonRetriableError`. The SDK's own
+`on_failure` function is not used: the core runs the job's hook once, as on every backend.
 
 Production mode (`INNGEST_DEV` unset or 0): a missing `INNGEST_EVENT_KEY` is a `JobConfigError`
-when the dispatcher is made, a missing `INNGEST_SIGNING_KEY` one when functions are served. The
-SDK checks each call's signature but not its age; `serve` adds a check that refuses signatures
-older than 5 minutes (replays) with 401 (C22). The event key travels in the Event API's URL
-path; a filter on the `httpx` logger masks it (C23).
+when the dispatcher is made, a missing `INNGEST_SIGNING_KEY` one when functions are served.
 """
 
 from __future__ import annotations
@@ -33,130 +19,67 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
-import logging
-import re
-import time
-import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+import pydantic_core
 
 from jobs_core.config import JobsSettings, load_settings, missing_extra
 from jobs_core.dispatcher import BaseDispatcher, PreparedJob
 from jobs_core.errors import DispatchError, JobConfigError
-from jobs_core.execution import (
-    ContextSource,
-    JobOutcome,
-    needs_event_loop,
-    run_job,
-    run_job_sync,
-)
-from jobs_core.idempotency import MemoryIdempotencyStore
-from jobs_core.instrumentation import (
-    Instrumentation,
-    JobEvent,
-    describe_error,
-    safe_record,
-    with_logging,
-)
+from jobs_core.execution import ContextSource
+from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
 from jobs_core.job import Job, JobRegistry
-from jobs_core.retry import MAX_ATTEMPTS
+from jobs_core.payload import DEFAULT_MAX_PAYLOAD_BYTES
+from jobs_core.worker import Delivery, JobWorker
 
 try:
     import fastapi
-    import httpx
     import inngest
     import inngest.fast_api
     from inngest._internal import errors as sdk_errors
+
+    from ._inngest_patches import (
+        MAX_SIGNATURE_AGE,
+        EventSender,
+        RejectStaleSignatures,
+        logger,
+        mask_event_keys,
+        redact_event_key,
+    )
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
 
 BACKEND = "inngest"
 DEFAULT_SERVE_PATH = "/api/inngest"
-
 MAX_EVENTS_PER_REQUEST = 5_000
-"""Inngest's limit of events in one Event API request."""
+DEFAULT_MAX_REQUEST_BYTES = DEFAULT_MAX_PAYLOAD_BYTES
+"""Largest request body `dispatch_many` builds (Inngest's smallest plan limit); an event
+larger than this on its own is still sent, alone."""
 
-DEFAULT_MAX_REQUEST_BYTES = 256 * 1024
-"""Largest Event API request body `dispatch_many` builds (Inngest's smallest plan limit). An
-event larger than this on its own is still sent, alone; the payload limit keeps it near."""
+_EVENT_ENVELOPE_BYTES = 160
+"""Room for an event's name, id, ts and separators beside its payload, when chunking."""
 
-MAX_SIGNATURE_AGE = timedelta(minutes=5)
-"""A signed call older than this is refused as a replay (C22)."""
-
-_EVENT_OVERHEAD_BYTES = 160
-"""Room for an event's envelope (name, id, ts, separators) beside its payload, when chunking."""
-
-_SIGNATURE_HEADER = "x-inngest-signature"
-
-logger = logging.getLogger("jobs_core.backends.inngest")
-
-
-# -- secrets in logs ----------------------------------------------------------------------
-
-_EVENT_KEY_IN_PATH = re.compile(r"/e/[^/\s\"'?#]+")
-
-
-def redact_event_key(text: str) -> str:
-    """`text` with the event key of any Event API URL (`/e/<key>`) replaced by `***` (C23)."""
-    return _EVENT_KEY_IN_PATH.sub("/e/***", text)
-
-
-class _EventKeyFilter(logging.Filter):
-    """Masks the event key in httpx's request log lines (`HTTP Request: POST .../e/<key>`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "/e/" in message:
-            record.msg, record.args = redact_event_key(message), ()
-        return True
-
-
-def _install_log_filter() -> None:
-    httpx_logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _EventKeyFilter) for f in httpx_logger.filters):
-        httpx_logger.addFilter(_EventKeyFilter())
-
-
-_install_log_filter()
-
-
-# -- client -------------------------------------------------------------------------------
+mask_event_keys()
 
 
 def create_inngest_client(settings: JobsSettings | None = None, **options: Any) -> inngest.Inngest:
     """An SDK client for `INNGEST_APP_NAME`; the SDK reads its own `INNGEST_*` variables.
 
-    `options` go to `inngest.Inngest` (for example `is_production=False` or
-    `event_api_base_url=...`), overriding the environment.
+    `options` go to `inngest.Inngest` (e.g. `is_production=False`), overriding the environment.
     """
-    settings = settings or load_settings()
-    options.setdefault("app_id", settings.inngest_app_name)
+    options.setdefault("app_id", (settings or load_settings()).inngest_app_name)
     try:
         return inngest.Inngest(**options)
     except sdk_errors.Error as exc:
         raise JobConfigError(f"cannot create the Inngest client: {exc}") from exc
 
 
-def is_production(client: inngest.Inngest) -> bool:
-    """True when `client` talks to Inngest Cloud (signed calls, event key required)."""
-    return bool(client.is_production)
-
-
-def _require_event_key(client: inngest.Inngest) -> None:
-    if is_production(client) and not getattr(client, "_event_key", None):
+def _require_key(client: inngest.Inngest, attribute: str, variable: str, why: str) -> None:
+    if client.is_production and not getattr(client, attribute, None):
         raise JobConfigError(
-            "INNGEST_EVENT_KEY is not set: Inngest in production mode needs an event key to "
-            "send events (set INNGEST_DEV=1 to use the Inngest Dev Server instead)"
-        )
-
-
-def _require_signing_key(client: inngest.Inngest) -> None:
-    if is_production(client) and not getattr(client, "_signing_key", None):
-        raise JobConfigError(
-            "INNGEST_SIGNING_KEY is not set: Inngest in production mode signs every call to "
-            "the served functions, and they cannot be checked without it "
+            f"{variable} is not set: Inngest in production mode {why} "
             "(set INNGEST_DEV=1 to use the Inngest Dev Server instead)"
         )
 
@@ -164,76 +87,13 @@ def _require_signing_key(client: inngest.Inngest) -> None:
 # -- producer -----------------------------------------------------------------------------
 
 
-class EventApiError(Exception):
-    """The Event API refused the events, answered something unreadable, or did not answer."""
-
-
-class EventSender:
-    """Posts events to the Inngest Event API with the SDK's request, within a deadline.
-
-    A refused connection or a 5xx answer is tried again (same request, so the same id seed:
-    Inngest does not store the events twice) while the deadline allows; a 4xx answer, or an
-    answer that carries an `error`, fails at once.
-    """
-
-    def __init__(self, client: inngest.Inngest, timeout: float) -> None:
-        self.client = client
-        self.timeout = timeout
-        self._http = httpx.Client(timeout=timeout)
-
-    def send(self, events: list[inngest.Event]) -> list[str]:
-        request = self.client._build_send_request(events)
-        if isinstance(request, Exception):
-            raise request
-        deadline = time.monotonic() + self.timeout
-        pause = 0.05
-        while True:
-            remaining = deadline - time.monotonic()
-            request.extensions["timeout"] = httpx.Timeout(max(remaining, 0.001)).as_dict()
-            try:
-                response = self._http.send(request)
-            except httpx.TransportError as exc:
-                failure: str = f"{type(exc).__name__}: {redact_event_key(str(exc)) or 'no answer'}"
-            else:
-                if response.status_code < 500:
-                    return self._ids(response, len(events))
-                failure = f"the Event API answered {response.status_code}"
-            remaining = deadline - time.monotonic()
-            if remaining <= pause:
-                raise EventApiError(f"{failure} (gave up after {self.timeout:g}s)")
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
-
-    @staticmethod
-    def _ids(response: httpx.Response, expected: int) -> list[str]:
-        try:
-            body = response.json()
-        except ValueError:
-            raise EventApiError(
-                f"the Event API answered {response.status_code} with a body that is not JSON"
-            ) from None
-        error = body.get("error") if isinstance(body, dict) else "an unexpected answer"
-        ids = body.get("ids") if isinstance(body, dict) else None
-        if response.status_code >= 400 or error:
-            raise EventApiError(
-                f"the Event API refused the events ({response.status_code}): "
-                f"{redact_event_key(str(error or body))}"
-            )
-        if not isinstance(ids, list) or len(ids) != expected:
-            raise EventApiError(f"the Event API returned {ids!r} for {expected} event(s)")
-        return [str(i) for i in ids]
-
-    def close(self) -> None:
-        self._http.close()
+def event_id_for(job_name: str, idempotency_key: str) -> str:
+    """The event `id` for an idempotency key, scoped by job name as on every backend."""
+    return f"{job_name}:{idempotency_key}"
 
 
 def _millis(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
-
-
-def event_id_for(job_name: str, idempotency_key: str) -> str:
-    """The event `id` for an idempotency key, scoped by job name like on every backend."""
-    return f"{job_name}:{idempotency_key}"
 
 
 def _event(prepared: PreparedJob) -> inngest.Event:
@@ -245,17 +105,13 @@ def _event(prepared: PreparedJob) -> inngest.Event:
     )
 
 
-def _chunks(
-    jobs: Sequence[PreparedJob], max_bytes: int, max_count: int = MAX_EVENTS_PER_REQUEST
-) -> list[Sequence[PreparedJob]]:
+def _chunks(jobs: Sequence[PreparedJob], max_bytes: int) -> list[Sequence[PreparedJob]]:
     """Split `jobs` into runs whose estimated request size stays under `max_bytes`."""
-    if len(jobs) == 1:
-        return [jobs]
     chunks: list[Sequence[PreparedJob]] = []
     start, size = 0, 2
     for i, prepared in enumerate(jobs):
-        item = len(json.dumps(prepared.data, separators=(",", ":"))) + _EVENT_OVERHEAD_BYTES
-        if i > start and (size + item > max_bytes or i - start >= max_count):
+        item = len(pydantic_core.to_json(prepared.data)) + _EVENT_ENVELOPE_BYTES
+        if i > start and (size + item > max_bytes or i - start >= MAX_EVENTS_PER_REQUEST):
             chunks.append(jobs[start:i])
             start, size = i, 2
         size += item
@@ -286,22 +142,16 @@ class InngestPort:
         ts: datetime | None = None,
     ) -> str:
         """Send one raw event; a failure is a `DispatchError` (recorded as `failed`)."""
-        dispatcher = self._dispatcher
+        d = self._dispatcher
         event = inngest.Event(
-            name=name,
-            data=dict(data or {}),
-            id=id or "",
-            ts=_millis(ts) if ts is not None else 0,
+            name=name, data=dict(data or {}), id=id or "", ts=_millis(ts) if ts else 0
         )
         try:
-            [event_id] = dispatcher.sender.send([event])
+            [event_id] = d.sender.send([event])
         except Exception as error:
-            dispatcher._record_schedule_failure(name, id, error)
+            d._record_schedule_failure(name, id, error)
             raise DispatchError(name, error) from error
-        safe_record(
-            dispatcher.instrumentation,
-            JobEvent("scheduled", "schedule", name, event_id, 0, BACKEND),
-        )
+        safe_record(d.events, JobEvent("scheduled", "schedule", name, event_id, 0, BACKEND))
         return event_id
 
     async def send(
@@ -319,10 +169,9 @@ class InngestPort:
 class InngestDispatcher(BaseDispatcher):
     """Sends jobs to Inngest as events through `client`'s Event API.
 
-    Idempotency keys become event ids, which Inngest deduplicates for 24 h; this process also
-    remembers the keys it sent, so a repeat from the same process is not sent at all and its
-    receipt says `deduplicated=True`. A repeat from another process is dropped by Inngest,
-    whose answer does not say so: that receipt says `deduplicated=False`.
+    Idempotency is Inngest's own: a keyed dispatch's event id is `<job>:<key>` and Inngest runs
+    one event per id for 24 h. Its answer does not say whether it dropped a repeat, so a
+    repeat's receipt has `deduplicated=False`, with the same `dispatch_id` as the first.
     """
 
     backend_name = BACKEND
@@ -331,21 +180,14 @@ class InngestDispatcher(BaseDispatcher):
         self,
         client: inngest.Inngest,
         *,
-        instrumentation: Instrumentation | None = None,
-        timeout: float = 5.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         **options: Any,
     ) -> None:
-        _require_event_key(client)
-        super().__init__(
-            instrumentation=instrumentation,
-            idempotency=MemoryIdempotencyStore(),
-            timeout=timeout,
-            **options,
-        )
+        _require_key(client, "_event_key", "INNGEST_EVENT_KEY", "needs an event key to send")
+        super().__init__(**options)
         self.client = client
         self.max_request_bytes = max_request_bytes
-        self.sender = EventSender(client, timeout)
+        self.sender = EventSender(client, self.timeout)
         self.inngest = InngestPort(self)
 
     def prepare(
@@ -356,28 +198,24 @@ class InngestDispatcher(BaseDispatcher):
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> PreparedJob:
-        """As on every backend; a keyed dispatch's id is its event id, so a duplicate's
-        receipt names the event that Inngest keeps."""
         prepared = super().prepare(job, payload, delay, run_at, idempotency_key)
-        if idempotency_key:
+        if idempotency_key:  # the receipt names the event that Inngest keeps
             return dataclasses.replace(
                 prepared, dispatch_id=event_id_for(job.name, idempotency_key)
             )
         return prepared
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
-        ids: list[str] = []
-        for chunk in _chunks(jobs, self.max_request_bytes):
-            ids.extend(self.sender.send([_event(p) for p in chunk]))
-        return ids
+        chunks = [jobs] if len(jobs) == 1 else _chunks(jobs, self.max_request_bytes)
+        return [i for chunk in chunks for i in self.sender.send([_event(p) for p in chunk])]
 
     def close(self) -> None:
-        """Close the HTTP connections (the dispatcher can not be used afterwards)."""
         self.sender.close()
+        super().close()
 
     def __repr__(self) -> str:
         origin = getattr(self.client, "_event_api_origin", "?")
-        mode = "production" if is_production(self.client) else "dev"
+        mode = "production" if self.client.is_production else "dev"
         return (
             f"InngestDispatcher(app_id={self.client.app_id!r}, event_api={origin!r}, mode={mode})"
         )
@@ -387,53 +225,38 @@ def create_dispatcher(
     settings: JobsSettings,
     *,
     context: ContextSource = None,
-    instrumentation: Instrumentation | None = None,
     client: inngest.Inngest | None = None,
     **options: Any,
 ) -> InngestDispatcher:
-    """The `JOBS_BACKEND=inngest` factory used by `jobs_core.create_dispatcher`.
-
-    `context` is not used: the producer runs no handler code.
-    """
-    return InngestDispatcher(
-        client or create_inngest_client(settings),
-        instrumentation=instrumentation,
-        timeout=settings.dispatch_timeout,
-        max_payload_bytes=settings.max_payload_bytes,
-        **options,
-    )
+    """The `JOBS_BACKEND=inngest` factory used by `jobs_core.create_dispatcher`."""
+    client = client or create_inngest_client(settings)
+    return InngestDispatcher(client, **settings.dispatcher_options(**options))
 
 
 # -- worker -------------------------------------------------------------------------------
 
 
-def _check_retries(job: Job[Any, Any]) -> None:
-    attempts = job.retry.attempts
-    if not isinstance(attempts, int) or not 0 <= attempts <= MAX_ATTEMPTS:
-        raise JobConfigError(
-            f"job {job.name!r}: retry.attempts must be 0..{MAX_ATTEMPTS} for Inngest, "
-            f"got {attempts!r}"
-        )
+class _Settlement:
+    """The core's decisions as the SDK's errors, which the Inngest executor acts on."""
 
-
-def _raise_for(job: Job[Any, Any], outcome: JobOutcome) -> None:
-    """Map a finished run onto the SDK: return on success, else the error Inngest acts on."""
-    if outcome.completed:
-        return
-    reason = describe_error(outcome.error) if outcome.error is not None else "no error"
-    if outcome.should_retry:
-        wait = outcome.retry_in or timedelta(0)
+    def retry(self, delivery: Delivery, delay: timedelta) -> None:
         raise inngest.RetryAfterError(
-            f"job {job.name!r} will retry: {reason}",
-            retry_after=datetime.now(timezone.utc) + wait,
+            f"job {delivery.job_name!r} will retry",
+            retry_after=datetime.now(timezone.utc) + delay,
             quiet=True,
         )
-    raise inngest.NonRetriableError(f"job {job.name!r} gave up: {reason}", quiet=True)
+
+    def give_up(self, delivery: Delivery, error: BaseException) -> None:
+        reason = describe_error(error)
+        raise inngest.NonRetriableError(f"job {delivery.job_name!r} gave up: {reason}", quiet=True)
 
 
-def _dispatch_id(event: Any) -> str | None:
-    event_id = getattr(event, "id", None)
-    return str(event_id) if event_id else None
+SETTLEMENT = _Settlement()
+
+
+def _delivery(job: Job[Any, Any], ctx: inngest.Context | inngest.ContextSync) -> Delivery:
+    event_id = getattr(ctx.event, "id", None)
+    return Delivery(job.name, ctx.event.data, ctx.attempt, str(event_id) if event_id else None)
 
 
 def create_inngest_job_function(
@@ -441,6 +264,7 @@ def create_inngest_job_function(
     job: Job[Any, Any],
     context: ContextSource,
     instrumentation: Instrumentation | None = None,
+    worker: JobWorker[Any] | None = None,
 ) -> inngest.Function[Any]:
     """The Inngest function that runs `job`: id and trigger event = the job's name.
 
@@ -448,42 +272,24 @@ def create_inngest_job_function(
     on the server's event loop; sync otherwise, so the SDK runs it in its thread pool with no
     event loop (what Django's ORM needs).
     """
-    _check_retries(job)
-    instrumentation = with_logging(instrumentation)
+    worker = worker or JobWorker(
+        None, context=context, backend=BACKEND, instrumentation=instrumentation
+    )
     register = client.create_function(
         fn_id=job.name,
         name=job.name,
         retries=job.retry.attempts,
         trigger=inngest.TriggerEvent(event=job.name),
     )
-
-    if needs_event_loop(job, context):
+    if worker.needs_event_loop(job):
 
         async def run_async(ctx: inngest.Context) -> None:
-            outcome = await run_job(
-                job,
-                ctx.event.data,
-                context=context,
-                attempt=ctx.attempt,
-                dispatch_id=_dispatch_id(ctx.event),
-                backend=BACKEND,
-                instrumentation=instrumentation,
-            )
-            _raise_for(job, outcome)
+            await worker.run_async(_delivery(job, ctx), SETTLEMENT, job)
 
         return register(run_async)
 
     def run_sync(ctx: inngest.ContextSync) -> None:
-        outcome = run_job_sync(
-            job,
-            ctx.event.data,
-            context=context,
-            attempt=ctx.attempt,
-            dispatch_id=_dispatch_id(ctx.event),
-            backend=BACKEND,
-            instrumentation=instrumentation,
-        )
-        _raise_for(job, outcome)
+        worker.run(_delivery(job, ctx), SETTLEMENT, job)
 
     return register(run_sync)
 
@@ -495,85 +301,11 @@ def create_inngest_functions(
     instrumentation: Instrumentation | None = None,
 ) -> list[inngest.Function[Any]]:
     """One Inngest function per job of `registry` (see `create_inngest_job_function`)."""
-    return [create_inngest_job_function(client, job, context, instrumentation) for job in registry]
+    worker = JobWorker(registry, context=context, backend=BACKEND, instrumentation=instrumentation)
+    return [create_inngest_job_function(client, job, context, worker=worker) for job in registry]
 
 
 # -- serving ------------------------------------------------------------------------------
-
-ASGIApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-    Awaitable[None],
-]
-
-
-def signature_age(header: str, now: float | None = None) -> float | None:
-    """Seconds since the `t=` of an `X-Inngest-Signature` header; None when it has none."""
-    values = urllib.parse.parse_qs(header).get("t")
-    try:
-        signed_at = int(values[0]) if values else None
-    except ValueError:
-        return None
-    if signed_at is None:
-        return None
-    return (time.time() if now is None else now) - signed_at
-
-
-class RejectStaleSignatures:
-    """ASGI middleware: 401 for a signed call to `path` whose signature is older than
-    `max_age` (or dated in the future by as much): a replayed request (C22).
-
-    The SDK checks the signature itself but not its age; this runs before it. Calls without a
-    signature pass through, and the SDK refuses them in production mode.
-    """
-
-    def __init__(
-        self, app: ASGIApp, path: str = DEFAULT_SERVE_PATH, max_age: timedelta = MAX_SIGNATURE_AGE
-    ) -> None:
-        self.app = app
-        self.path = path
-        self.max_age = max_age.total_seconds()
-
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        if scope.get("type") == "http" and scope.get("path") == self.path:
-            header = next(
-                (
-                    v.decode("latin-1")
-                    for k, v in scope.get("headers", [])
-                    if k.decode("latin-1").lower() == _SIGNATURE_HEADER
-                ),
-                None,
-            )
-            if header is not None:
-                age = signature_age(header)
-                if age is None or abs(age) > self.max_age:
-                    logger.warning(
-                        "refused a call to %s: its signature is %s",
-                        self.path,
-                        "unreadable" if age is None else f"{age:.0f}s old",
-                    )
-                    await _send_json(send, 401, {"error": "signature expired or unreadable"})
-                    return
-        await self.app(scope, receive, send)
-
-
-async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: Any) -> None:
-    content = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": content})
 
 
 def serve(
@@ -589,13 +321,14 @@ def serve(
     A missing signing key in production mode is a `JobConfigError` naming
     `INNGEST_SIGNING_KEY`.
     """
-    _require_signing_key(client)
+    why = "signs every call to the served functions, and they cannot be checked without it"
+    _require_key(client, "_signing_key", "INNGEST_SIGNING_KEY", why)
     path = serve_path or DEFAULT_SERVE_PATH
     try:
         inngest.fast_api.serve(app, client, functions, serve_path=path)
     except sdk_errors.Error as exc:
         raise JobConfigError(f"cannot serve the Inngest functions: {exc}") from exc
-    if is_production(client):
+    if client.is_production:
         app.add_middleware(RejectStaleSignatures, path=path, max_age=max_signature_age)
 
 
@@ -611,25 +344,9 @@ def create_inngest_app(
     """A FastAPI app that serves every job of `registry` as an Inngest function."""
     client = client or create_inngest_client(settings)
     app = fastapi.FastAPI(title=f"{client.app_id} jobs")
-    serve(
-        app,
-        client,
-        create_inngest_functions(client, registry, context, instrumentation),
-        serve_path=serve_path,
-    )
+    functions = create_inngest_functions(client, registry, context, instrumentation)
+    serve(app, client, functions, serve_path=serve_path)
     return app
-
-
-def _worker_arguments(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs_core worker APP:REGISTRY --",
-        description="Serve the jobs as Inngest functions over HTTP (uvicorn + FastAPI).",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    parser.add_argument("--path", default=DEFAULT_SERVE_PATH, help="serve path (/api/inngest)")
-    parser.add_argument("--log-level", default="info", help="uvicorn's log level")
-    return parser.parse_args(list(argv))
 
 
 def run_worker(
@@ -639,11 +356,20 @@ def run_worker(
     settings: JobsSettings | None = None,
     argv: Sequence[str] = (),
     instrumentation: Instrumentation | None = None,
+    **_: Any,
 ) -> int:
     """Serve `registry` with uvicorn until interrupted (`python -m jobs_core worker`)."""
     import uvicorn
 
-    args = _worker_arguments(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs_core worker APP:REGISTRY --",
+        description="Serve the jobs as Inngest functions over HTTP (uvicorn + FastAPI).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    parser.add_argument("--path", default=DEFAULT_SERVE_PATH, help="serve path (/api/inngest)")
+    parser.add_argument("--log-level", default="info", help="uvicorn's log level")
+    args = parser.parse_args(list(argv))
     app = create_inngest_app(
         registry,
         context=context,
@@ -661,7 +387,6 @@ def run_worker(
 __all__ = [
     "DEFAULT_SERVE_PATH",
     "MAX_SIGNATURE_AGE",
-    "EventSender",
     "InngestDispatcher",
     "InngestPort",
     "RejectStaleSignatures",

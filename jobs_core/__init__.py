@@ -17,8 +17,8 @@ from .instrumentation import (
     LoggingInstrumentation,
     MultiInstrumentation,
 )
-from .job import Job, JobRegistry
-from .port import DispatchReceipt, JobDispatcherPort, JobRequest
+from .job import Job, JobRegistry, JobRequest
+from .port import DispatchReceipt, JobDispatcherPort
 from .retry import Retry
 
 __all__ = [

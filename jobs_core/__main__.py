@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from .config import import_backend, import_string, load_settings, resolve_backend_factory
+from .config import create_dispatcher, import_backend, import_string, load_settings
 from .errors import JobsError
 from .job import JobRegistry
 
@@ -73,9 +73,7 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
         raise JobsError(f"the payload is not valid JSON: {exc}") from None
-    settings = load_settings()
-    factory = resolve_backend_factory(settings.backend)
-    dispatcher = factory(settings, context=load_context(args.context), instrumentation=None)
+    dispatcher = create_dispatcher(load_context(args.context))
     try:
         receipt = dispatcher.dispatch_sync(
             job,
@@ -112,7 +110,12 @@ def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
     module = import_backend(settings.backend)
     registry = load_registry(args.registry)
     code: int = module.run_worker(
-        registry, context=load_context(args.context), settings=settings, argv=extra
+        registry,
+        context=load_context(args.context),
+        settings=settings,
+        argv=extra,
+        registry_path=args.registry,
+        context_path=args.context,
     )
     return code
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .dispatcher import DEFAULT_DISPATCH_TIMEOUT
 from .errors import JobConfigError
 from .execution import ContextSource
 from .instrumentation import Instrumentation
@@ -49,7 +50,7 @@ class JobsSettings(BaseSettings):
     )
     queue: str = Field(default="default", validation_alias=AliasChoices("JOBS_QUEUE", "queue"))
     dispatch_timeout: float = Field(
-        default=5.0,
+        default=DEFAULT_DISPATCH_TIMEOUT,
         gt=0,
         validation_alias=AliasChoices("JOBS_DISPATCH_TIMEOUT", "dispatch_timeout"),
     )
@@ -69,6 +70,13 @@ class JobsSettings(BaseSettings):
         # 'package.module:factory' path keeps its case, as Python names are case-sensitive.
         value = value.strip()
         return value if ":" in value else value.lower()
+
+    def dispatcher_options(self, **options: Any) -> dict[str, Any]:
+        """`options` for a dispatcher, with the timeout and payload limit of these settings
+        unless given: what every backend's `create_dispatcher` passes on."""
+        options.setdefault("timeout", self.dispatch_timeout)
+        options.setdefault("max_payload_bytes", self.max_payload_bytes)
+        return options
 
     @property
     def redacted_broker_url(self) -> str:

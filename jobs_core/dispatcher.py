@@ -20,10 +20,17 @@ from pydantic import BaseModel
 
 from .errors import DispatchError, JobPayloadError
 from .idempotency import IdempotencyStore, scoped_key
-from .instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
-from .job import Job
+from .instrumentation import (
+    DEFAULT_LOGGING,
+    Instrumentation,
+    JobEvent,
+    describe_error,
+    safe_record,
+    with_logging,
+)
+from .job import Job, JobRequest, P
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES, to_wire, validate_payload
-from .port import DispatchItem, DispatchReceipt, JobRequest, P
+from .port import DispatchItem, DispatchReceipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
 
@@ -77,9 +84,16 @@ def resolve_eta(delay: timedelta | None, run_at: datetime | None) -> datetime | 
 
 
 class BaseDispatcher(ABC):
-    """The shared dispatch path; an adapter implements `_send` (one round trip per call)."""
+    """The shared dispatch path; an adapter implements `_send` (one round trip per call).
+
+    An adapter declares what its backend cannot do, and the core refuses it before anything is
+    sent: `max_delay` is the longest `delay`/`run_at` the backend keeps a job waiting (None: no
+    limit), with `max_delay_reason` saying why.
+    """
 
     backend_name: str = "base"
+    max_delay: timedelta | None = None
+    max_delay_reason: str = ""
 
     def __init__(
         self,
@@ -89,10 +103,20 @@ class BaseDispatcher(ABC):
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         timeout: float = DEFAULT_DISPATCH_TIMEOUT,
     ) -> None:
-        self.instrumentation = with_logging(instrumentation)
+        self.instrumentation = instrumentation
         self.idempotency = idempotency
         self.max_payload_bytes = max_payload_bytes
         self.timeout = timeout
+
+    @property
+    def instrumentation(self) -> Instrumentation:
+        """Where this dispatcher's events go (besides the default logging)."""
+        return self._instrumentation
+
+    @instrumentation.setter
+    def instrumentation(self, value: Instrumentation | None) -> None:
+        self._instrumentation = value if value is not None else DEFAULT_LOGGING
+        self.events = with_logging(value)
 
     # -- what an adapter implements -------------------------------------------------------
 
@@ -177,14 +201,31 @@ class BaseDispatcher(ABC):
         except JobPayloadError as error:
             self._record_schedule_failure(job.name, None, error)
             raise
+        eta = resolve_eta(delay, run_at)
+        if eta is not None and self.max_delay is not None:
+            self._check_delay(job, eta)
         return PreparedJob(
             job=job,
             payload=model,
             data=data,
             dispatch_id=str(uuid.uuid4()),
-            eta=resolve_eta(delay, run_at),
+            eta=eta,
             idempotency_key=idempotency_key,
         )
+
+    def _check_delay(self, job: Job[Any, Any], eta: datetime) -> None:
+        assert self.max_delay is not None
+        wait = eta - datetime.now(timezone.utc)
+        if wait > self.max_delay:
+            error = DispatchError(
+                job.name,
+                f"a delay of {wait.total_seconds():.0f}s is longer than the {self.backend_name} "
+                f"backend keeps a job waiting ({self.max_delay.total_seconds():.0f}s"
+                + (f": {self.max_delay_reason}" if self.max_delay_reason else "")
+                + ")",
+            )
+            self._record_schedule_failure(job.name, None, error)
+            raise error
 
     def prepare_many(
         self,
@@ -246,7 +287,7 @@ class BaseDispatcher(ABC):
                 dispatch_id = next(ids)
                 receipts.append(DispatchReceipt(p.name, dispatch_id, self.backend_name))
                 safe_record(
-                    self.instrumentation,
+                    self.events,
                     JobEvent("scheduled", "schedule", p.name, dispatch_id, 0, self.backend_name),
                 )
         return receipts
@@ -268,6 +309,12 @@ class BaseDispatcher(ABC):
         """Async dispatch: by default the sync path in a worker thread, so the loop never blocks."""
         return await asyncio.to_thread(self._dispatch_prepared, prepared)
 
+    def close(self) -> None:
+        """Release what the dispatcher holds (connections); it cannot be used afterwards."""
+        close = getattr(self.idempotency, "close", None)
+        if close is not None:
+            close()
+
     def _release(self, keys: list[str]) -> None:
         if keys and self.idempotency is not None:
             try:
@@ -283,7 +330,7 @@ class BaseDispatcher(ABC):
         self, job_name: str, dispatch_id: str | None, error: BaseException
     ) -> None:
         safe_record(
-            self.instrumentation,
+            self.events,
             JobEvent(
                 "failed",
                 "schedule",

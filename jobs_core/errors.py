@@ -53,6 +53,10 @@ class DispatchError(JobsError):
         return (type(self), (self.job_name, str(self.cause)))
 
 
+class UnknownJobError(JobsError, LookupError):
+    """A worker received a message for a job its registry does not have (C17)."""
+
+
 class PermanentError(JobsError):
     """Raised by a handler for a failure that retrying cannot fix: the job gives up at once."""
 

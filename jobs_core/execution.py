@@ -1,7 +1,8 @@
-"""The one worker-side path: every adapter hands each delivery to `run_job` (or `run_job_sync`).
+"""The one worker-side path: `run_job` (or `run_job_sync`) runs one delivery of a job.
 
-`run_job` parses the payload, builds the context, runs the handler once, and classifies the
-outcome so that every backend retries, gives up and reports in exactly the same way:
+Adapters reach it through the worker seam (`jobs_core.worker.JobWorker`). `run_job` parses the
+payload, builds the context, runs the handler once, and classifies the outcome so that every
+backend retries, gives up and reports in exactly the same way:
 
 - the handler returned: `completed`;
 - `PermanentError`, or a payload that does not fit the model (`JobPayloadError`): give up now;
@@ -9,8 +10,8 @@ outcome so that every backend retries, gives up and reports in exactly the same 
 - any other `Exception`: retry after the core's backoff (C15), if attempts are left;
 - no attempts left: give up.
 
-On giving up, the job's `on_failure` runs here, once, and `failed` is recorded. The adapter
-only maps the returned `JobOutcome` onto its library (retry with that delay, or stop).
+On giving up, the job's `on_failure` runs here, once, and `failed` is recorded. The worker seam
+then carries the returned `JobOutcome` out through the adapter's library.
 """
 
 from __future__ import annotations
@@ -251,37 +252,3 @@ def run_job_sync(
         result: JobOutcome = run_coroutine_blocking(coro)
         return result
     return _drive_without_loop(coro)
-
-
-def report_unknown_job(
-    job_name: str,
-    *,
-    dispatch_id: str | None,
-    backend: str,
-    instrumentation: Instrumentation | None = None,
-    where: str = "",
-) -> None:
-    """Log a delivery for a job this worker does not know (C17) and record it as `failed`.
-
-    The adapter then moves the message where an operator finds it (`where` says where).
-    """
-    hint = f"; kept in {where}" if where else ""
-    logger.error(
-        "unknown job %r (dispatch_id=%s, backend=%s): not run%s",
-        job_name,
-        dispatch_id,
-        backend,
-        hint,
-    )
-    safe_record(
-        with_logging(instrumentation),
-        JobEvent(
-            "failed",
-            "execute",
-            job_name,
-            dispatch_id,
-            0,
-            backend,
-            error=f"UnknownJob: no job named {job_name!r} in this worker's registry",
-        ),
-    )

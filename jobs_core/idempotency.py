@@ -5,13 +5,19 @@ Keys are scoped by job name, so one key string can serve two different jobs.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 KEY_PREFIX = "jobs_core:idem:"
+DEFAULT_MEMORY_KEYS = 10_000
+"""How many keys the in-process store keeps at most (about 2.5 MB); the oldest go first."""
+
+logger = logging.getLogger("jobs_core.idempotency")
 
 
 def scoped_key(job_name: str, key: str) -> str:
@@ -29,32 +35,68 @@ class IdempotencyStore(Protocol):
 
 
 class MemoryIdempotencyStore:
-    """Keys in this process only: the inline backend's store (and a best-effort local mirror)."""
+    """Keys in this process only: the inline backend's store, and the fallback of the others.
 
-    def __init__(self, ttl_seconds: float = IDEMPOTENCY_TTL_SECONDS) -> None:
+    Claims cost O(1): keys expire in the order they were claimed (every key lives `ttl_seconds`),
+    so expired ones are dropped from the front. Beyond `max_keys` the oldest key is forgotten
+    before its time, and the store says so: a warning the first time, each key at DEBUG, and
+    the count in `evicted`. A forgotten key no longer deduplicates.
+    """
+
+    def __init__(
+        self, ttl_seconds: float = IDEMPOTENCY_TTL_SECONDS, max_keys: int = DEFAULT_MEMORY_KEYS
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
         self.ttl_seconds = ttl_seconds
-        self._keys: dict[str, tuple[str, float]] = {}
+        self.max_keys = max_keys
+        self.evicted = 0
+        self._keys: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def claim(self, claims: Sequence[tuple[str, str]]) -> list[str | None]:
         now = time.monotonic()
         results: list[str | None] = []
         with self._lock:
+            self._expire(now)
             for key, dispatch_id in claims:
                 held = self._keys.get(key)
-                if held is not None and held[1] > now:
+                if held is not None:
                     results.append(held[0])
-                else:
-                    self._keys[key] = (dispatch_id, now + self.ttl_seconds)
-                    results.append(None)
-            if len(self._keys) > 10_000:
-                self._keys = {k: v for k, v in self._keys.items() if v[1] > now}
+                    continue
+                if len(self._keys) >= self.max_keys:
+                    self._evict_oldest()
+                self._keys[key] = (dispatch_id, now + self.ttl_seconds)
+                results.append(None)
         return results
 
     def release(self, keys: Sequence[str]) -> None:
         with self._lock:
             for key in keys:
                 self._keys.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _expire(self, now: float) -> None:
+        keys = self._keys
+        while keys:
+            oldest = next(iter(keys))
+            if keys[oldest][1] > now:
+                return
+            del keys[oldest]
+
+    def _evict_oldest(self) -> None:
+        key, _ = self._keys.popitem(last=False)
+        if not self.evicted:
+            logger.warning(
+                "the in-process idempotency store is full (%d keys): forgetting the oldest keys "
+                "before their 24 h are up, so a repeat of those runs again; use a shared store "
+                "(Redis) where repeats matter",
+                self.max_keys,
+            )
+        self.evicted += 1
+        logger.debug("idempotency key %s forgotten (store full)", key)
 
 
 class RedisIdempotencyStore:
@@ -88,3 +130,42 @@ class RedisIdempotencyStore:
     def release(self, keys: Sequence[str]) -> None:
         if keys:
             self.client.delete(*keys)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def is_redis_url(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://", "redis+socket://"))
+
+
+def redis_client(url: str, timeout: float) -> Any:
+    """A redis-py client that never waits longer than `timeout` and never retries on its own,
+    so that a dispatch to a dead broker fails within the dispatch timeout (C7)."""
+    import redis  # installed with every backend whose broker can be Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def idempotency_store_for(
+    url: str, timeout: float, *, what: str, client: Any = None
+) -> IdempotencyStore:
+    """The store for a producer whose shared state lives at `url` (the broker, or an explicit
+    `idempotency_url`): Redis is shared by every producer (through `client` when the producer
+    already has one for that URL); anything else falls back to this process, with a warning
+    naming `what` (the backend)."""
+    if is_redis_url(url):
+        return RedisIdempotencyStore(client if client is not None else redis_client(url, timeout))
+    logger.warning(
+        "%s: the broker is not Redis and no idempotency_url='redis://...' was given, so "
+        "idempotency keys are kept in this process only (not shared between producers)",
+        what,
+    )
+    return MemoryIdempotencyStore()

@@ -6,6 +6,7 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
@@ -13,9 +14,10 @@ from pydantic import BaseModel
 
 from ._compat import callable_name, is_async_callable
 from .errors import JobConfigError
-from .port import JobRequest, P
+from .payload import validate_payload
 from .retry import Retry
 
+P = TypeVar("P", bound=BaseModel)
 C = TypeVar("C")
 
 JOB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
@@ -49,8 +51,6 @@ class Job(Generic[P, C]):
 
     async def call(self, payload: P | Mapping[str, Any], ctx: C) -> None:
         """Validate `payload` and run the handler once, without retries: how a test runs a job."""
-        from .payload import validate_payload
-
         model = typing.cast(P, validate_payload(self, payload))
         result = self.handler(model, ctx)
         if inspect.isawaitable(result):
@@ -76,6 +76,21 @@ class Job(Generic[P, C]):
             f"Job(name={self.name!r}, payload={self.payload_model.__name__}, "
             f"retry={self.retry!r}, handler={callable_name(self.handler)})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest(Generic[P]):
+    """One item of `dispatch_many` with options of its own (a plain `(job, payload)` works too).
+
+    Build one with `job.request(payload, ...)`: a type checker then matches `payload` against
+    the job's model, which it cannot do for a `(job, payload)` tuple in a mixed list.
+    """
+
+    job: Job[P, Any]
+    payload: P | Mapping[str, Any]
+    delay: timedelta | None = None
+    run_at: datetime | None = None
+    idempotency_key: str | None = None
 
 
 def _payload_model_from_handler(name: str, handler: Callable[..., Any]) -> type[BaseModel]:

@@ -7,15 +7,27 @@ A payload crosses the wire as `model.model_dump(mode="json")`, so the worker's
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from .errors import JobPayloadError
 
-if TYPE_CHECKING:
-    from .job import Job
+
+class Job(Protocol):
+    """What payload handling needs of a job: its name (for errors) and its payload model."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def payload_model(self) -> type[BaseModel]: ...
+
+
+PAYLOAD_MASK = "<payload>"
+"""How a payload is shown in log lines and monitoring tools: payloads may hold personal data or
+secrets (C23), and one large payload would make every log line as large."""
 
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 """Largest JSON payload accepted at dispatch: Inngest's smallest event limit, so that a job
@@ -42,7 +54,7 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [{k: v for k, v in e.items() if k != "ctx"} for e in exc.errors(include_url=False)]
 
 
-def validate_payload(job: Job[Any, Any], payload: Any) -> BaseModel:
+def validate_payload(job: Job, payload: Any) -> BaseModel:
     """Return `payload` as an instance of the job's model, or raise `JobPayloadError` (C4, C5)."""
     model: type[BaseModel] = job.payload_model
     if isinstance(payload, model):
@@ -57,9 +69,7 @@ def validate_payload(job: Job[Any, Any], payload: Any) -> BaseModel:
     )
 
 
-def to_wire(
-    job: Job[Any, Any], model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-) -> Any:
+def to_wire(job: Job, model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
     """The JSON-ready form of a validated payload; refuses one over `max_bytes` (no truncation)."""
     data = model.model_dump(mode="json")
     if max_bytes:
@@ -80,7 +90,7 @@ def to_wire(
     return data
 
 
-def parse_payload(job: Job[Any, Any], raw: Any) -> BaseModel:
+def parse_payload(job: Job, raw: Any) -> BaseModel:
     """Worker side: turn what the backend delivered (dict, JSON text or bytes) into the model.
 
     Any failure, whatever its cause (bad JSON, wrong shape, schema drift), is a `JobPayloadError`

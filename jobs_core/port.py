@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from .job import Job
-
-P = TypeVar("P", bound=BaseModel)
+from .job import Job, JobRequest, P
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,22 +27,7 @@ class DispatchReceipt:
     deduplicated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class JobRequest(Generic[P]):
-    """One item of `dispatch_many` with options of its own (a plain `(job, payload)` works too).
-
-    Build one with `job.request(payload, ...)`: a type checker then matches `payload` against
-    the job's model, which it cannot do for a `(job, payload)` tuple in a mixed list.
-    """
-
-    job: Job[P, Any]
-    payload: P | Mapping[str, Any]
-    delay: timedelta | None = None
-    run_at: datetime | None = None
-    idempotency_key: str | None = None
-
-
-DispatchItem: TypeAlias = "JobRequest[Any] | tuple[Job[Any, Any], BaseModel | Mapping[str, Any]]"
+DispatchItem: TypeAlias = JobRequest[Any] | tuple[Job[Any, Any], BaseModel | Mapping[str, Any]]
 
 
 @runtime_checkable

@@ -7,16 +7,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
 from .dispatcher import BaseDispatcher, PreparedJob
 from .errors import JobFailedError
-from .execution import ContextSource, run_job_sync
+from .execution import ContextSource
 from .idempotency import MemoryIdempotencyStore
 from .instrumentation import Instrumentation, JobEvent
 from .job import Job
+from .worker import Delivery, JobWorker
 
 try:
     import pytest
@@ -98,31 +100,36 @@ class RecordingDispatcher(BaseDispatcher):
 
         Returns how many ran. A job that gives up raises `JobFailedError` unless told not to.
         """
+        worker: JobWorker[Any] = JobWorker(
+            None, context=context, backend=self.backend_name, instrumentation=self.events
+        )
         ran = 0
         while self.dispatched:
             pending, self.dispatched = self.dispatched, []
             for d in pending:
-                attempt = 0
-                while True:
-                    outcome = run_job_sync(
-                        d.job,
-                        d.data,
-                        context=context,
-                        attempt=attempt,
-                        dispatch_id=d.dispatch_id,
-                        backend=self.backend_name,
-                        instrumentation=self.instrumentation,
-                    )
-                    if not outcome.should_retry:
-                        break
-                    attempt += 1
+                failure = _RecordFailure()
+                worker.run_in_process(d.job, d.data, d.dispatch_id, failure, wait=False)
                 ran += 1
-                if outcome.gave_up and raise_on_failure and outcome.error is not None:
-                    raise JobFailedError(d.job_name, outcome.error, attempt + 1)
+                if failure.error is not None and raise_on_failure:
+                    raise JobFailedError(d.job_name, failure.error, failure.runs)
         return ran
 
     def clear(self) -> None:
         self.dispatched.clear()
+
+
+class _RecordFailure:
+    """A settlement that remembers how a job gave up, for `run_all` to report it."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.runs = 0
+
+    def retry(self, delivery: Delivery, delay: timedelta) -> None:
+        """The in-process loop runs the next attempt."""
+
+    def give_up(self, delivery: Delivery, error: BaseException) -> None:
+        self.error, self.runs = error, delivery.attempt + 1
 
 
 class RecordingInstrumentation:

@@ -23,10 +23,10 @@ from jobs_core.backends.dramatiq import (
     DramatiqDispatcher,
     close_broker,
     make_worker_broker,
-    new_queue_name,
     register_actors,
 )
 from jobs_core.instrumentation import Instrumentation
+from tests.support.names import new_queue_name
 
 WORKER_THREADS = 4
 WORKER_TIMEOUT_MS = 50

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from jobs_core import JobRegistry, JobsSettings
 from jobs_core.backends.inline import InlineDispatcher
-from jobs_core.execution import report_unknown_job, run_job_sync
 from jobs_core.instrumentation import Instrumentation
+from jobs_core.worker import Delivery, JobWorker
 
 
 class InlineSession:
@@ -27,24 +28,18 @@ class InlineSession:
 
     def send_raw(self, job_name: str, data: Any) -> None:
         # Inline has no queue; a raw message is what a worker would do with it: the core path.
-        job = self.registry.get(job_name)
-        if job is None:
-            report_unknown_job(
-                job_name, dispatch_id=None, backend="inline", instrumentation=self.instrumentation
-            )
-            self._dead.append(job_name)
-            return
-        attempt = 0
-        while run_job_sync(
-            job,
-            data,
+        worker: JobWorker[Any] = JobWorker(
+            self.registry,
             context=self.context,
-            attempt=attempt,
-            dispatch_id=None,
             backend="inline",
             instrumentation=self.instrumentation,
-        ).should_retry:
-            attempt += 1
+        )
+        job = self.registry.get(job_name)
+        if job is None:
+            worker.report_unknown(Delivery(job_name, data), where="(the inline harness's list)")
+            self._dead.append(job_name)
+            return
+        worker.run_in_process(job, data, "raw", _Ignore(), wait=False)
 
     def dead_letters(self) -> list[str]:
         return list(self._dead)
@@ -55,6 +50,14 @@ class InlineSession:
             for e in self.instrumentation.events  # type: ignore[attr-defined]
             if e.kind == "scheduled"
         )
+
+
+class _Ignore:
+    """Raw messages settle silently: the tests read what happened from the events."""
+
+    def retry(self, delivery: Delivery, delay: timedelta) -> None: ...
+
+    def give_up(self, delivery: Delivery, error: BaseException) -> None: ...
 
 
 class InlineHarness:

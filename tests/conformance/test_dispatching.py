@@ -172,8 +172,11 @@ def test_C9_same_idempotency_key_runs_once(
         second = s.dispatcher.dispatch_sync(job, {"text": "two"}, idempotency_key=f"k-{unique}")
         other = s.dispatcher.dispatch_sync(job, {"text": "three"}, idempotency_key=f"o-{unique}")
         assert not first.deduplicated
-        assert second.deduplicated
         assert not other.deduplicated
+        # The producer knows a repeat where keys are claimed before sending (Redis, in
+        # process); Inngest's Event API does not say. Either way the ids join (C9).
+        assert second.deduplicated is (harness.name != "inngest")
+        assert second.dispatch_id == first.dispatch_id != other.dispatch_id
         wait_until(lambda: runs.count == 2, what="the two distinct keys to run")
         assert stays_false(lambda: runs.count > 2, 0.5 if harness.durable else 0.0)
     assert sorted(p.text for p in runs.items) == ["one", "three"]

@@ -75,7 +75,10 @@ def test_delay_goes_to_the_delay_queue_with_an_eta(url: str) -> None:
     assert "eta" not in past.options
 
 
-def test_dispatch_many_is_one_round_trip(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dispatch_many_costs_two_round_trips_whatever_its_size(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One to check that Dramatiq's script is loaded, one for the whole batch."""
     dispatcher = DramatiqDispatcher(url, "many")
     try:
         dispatcher.dispatch_sync(work, {"n": -1})  # connect and load the script first
@@ -90,7 +93,7 @@ def test_dispatch_many_is_one_round_trip(url: str, monkeypatch: pytest.MonkeyPat
         receipts = dispatcher.dispatch_many_sync([(work, {"n": n}) for n in range(500)])
     finally:
         dispatcher.close()
-    assert len(sent) == 1
+    assert len(sent) <= 2
     assert len({r.dispatch_id for r in receipts}) == 500
     assert len(_messages(redis.Redis.from_url(url), "many")) == 501
 
@@ -143,28 +146,12 @@ def test_actors_carry_the_core_policy(url: str) -> None:
         close_broker(broker)
 
 
-def test_unknown_script_layout_falls_back_to_broker_enqueue(url: str) -> None:
-    dispatcher = DramatiqDispatcher(url, "fallback")
-    dispatcher._sender.layout_ok = False  # type: ignore[union-attr]  # another Dramatiq version
-    try:
-        dispatcher.dispatch_sync(work, {"n": 0})
-        dispatcher.dispatch_many_sync([(work, {"n": 1}), (work, {"n": 2})])
-        dispatcher.dispatch_sync(work, {"n": 3}, delay=timedelta(seconds=30))
-    finally:
-        dispatcher.close()
-    client = redis.Redis.from_url(url)
-    assert sorted(m.args[0]["n"] for m in _messages(client, "fallback")) == [0, 1, 2]
-    [delayed] = _messages(client, "fallback.DQ")
-    assert delayed.args[0]["n"] == 3 and "eta" in delayed.options
-
-
-def test_dispatch_many_writes_what_the_script_writes(url: str) -> None:
-    """A batch (one MULTI/EXEC) leaves each message where `dispatch_sync` (the script) would:
-    due ones on the queue in order, delayed ones on the delay queue with their eta."""
+def test_dispatch_many_writes_what_dispatch_sync_writes(url: str) -> None:
+    """A batch (one MULTI/EXEC of Dramatiq's enqueue script) leaves each message where
+    `dispatch_sync` would: due ones on the queue in order, delayed ones on the delay queue."""
     client = redis.Redis.from_url(url)
     dispatcher = DramatiqDispatcher(url, "batch")
     try:
-        assert dispatcher._sender.batch_ok  # type: ignore[union-attr]
         before = time.time() * 1000
         receipts = dispatcher.dispatch_many_sync(
             [
@@ -183,5 +170,4 @@ def test_dispatch_many_writes_what_the_script_writes(url: str) -> None:
     [delayed] = _messages(client, "batch.DQ")
     assert delayed.args[0]["n"] == 2 and delayed.queue_name == "batch.DQ"
     assert before + 29_000 < delayed.options["eta"] < before + 31_000
-    producer_id = str(dispatcher._sender.broker.broker_id)  # type: ignore[union-attr]
-    assert client.zscore("dramatiq:__heartbeats__", producer_id)  # as the script does
+    assert client.zcard("dramatiq:__heartbeats__") == 1  # one producer, whatever the batches

@@ -1,5 +1,6 @@
 """The two ways to start a Dramatiq worker for a registry, as subprocesses:
-`python -m jobs_core worker` (JOBS_BACKEND=dramatiq) and Dramatiq's own `dramatiq module` CLI."""
+`python -m jobs_core worker` (JOBS_BACKEND=dramatiq, which runs Dramatiq's own command) and
+`dramatiq module` with a module of the app's."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def test_jobs_core_worker_command(redis_server: Any, store: Any, processes: int)
             lambda: workers.output(worker)[-3000:],
         )
         assert workers.terminate(worker) == 0, workers.output(worker)
-        assert "dramatiq worker pid=" in workers.output(worker)
+        output = workers.output(worker)  # Dramatiq's own command ran the worker processes
+        assert "is booting up" in output
+        assert output.count("Worker process is ready for action.") == processes, output
 
 
 def test_native_dramatiq_cli(redis_server: Any, store: Any) -> None:

@@ -248,9 +248,9 @@ class DramatiqBackend:
         from jobs_core.backends.dramatiq import (
             DramatiqDispatcher,
             make_worker_broker,
-            new_queue_name,
             register_actors,
         )
+        from tests.support.names import new_queue_name
 
         self.url = url
         self.queue = new_queue_name("poison")
