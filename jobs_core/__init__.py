@@ -20,6 +20,8 @@ from .instrumentation import (
 from .job import Job, JobRegistry
 from .port import DispatchReceipt, JobDispatcherPort, JobRequest
 from .retry import Retry
+from .schedule import Schedule
+from .scheduler import Scheduler
 
 __all__ = [
     "DispatchError",
@@ -41,6 +43,8 @@ __all__ = [
     "PermanentError",
     "Retry",
     "RetryLater",
+    "Schedule",
+    "Scheduler",
     "create_dispatcher",
     "run_job",
     "run_job_sync",

@@ -7,7 +7,7 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -15,6 +15,9 @@ from ._compat import callable_name, is_async_callable
 from .errors import JobConfigError
 from .port import JobRequest, P
 from .retry import Retry
+
+if TYPE_CHECKING:
+    from .schedule import Schedule
 
 C = TypeVar("C")
 
@@ -128,6 +131,7 @@ class JobRegistry(Generic[C]):
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job[Any, C]] = {}
+        self._schedules: dict[str, Schedule[Any]] = {}
 
     @overload
     def job(
@@ -205,6 +209,35 @@ class JobRegistry(Generic[C]):
         job: Job[P, C] = Job(name, typing.cast(type[P], model), handle, retry, on_failure)
         self._jobs[name] = job
         return job
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        cron: str,
+        job: Job[P, C],
+        payload: P | Mapping[str, Any] | None = None,
+        timezone: str = "UTC",
+    ) -> Schedule[P]:
+        """Dispatch `job` with `payload` at each tick of `cron` in `timezone` (C29).
+
+        The name, the expression, the timezone and the payload are all checked here: a mistake
+        is a `JobConfigError` now, not a silent schedule later. See `jobs_core.schedule`.
+        """
+        from .schedule import define_schedule
+
+        if isinstance(name, str) and name in self._schedules:
+            raise JobConfigError(f"schedule name {name!r} is already defined in this registry")
+        schedule = define_schedule(
+            self, name, cron=cron, job=job, payload=payload, timezone=timezone
+        )
+        self._schedules[name] = schedule
+        return schedule
+
+    @property
+    def schedules(self) -> list[Schedule[Any]]:
+        """The schedules of this registry, in the order they were defined."""
+        return list(self._schedules.values())
 
     def get(self, name: str) -> Job[Any, C] | None:
         """The job called `name`, or None: workers use this to spot unknown names (C17)."""
