@@ -72,6 +72,8 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
 
+from ._inngest_schedules import create_inngest_schedule_functions
+
 BACKEND = "inngest"
 DEFAULT_SERVE_PATH = "/api/inngest"
 
@@ -494,8 +496,11 @@ def create_inngest_functions(
     context: ContextSource,
     instrumentation: Instrumentation | None = None,
 ) -> list[inngest.Function[Any]]:
-    """One Inngest function per job of `registry` (see `create_inngest_job_function`)."""
-    return [create_inngest_job_function(client, job, context, instrumentation) for job in registry]
+    """One Inngest function per job of `registry` (see `create_inngest_job_function`), and one
+    cron function per schedule (see `create_inngest_schedule_functions`)."""
+    return [
+        create_inngest_job_function(client, job, context, instrumentation) for job in registry
+    ] + create_inngest_schedule_functions(client, registry, instrumentation)
 
 
 # -- serving ------------------------------------------------------------------------------
@@ -670,6 +675,7 @@ __all__ = [
     "create_inngest_client",
     "create_inngest_functions",
     "create_inngest_job_function",
+    "create_inngest_schedule_functions",
     "event_id_for",
     "redact_event_key",
     "run_worker",
