@@ -5,6 +5,7 @@ and a run loop that sleeps until the next tick."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -235,7 +236,7 @@ def test_start_runs_the_scheduler_in_a_thread_with_the_inline_backend() -> None:
 
     job = jobs.define_job("note", payload=Note, handle=note)
     jobs.schedule("minutely", cron="* * * * *", job=job, payload={"text": "tick"})
-    clock = AcceleratedClock(T0, epoch=__import__("time").time(), speed=600)
+    clock = AcceleratedClock(T0, epoch=time.time(), speed=600)
     scheduler = Scheduler(jobs, InlineDispatcher(context=ran), clock=clock)
     with scheduler:
         wait_until(lambda: len(ran) >= 3, timeout=20, what="three ticks")
