@@ -27,8 +27,9 @@ from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource
 from jobs_core.idempotency import IdempotencyStore, idempotency_store_for
 from jobs_core.instrumentation import Instrumentation
-from jobs_core.job import Job, JobRegistry
+from jobs_core.job import Job
 from jobs_core.payload import PAYLOAD_MASK
+from jobs_core.registry import JobRegistry
 from jobs_core.worker import Delivery, JobWorker, delivery_from_call
 
 try:

@@ -34,8 +34,9 @@ from jobs_core.idempotency import (
     redis_client,
 )
 from jobs_core.instrumentation import Instrumentation
-from jobs_core.job import Job, JobRegistry
+from jobs_core.job import Job
 from jobs_core.payload import PAYLOAD_MASK
+from jobs_core.registry import JobRegistry
 from jobs_core.worker import Delivery, JobWorker, delivery_from_call
 
 try:

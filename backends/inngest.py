@@ -30,8 +30,9 @@ from jobs_core.dispatcher import BaseDispatcher, PreparedJob
 from jobs_core.errors import DispatchError, JobConfigError
 from jobs_core.execution import ContextSource
 from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
-from jobs_core.job import Job, JobRegistry
+from jobs_core.job import Job
 from jobs_core.payload import DEFAULT_MAX_PAYLOAD_BYTES
+from jobs_core.registry import JobRegistry
 from jobs_core.worker import Delivery, JobWorker
 
 try:
@@ -50,6 +51,8 @@ try:
     )
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
+
+from ._inngest_schedules import create_inngest_schedule_functions
 
 BACKEND = "inngest"
 DEFAULT_SERVE_PATH = "/api/inngest"
@@ -300,9 +303,11 @@ def create_inngest_functions(
     context: ContextSource,
     instrumentation: Instrumentation | None = None,
 ) -> list[inngest.Function[Any]]:
-    """One Inngest function per job of `registry` (see `create_inngest_job_function`)."""
+    """One Inngest function per job of `registry` (see `create_inngest_job_function`), and one
+    cron function per schedule (see `create_inngest_schedule_functions`)."""
     worker = JobWorker(registry, context=context, backend=BACKEND, instrumentation=instrumentation)
-    return [create_inngest_job_function(client, job, context, worker=worker) for job in registry]
+    jobs = [create_inngest_job_function(client, job, context, worker=worker) for job in registry]
+    return jobs + create_inngest_schedule_functions(client, registry, instrumentation)
 
 
 # -- serving ------------------------------------------------------------------------------
@@ -395,6 +400,7 @@ __all__ = [
     "create_inngest_client",
     "create_inngest_functions",
     "create_inngest_job_function",
+    "create_inngest_schedule_functions",
     "event_id_for",
     "redact_event_key",
     "run_worker",

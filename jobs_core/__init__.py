@@ -17,9 +17,12 @@ from .instrumentation import (
     LoggingInstrumentation,
     MultiInstrumentation,
 )
-from .job import Job, JobRegistry, JobRequest
+from .job import Job, JobRequest
 from .port import DispatchReceipt, JobDispatcherPort
+from .registry import JobRegistry
 from .retry import Retry
+from .schedule import Schedule
+from .scheduler import Scheduler
 
 __all__ = [
     "DispatchError",
@@ -41,6 +44,8 @@ __all__ = [
     "PermanentError",
     "Retry",
     "RetryLater",
+    "Schedule",
+    "Scheduler",
     "create_dispatcher",
     "run_job",
     "run_job_sync",

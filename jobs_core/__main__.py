@@ -3,6 +3,7 @@
     python -m jobs_core list myapp.jobs:jobs [--json]
     python -m jobs_core dispatch myapp.jobs:jobs mail.welcome '{"email": "a@example.com"}'
     python -m jobs_core worker myapp.jobs:jobs --context myapp.infra:create_context [-- extra]
+    python -m jobs_core scheduler myapp.jobs:jobs
 
 The backend is `JOBS_BACKEND` (default `inline`); `worker` passes unknown options to it.
 """
@@ -16,9 +17,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from ._scheduler_cli import describe_schedules, load_clock, print_schedules, run_scheduler
 from .config import create_dispatcher, import_backend, import_string, load_settings
 from .errors import JobsError
-from .job import JobRegistry
+from .registry import JobRegistry
 
 
 def load_registry(target: str) -> JobRegistry[Any]:
@@ -34,6 +36,7 @@ def load_context(target: str | None) -> Any:
 
 
 def _describe(registry: JobRegistry[Any]) -> list[dict[str, Any]]:
+    schedules = describe_schedules(registry)
     return [
         {
             "name": job.name,
@@ -45,6 +48,7 @@ def _describe(registry: JobRegistry[Any]) -> list[dict[str, Any]]:
             },
             "has_on_failure": job.on_failure is not None,
             "payload_schema": job.payload_model.model_json_schema(),
+            "schedules": [s for s in schedules if s["job"] == job.name],
         }
         for job in registry
     ]
@@ -63,6 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"jitter={retry['jitter']}"
         )
         print(f"  payload schema: {json.dumps(job['payload_schema'], sort_keys=True)}")
+    print_schedules(described)
     return 0
 
 
@@ -120,6 +125,13 @@ def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
     return code
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    registry = load_registry(args.registry)
+    settings = load_settings()
+    clock = load_clock(args.clock) if args.clock else None
+    return run_scheduler(registry, settings, context=load_context(args.context), clock=clock)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_worker = sub.add_parser("worker", help="run the JOBS_BACKEND worker for a registry")
     p_worker.add_argument("registry", metavar="APP:REGISTRY")
     p_worker.add_argument("--context", metavar="MODULE:FACTORY", help="context or factory")
+
+    p_scheduler = sub.add_parser(
+        "scheduler", help="dispatch the registry's schedules through JOBS_BACKEND (any replicas)"
+    )
+    p_scheduler.add_argument("registry", metavar="APP:REGISTRY")
+    p_scheduler.add_argument("--context", metavar="MODULE:FACTORY", help="inline only")
+    p_scheduler.add_argument(
+        "--clock", metavar="MODULE:NAME", help="a jobs_core.scheduler.Clock (or a factory of one)"
+    )
     return parser
 
 
@@ -154,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "dispatch":
             return cmd_dispatch(args)
+        if args.command == "scheduler":
+            return cmd_scheduler(args)
         return cmd_worker(args, extra)
     except JobsError as exc:
         print(f"error: {exc}", file=sys.stderr)

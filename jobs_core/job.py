@@ -1,14 +1,14 @@
-"""Job definitions: `Job`, the per-app `JobRegistry`, and how a handler's payload model is found."""
+"""Job definitions: `Job`, `JobRequest`, and how a handler and its payload model are checked."""
 
 from __future__ import annotations
 
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -138,113 +138,33 @@ def _check_model(name: str, payload: Any) -> type[BaseModel]:
     )
 
 
-class JobRegistry(Generic[C]):
-    """The jobs of one app, bound to its context type `C`; workers are built from a registry."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, Job[Any, C]] = {}
-
-    @overload
-    def job(
-        self,
-        name: str,
-        *,
-        retry: Retry | None = None,
-        on_failure: FailureHook[C] | None = None,
-    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
-
-    @overload
-    def job(
-        self,
-        name: str,
-        *,
-        payload: type[P],
-        retry: Retry | None = None,
-        on_failure: FailureHook[C] | None = None,
-    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
-
-    def job(
-        self,
-        name: str,
-        *,
-        payload: type[P] | None = None,
-        retry: Retry | None = None,
-        on_failure: FailureHook[C] | None = None,
-    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]:
-        """Decorator: define a job from `handler(payload, ctx)`; returns the `Job`."""
-        if callable(name) and not isinstance(name, str):
-            raise JobConfigError(
-                f'@jobs.job needs the job\'s name: write @jobs.job("some.name") above '
-                f"{callable_name(name)}, not a bare @jobs.job (the name is what every backend "
-                "routes by, so it is never guessed from the function)"
-            )
-
-        def decorate(handler: Callable[[P, C], Any]) -> Job[P, C]:
-            return self.define_job(
-                name, payload=payload, retry=retry, handle=handler, on_failure=on_failure
-            )
-
-        return decorate
-
-    def define_job(
-        self,
-        name: str,
-        *,
-        handle: Callable[[P, C], Any],
-        payload: type[P] | None = None,
-        retry: Retry | None = None,
-        on_failure: FailureHook[C] | None = None,
-    ) -> Job[P, C]:
-        """Define and register a job without a decorator; every check runs here, not at a worker."""
-        if not isinstance(name, str) or not JOB_NAME_PATTERN.match(name):
-            raise JobConfigError(
-                f"invalid job name {name!r}: use letters, digits and . _ : / - "
-                f"starting with a letter or digit (pattern {JOB_NAME_PATTERN.pattern})"
-            )
-        if name in self._jobs:
-            raise JobConfigError(f"job name {name!r} is already defined in this registry")
-        if not callable(handle):
-            raise JobConfigError(f"job {name!r}: handle= must be callable, got {handle!r}")
-        if retry is None:
-            retry = Retry()
-        elif not isinstance(retry, Retry):
-            raise JobConfigError(f"job {name!r}: retry= must be a Retry, got {retry!r}")
-        if on_failure is not None and not callable(on_failure):
-            raise JobConfigError(f"job {name!r}: on_failure= must be callable, got {on_failure!r}")
-        _check_arity(name, handle)
-        model = (
-            _check_model(name, payload)
-            if payload is not None
-            else _payload_model_from_handler(name, handle)
+def make_job(
+    name: str,
+    *,
+    handle: Callable[[P, C], Any],
+    payload: type[P] | None = None,
+    retry: Retry | None = None,
+    on_failure: FailureHook[C] | None = None,
+) -> Job[P, C]:
+    """A `Job` from its parts, every check done here (C1-C3), never later at a worker."""
+    if not isinstance(name, str) or not JOB_NAME_PATTERN.match(name):
+        raise JobConfigError(
+            f"invalid job name {name!r}: use letters, digits and . _ : / - "
+            f"starting with a letter or digit (pattern {JOB_NAME_PATTERN.pattern})"
         )
-        job: Job[P, C] = Job(name, typing.cast(type[P], model), handle, retry, on_failure)
-        self._jobs[name] = job
-        return job
-
-    def get(self, name: str) -> Job[Any, C] | None:
-        """The job called `name`, or None: workers use this to spot unknown names (C17)."""
-        return self._jobs.get(name)
-
-    def __getitem__(self, name: str) -> Job[Any, C]:
-        try:
-            return self._jobs[name]
-        except KeyError:
-            known = ", ".join(sorted(self._jobs)) or "none"
-            raise JobConfigError(
-                f"no job named {name!r} in this registry (known: {known})"
-            ) from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._jobs
-
-    def __iter__(self) -> Iterator[Job[Any, C]]:
-        return iter(list(self._jobs.values()))
-
-    def __len__(self) -> int:
-        return len(self._jobs)
-
-    def names(self) -> list[str]:
-        return sorted(self._jobs)
-
-    def __repr__(self) -> str:
-        return f"JobRegistry({self.names()!r})"
+    if not callable(handle):
+        raise JobConfigError(f"job {name!r}: handle= must be callable, got {handle!r}")
+    if retry is None:
+        retry = Retry()
+    elif not isinstance(retry, Retry):
+        raise JobConfigError(f"job {name!r}: retry= must be a Retry, got {retry!r}")
+    if on_failure is not None and not callable(on_failure):
+        raise JobConfigError(f"job {name!r}: on_failure= must be callable, got {on_failure!r}")
+    _check_arity(name, handle)
+    model = (
+        _check_model(name, payload)
+        if payload is not None
+        else _payload_model_from_handler(name, handle)
+    )
+    job: Job[P, C] = Job(name, typing.cast(type[P], model), handle, retry, on_failure)
+    return job

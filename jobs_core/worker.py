@@ -21,7 +21,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from .errors import UnknownJobError
 from .execution import ContextSource, JobOutcome, needs_event_loop, run_job, run_job_sync
 from .instrumentation import Instrumentation, JobEvent, safe_record, with_logging
-from .job import Job, JobRegistry
+from .job import Job
+from .registry import JobRegistry
 
 logger = logging.getLogger("jobs_core.worker")
 

@@ -1,0 +1,134 @@
+"""`JobRegistry`: the jobs (and schedules) of one app, bound to its context type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, overload
+
+from ._compat import callable_name
+from .errors import JobConfigError
+from .job import C, FailureHook, Job, P, make_job
+from .retry import Retry
+from .schedule import Schedule, define_schedule
+
+
+class JobRegistry(Generic[C]):
+    """The jobs of one app, bound to its context type `C`; workers are built from a registry."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job[Any, C]] = {}
+        self._schedules: dict[str, Schedule[Any]] = {}
+
+    @overload
+    def job(
+        self,
+        name: str,
+        *,
+        retry: Retry | None = None,
+        on_failure: FailureHook[C] | None = None,
+    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
+
+    @overload
+    def job(
+        self,
+        name: str,
+        *,
+        payload: type[P],
+        retry: Retry | None = None,
+        on_failure: FailureHook[C] | None = None,
+    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
+
+    def job(
+        self,
+        name: str,
+        *,
+        payload: type[P] | None = None,
+        retry: Retry | None = None,
+        on_failure: FailureHook[C] | None = None,
+    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]:
+        """Decorator: define a job from `handler(payload, ctx)`; returns the `Job`."""
+        if callable(name) and not isinstance(name, str):
+            raise JobConfigError(
+                f'@jobs.job needs the job\'s name: write @jobs.job("some.name") above '
+                f"{callable_name(name)}, not a bare @jobs.job (the name is what every backend "
+                "routes by, so it is never guessed from the function)"
+            )
+
+        def decorate(handler: Callable[[P, C], Any]) -> Job[P, C]:
+            return self.define_job(
+                name, payload=payload, retry=retry, handle=handler, on_failure=on_failure
+            )
+
+        return decorate
+
+    def define_job(
+        self,
+        name: str,
+        *,
+        handle: Callable[[P, C], Any],
+        payload: type[P] | None = None,
+        retry: Retry | None = None,
+        on_failure: FailureHook[C] | None = None,
+    ) -> Job[P, C]:
+        """Define and register a job without a decorator; every check runs here, not at a worker."""
+        if isinstance(name, str) and name in self._jobs:
+            raise JobConfigError(f"job name {name!r} is already defined in this registry")
+        job = make_job(name, handle=handle, payload=payload, retry=retry, on_failure=on_failure)
+        self._jobs[name] = job
+        return job
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        cron: str,
+        job: Job[P, C],
+        payload: P | Mapping[str, Any] | None = None,
+        timezone: str = "UTC",
+    ) -> Schedule[P]:
+        """Dispatch `job` with `payload` at each tick of `cron` in `timezone` (C29).
+
+        The name, the expression, the timezone and the payload are all checked here: a mistake
+        is a `JobConfigError` now, not a silent schedule later. See `jobs_core.schedule`.
+        """
+
+        if isinstance(name, str) and name in self._schedules:
+            raise JobConfigError(f"schedule name {name!r} is already defined in this registry")
+        schedule = define_schedule(
+            self, name, cron=cron, job=job, payload=payload, timezone=timezone
+        )
+        self._schedules[name] = schedule
+        return schedule
+
+    @property
+    def schedules(self) -> list[Schedule[Any]]:
+        """The schedules of this registry, in the order they were defined."""
+        return list(self._schedules.values())
+
+    def get(self, name: str) -> Job[Any, C] | None:
+        """The job called `name`, or None: workers use this to spot unknown names (C17)."""
+        return self._jobs.get(name)
+
+    def __getitem__(self, name: str) -> Job[Any, C]:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._jobs)) or "none"
+            raise JobConfigError(
+                f"no job named {name!r} in this registry (known: {known})"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs
+
+    def __iter__(self) -> Iterator[Job[Any, C]]:
+        return iter(list(self._jobs.values()))
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def names(self) -> list[str]:
+        return sorted(self._jobs)
+
+    def __repr__(self) -> str:
+        return f"JobRegistry({self.names()!r})"
