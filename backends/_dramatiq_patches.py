@@ -16,6 +16,10 @@
   `Retries` middleware before the old one is acked; when that enqueue failed (the broker
   restarting), the old message was acked anyway and the job was lost.
 
+`HidePayloads` shows a message in Dramatiq's worker log lines as `actor(<payload>) [id]`:
+upstream logs a message's arguments in full ("Failed to process message %s ..."), and payloads
+may hold personal data or secrets (C23).
+
 Each patch has a test that fails without it (tests/poison, tests/dramatiq/test_durability.py).
 """
 
@@ -33,6 +37,8 @@ from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed as _ConnectionClosed
 from dramatiq.errors import DecodeError
 
+from jobs_core.payload import PAYLOAD_MASK
+
 ConnectionClosed: Any = _ConnectionClosed  # untyped constructor
 
 logger = logging.getLogger("jobs_core.backends.dramatiq")
@@ -40,6 +46,29 @@ logger = logging.getLogger("jobs_core.backends.dramatiq")
 ENQUEUE_RETRY_SECONDS = 300.0
 """How long a worker keeps trying to enqueue (a retry, a delayed job that is due) while the
 broker cannot be reached, before it gives up on that enqueue."""
+
+
+class HidePayloads(logging.Filter):
+    """Shows a message in Dramatiq's log lines as `actor(<payload>) [message id]`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{a.actor_name}({PAYLOAD_MASK}) [{a.message_id}]"
+                if isinstance(a, (dramatiq.Message, dramatiq.broker.MessageProxy))
+                else a
+                for a in record.args
+            )
+        return True
+
+
+_HIDE_PAYLOADS = HidePayloads()
+
+
+def hide_payloads(log: logging.Logger) -> None:
+    """Install `HidePayloads` on `log` (once)."""
+    if _HIDE_PAYLOADS not in log.filters:
+        log.addFilter(_HIDE_PAYLOADS)
 
 
 class HeldIds:
@@ -142,7 +171,7 @@ class SafeConsumer(dramatiq.broker.Consumer):
             if message_id is not None
             else "this worker's unacked set (not found to move)"
         )
-        self.broker.report_malformed(message_id, self.queue_name, exc, where)
+        self.broker.report_malformed(message_id, exc, where)
 
 
 class WorkerRedisBroker(RedisBroker):
@@ -154,8 +183,8 @@ class WorkerRedisBroker(RedisBroker):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._held: dict[str, HeldIds] = {}
         self._held_lock = threading.Lock()
-        self.on_malformed: Any = None
-        """Called as (message id, queue, error, where) for each undecodable message."""
+        self.worker: Any = None
+        """The `JobWorker` that reports undecodable messages (set by `register_actors`)."""
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         return SafeConsumer(super().consume(queue_name, prefetch, timeout), self, queue_name)
@@ -165,9 +194,13 @@ class WorkerRedisBroker(RedisBroker):
         with self._held_lock:
             return self._held.setdefault(queue_name, HeldIds())
 
-    def report_malformed(self, message_id: str | None, queue: str, exc: Any, where: str) -> None:
-        if self.on_malformed is not None:
-            self.on_malformed(message_id, queue, exc, where)
+    def report_malformed(self, message_id: str | None, exc: DecodeError, where: str) -> None:
+        if self.worker is not None:
+            size = len(exc.data) if isinstance(exc.data, (bytes, str)) else 0
+            error = exc.error if exc.error is not None else exc
+            self.worker.report_malformed(
+                message_id=message_id, job_name=None, size=size, where=where, error=error
+            )
 
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
         """`RedisBroker.enqueue`, tried again while the broker is unreachable. If Redis ran an

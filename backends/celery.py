@@ -1,14 +1,11 @@
 """The Celery backend: each job is a Celery task named after it, run through the core's worker.
 
-The producer sends a job by name with one JSON argument (the validated payload) and the
-dispatch id as task id, so it needs no handler code. Workers: `create_celery_app(registry,
-context=...)` and `celery -A module:app worker`, or `python -m jobs_core worker`.
-
-Defaults chosen for durability: JSON only, `task_acks_late`, `task_reject_on_worker_lost`,
-`worker_prefetch_multiplier=1`, and on Redis a `visibility_timeout` of 2 h. A message not acked
-within the visibility timeout is delivered again: that brings back a killed worker's jobs, but
-it also applies to a message waiting for its `eta` inside a worker, so a `delay` over 90 % of
-the timeout is refused at dispatch and a longer retry wait is split into hops.
+A dispatch is sent by task name with one JSON argument (the payload) and the dispatch id as task
+id. Workers: `create_celery_app(registry, context=...)` and `celery -A module:app worker`, or
+`python -m jobs_core worker`. Defaults chosen for durability: JSON only, `task_acks_late`,
+`task_reject_on_worker_lost`, `worker_prefetch_multiplier=1`; on Redis a message not acked within
+`visibility_timeout` (2 h) is delivered again, even one waiting for its `eta` in a worker, so a
+longer `delay` is refused at dispatch and a longer retry wait is split into hops.
 """
 
 from __future__ import annotations
@@ -194,14 +191,11 @@ class _Settlement:
 
     def hop(self, data: Any, not_before: float) -> None:
         """Send the message on again, for a wait longer than one visibility window."""
-        task = self.task
-        wait = min(max(not_before - time.time(), 0.0), self.max_hop)
+        task, wait = self.task, min(max(not_before - time.time(), 0.0), self.max_hop)
+        kwargs = {NOT_BEFORE_KWARG: not_before}
+        retries = task.request.retries
         task.signature_from_request(
-            task.request,
-            (data,),
-            {NOT_BEFORE_KWARG: not_before},
-            countdown=wait,
-            retries=task.request.retries,
+            task.request, (data,), kwargs, countdown=wait, retries=retries
         ).apply_async()
 
 
@@ -224,11 +218,7 @@ def _register_job(app: Any, job: Job[Any, Any], worker: JobWorker[Any], max_hop:
     settlement.task = app.task(
         name=job.name,
         bind=True,
-        max_retries=job.retry.attempts,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-        serializer="json",
+        max_retries=job.retry.attempts,  # acks_late etc. come from the app's conf
         typing=False,
         Strategy=STRATEGY,
         shared=False,  # else every Celery app made later in this process gets this task
@@ -353,13 +343,3 @@ def run_worker(
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
-
-
-__all__ = [
-    "DEFAULT_VISIBILITY_TIMEOUT",
-    "CeleryDispatcher",
-    "create_celery_app",
-    "create_dispatcher",
-    "dead_letter_queue",
-    "run_worker",
-]

@@ -1,15 +1,8 @@
 """The Dramatiq backend: each job is a Dramatiq actor named after it, run through the core's worker.
 
-The producer needs no handler code: a dispatch is a message for the actor named after the job,
-with the validated payload as its one argument and the dispatch id as its message id, enqueued
-with Dramatiq's own `broker.enqueue`; on Redis, `dispatch_many` pipelines Dramatiq's own enqueue
-script in one transaction. Workers: `broker = register_actors(registry, context=...)` in a
-module and `dramatiq that.module`, or `python -m jobs_core worker`, which runs `dramatiq`.
-
-Crash safety (C20): a killed worker's unacked messages are requeued by Redis broker maintenance
-once its heartbeat is older than `heartbeat_timeout`. Dramatiq's defaults (60 s, a 0.1 %
-maintenance chance) left them stranded for minutes on an idle queue; worker brokers made here
-use 15 s and 5 %. Dramatiq's `TimeLimit` middleware is left out: no backend limits run time.
+A dispatch is a message for that actor (the payload its one argument, the dispatch id its message
+id) enqueued with Dramatiq's own `broker.enqueue`. Workers: `broker = register_actors(registry,
+context=...)` in a module and `dramatiq that.module`, or `python -m jobs_core worker`.
 """
 
 from __future__ import annotations
@@ -35,7 +28,6 @@ from jobs_core.idempotency import (
 )
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.job import Job
-from jobs_core.payload import PAYLOAD_MASK
 from jobs_core.registry import JobRegistry
 from jobs_core.worker import Delivery, JobWorker, delivery_from_call
 
@@ -45,7 +37,7 @@ try:
     from dramatiq.brokers.redis import RedisBroker as _RedisBroker
     from dramatiq.middleware import CurrentMessage, Middleware
 
-    from ._dramatiq_patches import WorkerRedisBroker
+    from ._dramatiq_patches import WorkerRedisBroker, hide_payloads
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("dramatiq", "dramatiq", getattr(_exc, "name", None) or str(_exc)) from _exc
 
@@ -56,12 +48,12 @@ NAMESPACE = "dramatiq"
 BOOTSTRAP = "jobs_core.backends._dramatiq_bootstrap"
 
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 15_000
-"""A worker whose heartbeat is older than this is dead and its unacked messages are requeued.
-A live worker's consumers touch the heartbeat at least once per `worker_timeout` (1 s)."""
+"""A worker whose heartbeat is older than this is dead, and Redis broker maintenance requeues
+its unacked messages (C20). Dramatiq's 60 s and 0.1 % maintenance chance left them stranded for
+minutes on an idle queue."""
 
 DEFAULT_MAINTENANCE_CHANCE = 50_000
-"""Per million broker commands (5 %): how often a worker's fetch also runs maintenance; with two
-polling consumers per queue, an idle worker runs it every few seconds."""
+"""Per million broker commands (5 %): how often a worker's fetch also runs maintenance."""
 
 logger = logging.getLogger("jobs_core.backends.dramatiq")
 
@@ -74,30 +66,6 @@ class JobGaveUp(Exception):
         super().__init__(f"job {job_name!r} gave up: {type(error).__name__}: {error}")
         self.job_name = job_name
         self.error = error
-
-
-class HidePayloads(logging.Filter):
-    """Shows a message in Dramatiq's worker log lines as `actor(<payload>) [message id]`:
-    Dramatiq logs its arguments' reprs in full ("Failed to process message %s ...")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                f"{a.actor_name}({PAYLOAD_MASK}) [{a.message_id}]"
-                if isinstance(a, (dramatiq.Message, dramatiq.broker.MessageProxy))
-                else a
-                for a in record.args
-            )
-        return True
-
-
-_HIDE_PAYLOADS = HidePayloads()
-
-
-def hide_payloads(log: logging.Logger) -> None:
-    """Install `HidePayloads` on `log` (once)."""
-    if _HIDE_PAYLOADS not in log.filters:
-        log.addFilter(_HIDE_PAYLOADS)
 
 
 def _amqp_broker(url: str, **options: Any) -> Broker:
@@ -304,13 +272,7 @@ def register_actors(
     if not any(isinstance(m, JobsMiddleware) for m in broker.middleware):
         broker.add_middleware(JobsMiddleware(worker))
     if isinstance(broker, WorkerRedisBroker):
-        broker.on_malformed = lambda message_id, queue_name, exc, where: worker.report_malformed(
-            message_id=message_id,
-            job_name=None,
-            size=len(exc.data) if isinstance(exc.data, (bytes, str)) else 0,
-            where=where,
-            error=exc.error if exc.error is not None else exc,
-        )
+        broker.worker = worker  # reports what it cannot decode
     hide_payloads(logging.getLogger("dramatiq.worker.WorkerThread"))
     for job in registry:
         dramatiq.actor(
@@ -374,7 +336,6 @@ def run_worker(
     env = {
         **os.environ,
         "JOBS_QUEUE": ours.queue or settings.queue,
-        "JOBS_BROKER_URL": settings.broker_url,
         "JOBS_DRAMATIQ_REGISTRY": registry_path,
         "JOBS_DRAMATIQ_CONTEXT": context_path or "",
         "JOBS_DRAMATIQ_HEARTBEAT_TIMEOUT": str(ours.heartbeat_timeout),
@@ -386,36 +347,3 @@ def run_worker(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, command, env)
-
-
-def dead_letters(broker_url: str, queue: str) -> list[dict[str, Any]]:
-    """The dead-lettered messages of `queue` on a Redis broker (for operators and tests); an
-    undecodable one is given as `{"message_id": ..., "undecodable": raw}`."""
-    client = redis.Redis.from_url(broker_url, socket_connect_timeout=5, socket_timeout=5)
-    try:
-        raw: dict[Any, Any] = client.hgetall(f"{NAMESPACE}:{queue}.XQ.msgs")
-    finally:
-        client.close()
-    decode = dramatiq.get_encoder().decode
-    found: list[dict[str, Any]] = []
-    for message_id, data in raw.items():
-        try:
-            found.append(dict(decode(data)))
-        except Exception:
-            found.append({"message_id": message_id.decode(), "undecodable": data})
-    return found
-
-
-__all__ = [
-    "DEFAULT_HEARTBEAT_TIMEOUT_MS",
-    "DEFAULT_MAINTENANCE_CHANCE",
-    "DramatiqDispatcher",
-    "JobGaveUp",
-    "JobsMiddleware",
-    "close_broker",
-    "create_dispatcher",
-    "dead_letters",
-    "make_worker_broker",
-    "register_actors",
-    "run_worker",
-]

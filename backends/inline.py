@@ -106,6 +106,3 @@ def create_dispatcher(
     """The `JOBS_BACKEND=inline` factory used by `jobs_core.create_dispatcher`."""
     options = settings.dispatcher_options(instrumentation=instrumentation, **options)
     return InlineDispatcher(context=context, **options)
-
-
-__all__ = ["InlineDispatcher", "create_dispatcher"]

@@ -1,24 +1,15 @@
 """The Inngest backend: a dispatch is an Inngest event, and each job an Inngest function.
 
-Producer: each dispatch is one event whose `name` is the job's name and whose `data` is the
-validated payload; `delay`/`run_at` become the event's `ts` (C8) and an idempotency key its
-`id` (`<job>:<key>`), which Inngest deduplicates for 24 h (C9). `dispatch_many` posts one
-request per chunk under the Event API's size and count limits.
-
-Worker: one Inngest function per job (function id and trigger event = the job's name,
-`retries` = `retry.attempts`), whose body is one run through the core's worker: a retry is the
-SDK's `RetryAfterError` with the core's wait, a give-up its `NonRetriableError`. The SDK's own
-`on_failure` function is not used: the core runs the job's hook once, as on every backend.
-
-Production mode (`INNGEST_DEV` unset or 0): a missing `INNGEST_EVENT_KEY` is a `JobConfigError`
-when the dispatcher is made, a missing `INNGEST_SIGNING_KEY` one when functions are served.
+An event's `name` is the job's name, its `data` the payload, its `ts` the start time (C8) and,
+for a keyed dispatch, its `id` `<job>:<key>` (C9). A job's function (id and trigger = the job's
+name, `retries` = `retry.attempts`) runs it through the core's worker: a retry is the SDK's
+`RetryAfterError` with the core's wait, a give-up its `NonRetriableError`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -26,7 +17,7 @@ from typing import Any
 import pydantic_core
 
 from jobs_core.config import JobsSettings, load_settings, missing_extra
-from jobs_core.dispatcher import BaseDispatcher, PreparedJob
+from jobs_core.dispatcher import BaseDispatcher, PreparedJob, keyed_dispatch_id
 from jobs_core.errors import DispatchError, JobConfigError
 from jobs_core.execution import ContextSource
 from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
@@ -47,7 +38,6 @@ try:
         RejectStaleSignatures,
         logger,
         mask_event_keys,
-        redact_event_key,
     )
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
@@ -61,17 +51,14 @@ DEFAULT_MAX_REQUEST_BYTES = DEFAULT_MAX_PAYLOAD_BYTES
 """Largest request body `dispatch_many` builds (Inngest's smallest plan limit); an event
 larger than this on its own is still sent, alone."""
 
-_EVENT_ENVELOPE_BYTES = 160
-"""Room for an event's name, id, ts and separators beside its payload, when chunking."""
+_EVENT_ENVELOPE_BYTES = 160  # an event's name, id, ts and separators, beside its payload
 
 mask_event_keys()
 
 
 def create_inngest_client(settings: JobsSettings | None = None, **options: Any) -> inngest.Inngest:
-    """An SDK client for `INNGEST_APP_NAME`; the SDK reads its own `INNGEST_*` variables.
-
-    `options` go to `inngest.Inngest` (e.g. `is_production=False`), overriding the environment.
-    """
+    """An SDK client for `INNGEST_APP_NAME`; the SDK reads its own `INNGEST_*` variables, and
+    `options` (e.g. `is_production=False`) go to `inngest.Inngest`, overriding them."""
     options.setdefault("app_id", (settings or load_settings()).inngest_app_name)
     try:
         return inngest.Inngest(**options)
@@ -90,9 +77,8 @@ def _require_key(client: inngest.Inngest, attribute: str, variable: str, why: st
 # -- producer -----------------------------------------------------------------------------
 
 
-def event_id_for(job_name: str, idempotency_key: str) -> str:
-    """The event `id` for an idempotency key, scoped by job name as on every backend."""
-    return f"{job_name}:{idempotency_key}"
+event_id_for = keyed_dispatch_id
+"""The event `id` of a keyed dispatch: `<job>:<key>`, its dispatch id on every backend."""
 
 
 def _millis(moment: datetime) -> int:
@@ -137,33 +123,21 @@ class InngestPort:
         return self._dispatcher.client
 
     def send_sync(
-        self,
-        name: str,
-        data: Mapping[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        ts: datetime | None = None,
+        self, name: str, data: Mapping[str, Any] | None = None, *, id: str = "", ts: Any = None
     ) -> str:
-        """Send one raw event; a failure is a `DispatchError` (recorded as `failed`)."""
+        """Send one raw event (`ts`: an aware datetime); a failure is a `DispatchError`."""
         d = self._dispatcher
-        event = inngest.Event(
-            name=name, data=dict(data or {}), id=id or "", ts=_millis(ts) if ts else 0
-        )
+        event = inngest.Event(name=name, data=dict(data or {}), id=id, ts=_millis(ts) if ts else 0)
         try:
             [event_id] = d.sender.send([event])
         except Exception as error:
-            d._record_schedule_failure(name, id, error)
+            d._record_schedule_failure(name, id or None, error)
             raise DispatchError(name, error) from error
         safe_record(d.events, JobEvent("scheduled", "schedule", name, event_id, 0, BACKEND))
         return event_id
 
     async def send(
-        self,
-        name: str,
-        data: Mapping[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        ts: datetime | None = None,
+        self, name: str, data: Mapping[str, Any] | None = None, *, id: str = "", ts: Any = None
     ) -> str:
         """`send_sync` from async code (in a worker thread: one SDK client serves every loop)."""
         return await asyncio.to_thread(self.send_sync, name, data, id=id, ts=ts)
@@ -192,21 +166,6 @@ class InngestDispatcher(BaseDispatcher):
         self.max_request_bytes = max_request_bytes
         self.sender = EventSender(client, self.timeout)
         self.inngest = InngestPort(self)
-
-    def prepare(
-        self,
-        job: Job[Any, Any],
-        payload: Any,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> PreparedJob:
-        prepared = super().prepare(job, payload, delay, run_at, idempotency_key)
-        if idempotency_key:  # the receipt names the event that Inngest keeps
-            return dataclasses.replace(
-                prepared, dispatch_id=event_id_for(job.name, idempotency_key)
-            )
-        return prepared
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
         chunks = [jobs] if len(jobs) == 1 else _chunks(jobs, self.max_request_bytes)
@@ -269,12 +228,9 @@ def create_inngest_job_function(
     instrumentation: Instrumentation | None = None,
     worker: JobWorker[Any] | None = None,
 ) -> inngest.Function[Any]:
-    """The Inngest function that runs `job`: id and trigger event = the job's name.
-
-    Async when any part of a run is async (handler, context factory, failure hook), so it runs
-    on the server's event loop; sync otherwise, so the SDK runs it in its thread pool with no
-    event loop (what Django's ORM needs).
-    """
+    """The Inngest function that runs `job`: id and trigger event = the job's name. Async when
+    a part of a run is async (it runs on the server's loop); sync otherwise, in the SDK's thread
+    pool with no event loop (what Django's ORM needs)."""
     worker = worker or JobWorker(
         None, context=context, backend=BACKEND, instrumentation=instrumentation
     )
@@ -321,11 +277,8 @@ def serve(
     serve_path: str | None = None,
     max_signature_age: timedelta = MAX_SIGNATURE_AGE,
 ) -> None:
-    """`inngest.fast_api.serve`, plus the replay check in production mode (C22).
-
-    A missing signing key in production mode is a `JobConfigError` naming
-    `INNGEST_SIGNING_KEY`.
-    """
+    """`inngest.fast_api.serve`, plus the replay check in production mode (C22); there, a
+    missing signing key is a `JobConfigError` naming `INNGEST_SIGNING_KEY`."""
     why = "signs every call to the served functions, and they cannot be checked without it"
     _require_key(client, "_signing_key", "INNGEST_SIGNING_KEY", why)
     path = serve_path or DEFAULT_SERVE_PATH
@@ -366,10 +319,7 @@ def run_worker(
     """Serve `registry` with uvicorn until interrupted (`python -m jobs_core worker`)."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs_core worker APP:REGISTRY --",
-        description="Serve the jobs as Inngest functions over HTTP (uvicorn + FastAPI).",
-    )
+    parser = argparse.ArgumentParser(prog="python -m jobs_core worker APP:REGISTRY --")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     parser.add_argument("--path", default=DEFAULT_SERVE_PATH, help="serve path (/api/inngest)")
@@ -379,30 +329,11 @@ def run_worker(
         registry,
         context=context,
         instrumentation=instrumentation,
-        serve_path=args.path,
         settings=settings,
+        serve_path=args.path,
     )
     logger.info(
         "serving %d job(s) at http://%s:%d%s", len(registry), args.host, args.port, args.path
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
-
-
-__all__ = [
-    "DEFAULT_SERVE_PATH",
-    "MAX_SIGNATURE_AGE",
-    "InngestDispatcher",
-    "InngestPort",
-    "RejectStaleSignatures",
-    "create_dispatcher",
-    "create_inngest_app",
-    "create_inngest_client",
-    "create_inngest_functions",
-    "create_inngest_job_function",
-    "create_inngest_schedule_functions",
-    "event_id_for",
-    "redact_event_key",
-    "run_worker",
-    "serve",
-]

@@ -12,6 +12,7 @@ import argparse
 import json
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,10 @@ def peak_rss_bytes() -> int:
     return kib * 1024
 
 
-def measure(jobs: int, mark: int) -> dict[str, Any]:
-    """Dispatch `jobs` inline jobs one by one (each runs before `dispatch_sync` returns)."""
+def measure(jobs: int, mark: int, keyed: bool = False) -> dict[str, Any]:
+    """Dispatch `jobs` inline jobs one by one (each runs before `dispatch_sync` returns), with a
+    new idempotency key each when `keyed`; the time per dispatch of the `mark` jobs after the
+    first `mark` and of the last `mark` shows whether it stays flat."""
     from jobs_core.backends.inline import InlineDispatcher
 
     from .jobs import SAMPLE, LocalHits, noop
@@ -57,8 +60,14 @@ def measure(jobs: int, mark: int) -> dict[str, Any]:
     dispatch = dispatcher.dispatch_sync
     start = rss_bytes()
     at_mark = start
+    clock: dict[int, float] = {}
     for i in range(1, jobs + 1):
-        dispatch(noop, SAMPLE)
+        if keyed:
+            dispatch(noop, SAMPLE, idempotency_key=f"order-{i}")
+        else:
+            dispatch(noop, SAMPLE)
+        if i in (mark, 2 * mark, jobs - mark, jobs):
+            clock[i] = time.perf_counter()
         if i == mark:
             at_mark = rss_bytes()
     end = rss_bytes()
@@ -72,6 +81,9 @@ def measure(jobs: int, mark: int) -> dict[str, Any]:
         "rss_end_mib": end / MIB,
         "peak_rss_mib": peak_rss_bytes() / MIB,
         "growth_mib": (end - at_mark) / MIB,
+        "keyed": keyed,
+        "us_per_dispatch_early": (clock[2 * mark] - clock[mark]) / mark * 1e6,
+        "us_per_dispatch_late": (clock[jobs] - clock[jobs - mark]) / mark * 1e6,
     }
 
 
@@ -116,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.memory")
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--mark", type=int, default=10_000)
+    parser.add_argument("--keyed", action="store_true", help="a new idempotency key each")
     args = parser.parse_args(argv)
-    if not 0 < args.mark < args.jobs:
-        parser.error("need 0 < --mark < --jobs")
-    print(json.dumps(measure(args.jobs, args.mark)))
+    if not 0 < 2 * args.mark <= args.jobs:
+        parser.error("need 0 < 2 * --mark <= --jobs")
+    print(json.dumps(measure(args.jobs, args.mark, args.keyed)))
     return 0
 
 

@@ -64,6 +64,12 @@ class PreparedJob:
         return max(0.0, (self.eta - now).total_seconds())
 
 
+def keyed_dispatch_id(job_name: str, idempotency_key: str) -> str:
+    """The dispatch id of a keyed dispatch, on every backend: `<job>:<key>`, so the producer
+    and the worker name a keyed job alike even where a repeat cannot be detected (C9)."""
+    return f"{job_name}:{idempotency_key}"
+
+
 def resolve_eta(delay: timedelta | None, run_at: datetime | None) -> datetime | None:
     """The aware UTC time a job may start, from `delay` or `run_at` (not both)."""
     if delay is not None and run_at is not None:
@@ -208,7 +214,9 @@ class BaseDispatcher(ABC):
             job=job,
             payload=model,
             data=data,
-            dispatch_id=str(uuid.uuid4()),
+            dispatch_id=keyed_dispatch_id(job.name, idempotency_key)
+            if idempotency_key
+            else str(uuid.uuid4()),
             eta=eta,
             idempotency_key=idempotency_key,
         )

@@ -301,7 +301,7 @@ class DramatiqBackend:
             worker.stop(timeout=10_000)
 
     def dead_letter_ids(self) -> set[str]:
-        from jobs_core.backends.dramatiq import dead_letters
+        from tests.support.dramatiq_dead_letters import dead_letters
 
         return {str(m["message_id"]) for m in dead_letters(self.url, self.queue)}
 

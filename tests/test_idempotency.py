@@ -1,0 +1,71 @@
+"""The in-process idempotency store: O(1) claims, expiry in claim order, a cap that says what
+it forgets (C9 on inline, and the fallback of the other backends)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from jobs_core import idempotency
+from jobs_core.idempotency import MemoryIdempotencyStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(idempotency.time, "monotonic", fake)
+    return fake
+
+
+def test_a_claimed_key_names_its_first_dispatch_until_it_expires(clock: FakeClock) -> None:
+    store = MemoryIdempotencyStore(ttl_seconds=60)
+    assert store.claim([("a", "d1"), ("b", "d2")]) == [None, None]
+    assert store.claim([("a", "d3")]) == ["d1"]
+    clock.now += 59
+    assert store.claim([("b", "d4")]) == ["d2"]
+    clock.now += 2  # both are past their 60 s now
+    assert store.claim([("a", "d5"), ("b", "d6")]) == [None, None]
+    assert len(store) == 2
+
+
+def test_expired_keys_are_dropped_without_a_full_scan(clock: FakeClock) -> None:
+    store = MemoryIdempotencyStore(ttl_seconds=10, max_keys=1_000_000)
+    for i in range(50_000):
+        store.claim([(f"k{i}", f"d{i}")])
+        clock.now += 0.001  # 50 s in all: only the last 10 s of keys are alive
+    assert 9_000 < len(store) <= 10_001
+    assert store.evicted == 0
+
+
+def test_beyond_the_cap_the_oldest_keys_go_first_and_it_says_so(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryIdempotencyStore(max_keys=100)
+    with caplog.at_level(logging.DEBUG, logger="jobs_core.idempotency"):
+        for i in range(250):
+            assert store.claim([(f"k{i}", f"d{i}")]) == [None]
+    assert len(store) == 100
+    assert store.evicted == 150
+    assert store.claim([("k249", "again")]) == ["d249"]  # the newest are kept
+    assert store.claim([("k0", "again")]) == [None]  # the oldest were forgotten
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "full (100 keys)" in warnings[0].getMessage()
+    forgotten = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert forgotten[0] == "idempotency key k0 forgotten (store full)"
+    assert len(forgotten) == 150
+
+
+def test_release_lets_a_failed_dispatch_be_sent_again(clock: FakeClock) -> None:
+    store = MemoryIdempotencyStore()
+    store.claim([("a", "d1")])
+    store.release(["a"])
+    assert store.claim([("a", "d2")]) == [None]
