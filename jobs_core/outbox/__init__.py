@@ -3,23 +3,47 @@
 `Outbox(engine).dispatcher(session)` is a `JobDispatcherPort` that writes each dispatch as a
 row in the session's transaction; a relay (`Outbox.relay(...)`, or `python -m jobs_core relay`)
 sends the committed rows through the configured backend. A rollback sends nothing; a crash after
-the commit loses nothing (C31–C33). Needs the `sqlalchemy` extra; the Django app
-`jobs_core.contrib.django` has the same outbox as a model.
+the commit loses nothing (C31–C33).
+
+`Outbox` and the tables need the `sqlalchemy` extra, and are imported on first use; the rest
+(the relay, the row writer) is shared with the Django app `jobs_core.contrib.django`, which has
+the same outbox as a model and needs no SQLAlchemy.
 """
 
 from __future__ import annotations
 
-from ..config import missing_extra
+import importlib
+from typing import TYPE_CHECKING, Any
 
-try:
-    import sqlalchemy  # noqa: F401
-except ImportError as _exc:  # pragma: no cover - exercised with the extra missing
-    raise missing_extra("outbox", "sqlalchemy", getattr(_exc, "name", None) or str(_exc)) from _exc
-
-from .outbox import Outbox, SessionOutboxDispatcher
 from .relay import Backoff, PendingRow, Relay, RoundReport, RowResult
-from .tables import lease_table, metadata, outbox_table
 from .writer import BACKEND, FAILED, PENDING, SENT, OutboxMessage, OutboxWriter
+
+if TYPE_CHECKING:
+    from .outbox import Outbox, SessionOutboxDispatcher
+    from .tables import lease_table, metadata, outbox_table
+
+_NEEDS_SQLALCHEMY = {
+    "Outbox": ".outbox",
+    "SessionOutboxDispatcher": ".outbox",
+    "lease_table": ".tables",
+    "metadata": ".tables",
+    "outbox_table": ".tables",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _NEEDS_SQLALCHEMY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return getattr(importlib.import_module(module, __name__), name)
+    except ImportError as exc:
+        if (getattr(exc, "name", None) or "").split(".")[0] not in {"sqlalchemy", "greenlet"}:
+            raise
+        from ..config import missing_extra
+
+        raise missing_extra("outbox", "sqlalchemy", exc.name or str(exc)) from exc
+
 
 __all__ = [
     "BACKEND",
