@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -35,6 +36,9 @@ from .tables import lease_table, outbox_table
 from .writer import FAILED, PENDING, SENT, utcnow
 
 LEASE_NAME = "relay"
+_CHUNK = 500
+"""Rows per UPDATE when marking rows sent (two bound parameters each, well under SQLite's
+limit of 32,766)."""
 _ROW_LOCK_DIALECTS = {"postgresql", "mysql", "mariadb", "oracle"}
 
 _t = outbox_table
@@ -73,16 +77,6 @@ def select_pending(conn: Connection, limit: int, lock: bool) -> list[PendingRow]
     return [_pending_row(row) for row in conn.execute(query)]
 
 
-_MARK_SENT = (
-    update(_t)
-    .where(_t.c.id == bindparam("row_id"), _t.c.status == PENDING)
-    .values(
-        status=SENT,
-        sent_at=bindparam("now", type_=_t.c.sent_at.type),
-        dispatch_id=bindparam("dispatch", type_=_t.c.dispatch_id.type),
-        last_error=None,
-    )
-)
 _MARK_FAILED = (
     update(_t)
     .where(_t.c.id == bindparam("row_id"), _t.c.status == PENDING)
@@ -106,20 +100,29 @@ _MARK_RETRY = (
 
 
 def apply_results(conn: Connection, results: Sequence[RowResult]) -> None:
-    """Write each row's outcome (one executemany per kind of outcome)."""
+    """Write each row's outcome: one UPDATE per chunk of sent rows, one executemany per other
+    kind of outcome (rare)."""
     now = utcnow()
-    sent = [
-        {"row_id": r.row.id, "now": now, "dispatch": r.dispatch_id}
-        for r in results
-        if r.outcome == "sent"
-    ]
+    sent = [r for r in results if r.outcome == "sent"]
+    for first in range(0, len(sent), _CHUNK):
+        chunk = sent[first : first + _CHUNK]
+        conn.execute(
+            update(_t)
+            .where(_t.c.id.in_([r.row.id for r in chunk]), _t.c.status == PENDING)
+            .values(
+                status=SENT,
+                sent_at=now,
+                last_error=None,
+                dispatch_id=case({r.row.id: r.dispatch_id for r in chunk}, value=_t.c.id),
+            )
+        )
     failed = [{"row_id": r.row.id, "error": r.error} for r in results if r.outcome == "failed"]
     retry = [
         {"row_id": r.row.id, "error": r.error, "until": r.available_at}
         for r in results
         if r.outcome == "retry"
     ]
-    for statement, params in ((_MARK_SENT, sent), (_MARK_FAILED, failed), (_MARK_RETRY, retry)):
+    for statement, params in ((_MARK_FAILED, failed), (_MARK_RETRY, retry)):
         if params:
             conn.execute(statement, params)
 
