@@ -54,7 +54,13 @@ def cmd_relay(args: argparse.Namespace) -> int:
             "outbox relay %s: %s -> %s", relay.owner, url.render_as_string(), settings.backend
         )
         if args.once:
-            sent = _run(relay.run_once_async(), True) if is_async else relay.run_once()
+            if is_async:
+                sent = _run(_once_async(relay), True)
+            else:
+                try:
+                    sent = relay.run_once()
+                finally:
+                    relay.close()
             print(json.dumps({"sent": sent}))
             return 0
         serve(relay)
@@ -64,6 +70,14 @@ def cmd_relay(args: argparse.Namespace) -> int:
         if close is not None:
             close()
         _run(engine.dispose(), is_async)
+
+
+async def _once_async(relay: Any) -> int:
+    try:
+        sent: int = await relay.run_once_async()
+        return sent
+    finally:
+        await relay.close_async()
 
 
 def _run(value: Any, is_async: bool) -> Any:

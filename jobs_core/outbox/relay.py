@@ -261,8 +261,7 @@ class Relay:
                     self._round_crashed(error)
                 self._stopping.wait(self._pause())
         finally:
-            if self._holds_lease:
-                self._quietly(lambda: self.store.release_lease(self.owner))
+            self.close()
 
     async def run_forever_async(self) -> None:
         """`run_forever` for async code; cancel the task or call `stop()` to end it."""
@@ -282,19 +281,33 @@ class Relay:
                         break
                     await asyncio.sleep(min(left, 0.2))
         finally:
-            if self._holds_lease:
-                if self.is_async:
-                    store: AsyncOutboxStore = self.store  # type: ignore[assignment]
-                    try:
-                        await store.release_lease(self.owner)
-                    except Exception:
-                        logger.warning("could not release the relay lease", exc_info=True)
-                else:
-                    self._quietly(lambda: self.store.release_lease(self.owner))
+            await self.close_async()
 
     def stop(self) -> None:
         """Ask `run_forever` to return after the round in progress."""
         self._stopping.set()
+
+    def close(self) -> None:
+        """Give up the relay lease (SQLite) so another relay takes over at once, not after
+        `lease_ttl`; `run_forever` does it when it returns. The relay may run again later."""
+        if self._holds_lease:
+            if self.is_async:
+                raise TypeError("this relay is async: use `await relay.close_async()`")
+            store: OutboxStore = self.store  # type: ignore[assignment]
+            self._quietly(lambda: store.release_lease(self.owner))
+            self._holds_lease = None
+
+    async def close_async(self) -> None:
+        """`close` for async code."""
+        if not self.is_async:
+            await asyncio.to_thread(self.close)
+        elif self._holds_lease:
+            store: AsyncOutboxStore = self.store  # type: ignore[assignment]
+            try:
+                await store.release_lease(self.owner)
+            except Exception:
+                logger.warning("outbox relay: could not release the lease", exc_info=True)
+            self._holds_lease = None
 
     # -- the round's decisions (no I/O: the drivers do the sending) ------------------------
 

@@ -7,7 +7,11 @@ worker and real process kills.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
@@ -480,3 +484,67 @@ def test_run_forever_stops_releases_its_lease_and_purges_old_sent_rows(tmp_path:
     other.run_once()
     assert not other.last_round.standby, "the stopped relay released its lease"
     engine.dispose()
+
+
+# -- instrumentation and the command -------------------------------------------------------
+
+
+def test_the_rows_journey_in_the_instrumentation(outbox: Outbox) -> None:
+    written = RecordingInstrumentation()
+    sent_events = RecordingInstrumentation()
+    outbox = Outbox(outbox.engine, instrumentation=written)
+    with Session(outbox.engine) as session, session.begin():
+        receipt = outbox.dispatcher(session).dispatch_sync(charge, {"n": 1})
+    assert written.events == [], "writing the row is not scheduling the job"
+    recording = RecordingDispatcher(instrumentation=sent_events)
+    outbox.relay(recording, jobs).run_once()
+    [row] = _rows(outbox.engine)
+    [scheduled] = sent_events.for_job("test.charge")
+    assert (scheduled.kind, scheduled.phase, scheduled.backend) == (
+        "scheduled",
+        "schedule",
+        "recording",
+    )
+    assert scheduled.dispatch_id == row.dispatch_id, "the row keeps the backend's dispatch id"
+    assert row.key == receipt.dispatch_id, "and the outbox receipt's id is the row's key"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobs_core", "relay", "tests.outbox.test_outbox:jobs", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "JOBS_BACKEND": "inline"},
+    )
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+aiosqlite"])
+def test_relay_command_once_create_table_and_requeue(tmp_path: Any, driver: str) -> None:
+    url = f"{driver}:///{tmp_path / 'cli.db'}"
+    done = _cli("--database-url", url, "--create-table", "--once")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"sent": 0}
+    engine = create_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    outbox = Outbox(engine)
+    _write(outbox, [1, 2])
+    _insert_raw(engine, "test.gone", {"n": 3}, "gone")
+    done = _cli("--database-url", url, "--once")
+    assert json.loads(done.stdout) == {"sent": 2}, done.stderr
+    assert "unknown job 'test.gone'" in done.stderr
+    done = _cli("--database-url", url, "--requeue-failed")
+    assert json.loads(done.stdout) == {"requeued": 1}
+    assert outbox.counts() == {"pending": 1, "sent": 2, "failed": 0}
+    engine.dispose()
+
+
+def test_relay_command_without_a_database_says_so() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs_core", "relay", "tests.outbox.test_outbox:jobs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "JOBS_DATABASE_URL"},
+    )
+    assert done.returncode == 2
+    assert "no database: pass --database-url or set JOBS_DATABASE_URL" in done.stderr

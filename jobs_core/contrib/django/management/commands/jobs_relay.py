@@ -52,7 +52,10 @@ class Command(BaseCommand):
         )
         try:
             if options["once"]:
-                self.stdout.write(json.dumps({"sent": relay.run_once()}))
+                try:
+                    self.stdout.write(json.dumps({"sent": relay.run_once()}))
+                finally:
+                    relay.close()
                 return
             logging.getLogger("jobs_core.outbox").info(
                 "outbox relay %s: database %r -> %s",
