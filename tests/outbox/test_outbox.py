@@ -548,3 +548,19 @@ def test_relay_command_without_a_database_says_so() -> None:
     )
     assert done.returncode == 2
     assert "no database: pass --database-url or set JOBS_DATABASE_URL" in done.stderr
+
+
+def test_a_scoped_session_as_flask_sqlalchemy_gives_works_as_is(outbox: Outbox) -> None:
+    from sqlalchemy.orm import scoped_session, sessionmaker
+
+    db_session = scoped_session(sessionmaker(outbox.engine))  # what `db.session` is
+    try:
+        outbox.dispatcher(db_session).dispatch_sync(charge, {"n": 1})
+        db_session.rollback()
+        outbox.dispatcher(db_session).dispatch_sync(charge, {"n": 2})
+        db_session.commit()
+    finally:
+        db_session.remove()
+    recording = RecordingDispatcher()
+    assert outbox.relay(recording, jobs).run_once() == 1
+    assert _sent_numbers(recording) == [2]
