@@ -2,8 +2,8 @@
 
 - `JOBS_TEST_POSTGRES_URL` set (`postgresql://user@host:port/db`): each test gets a fresh
   database on that server (created, then dropped), so it needs the CREATEDB right.
-- else, where the PostgreSQL server binaries are found (`JOBS_TEST_POSTGRES_BIN`,
-  `pg_config --bindir`, `/usr/lib/postgresql/*/bin`, PATH): a private server in a temp dir on
+- else, where the PostgreSQL server binaries are found (`JOBS_TEST_POSTGRES_BIN` alone when
+  set, else `pg_config --bindir`, `/usr/lib/postgresql/*/bin`, PATH): a private server in a temp dir on
   a free loopback port, started once per test session. PostgreSQL refuses to run as root; as
   root the server runs as the `postgres` system user (else `nobody`), as a packaged one does.
 - else the PostgreSQL tests skip, saying why, except in CI (`CI=true`), where they fail.
@@ -35,8 +35,10 @@ class PostgresUnavailable(RuntimeError):
 
 def find_bindir() -> str | None:
     candidates: list[str] = []
-    if os.environ.get(BIN_ENV):
-        candidates.append(os.environ[BIN_ENV])
+    if os.environ.get(BIN_ENV):  # when set, the only place looked at
+        bindir = os.environ[BIN_ENV]
+        found = all(os.access(os.path.join(bindir, b), os.X_OK) for b in ("initdb", "postgres"))
+        return bindir if found else None
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
