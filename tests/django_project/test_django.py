@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,7 +61,7 @@ class Shop:
         return done
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = __import__("tempfile").TemporaryFile()
+        log = tempfile.TemporaryFile()
         proc = subprocess.Popen(
             [sys.executable, "manage.py", *args],
             cwd=PROJECT,

@@ -564,3 +564,33 @@ def test_a_scoped_session_as_flask_sqlalchemy_gives_works_as_is(outbox: Outbox) 
     recording = RecordingDispatcher()
     assert outbox.relay(recording, jobs).run_once() == 1
     assert _sent_numbers(recording) == [2]
+
+
+def test_async_relay_runs_forever_until_stopped(tmp_path: Any) -> None:
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def scenario() -> list[int]:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'forever.db'}")
+        outbox = Outbox(engine)
+        await outbox.create_table_async()
+        sync_engine = create_engine(f"sqlite:///{tmp_path / 'forever.db'}")
+        _write(Outbox(sync_engine), [1, 2, 3])
+        recording = RecordingDispatcher()
+        relay = outbox.relay(recording, jobs, poll_interval=0.05)
+        task = asyncio.create_task(relay.run_forever_async())
+        for _ in range(200):
+            if len(recording.dispatched) == 3:
+                break
+            await asyncio.sleep(0.05)
+        relay.stop()
+        await asyncio.wait_for(task, 10)
+        other = outbox.relay(RecordingDispatcher(), jobs)
+        await other.run_once_async()
+        assert not other.last_round.standby, "the stopped relay gave its lease back"
+        sync_engine.dispose()
+        await engine.dispose()
+        return _sent_numbers(recording)
+
+    assert asyncio.run(scenario()) == [1, 2, 3]

@@ -40,7 +40,7 @@ class DjangoStore:
         self.using = using
         self.locks_rows = bool(connections[using].features.has_select_for_update_skip_locked)
 
-    def _pending(self, limit: int) -> Any:
+    def _pending(self) -> Any:
         from .models import OutboxMessage
 
         return (
@@ -54,11 +54,11 @@ class DjangoStore:
         close_old_connections()  # a long-running relay: drop a connection the database closed
         if self.locks_rows:
             with transaction.atomic(using=self.using):
-                query = self._pending(limit).select_for_update(skip_locked=True)
+                query = self._pending().select_for_update(skip_locked=True)
                 rows = [PendingRow(*r) for r in query.values_list(*_FIELDS)[:limit]]
                 yield _Claim(rows, self._apply)
             return
-        rows = [PendingRow(*r) for r in self._pending(limit).values_list(*_FIELDS)[:limit]]
+        rows = [PendingRow(*r) for r in self._pending().values_list(*_FIELDS)[:limit]]
         yield _Claim(rows, self._apply_apart)
 
     def _apply_apart(self, results: Sequence[RowResult]) -> None:
