@@ -85,6 +85,36 @@ def test_oversized_payload_is_refused_naming_the_limit() -> None:
         dispatcher.dispatch_sync(job, {"sku": "x" * 200})
 
 
+class Ledger(BaseModel):
+    account: int
+    lines: list[dict[str, int]] = []
+    amount: float = 0.0
+
+
+def test_integers_beyond_2_53_are_refused_naming_the_field() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.ints", payload=Ledger, handle=lambda p, c: None)
+    edge = 2**53 - 1
+    assert to_wire(job, Ledger(account=edge, lines=[{"n": -edge}])) == {
+        "account": edge,
+        "lines": [{"n": -edge}],
+        "amount": 0.0,
+    }
+    assert to_wire(job, Ledger(account=1, amount=2.0**60))["amount"] == 2.0**60  # floats pass
+    assert to_wire(job, Ledger(account=1, lines=[{"id": 1234567890123456}]))  # 16 digits, safe
+    with pytest.raises(JobPayloadError) as caught:
+        to_wire(job, Ledger(account=2**53 + 1, lines=[{"ok": 1, "big": -(2**64)}]))
+    assert [e["loc"] for e in caught.value.errors] == [("account",), ("lines", 0, "big")]
+    assert "account: integer 9007199254740993" in str(caught.value)
+    assert "lines.0.big" in str(caught.value)
+    dispatcher = InlineDispatcher()
+    events = RecordingInstrumentation()
+    dispatcher.instrumentation = events
+    with pytest.raises(JobPayloadError, match="account"):
+        dispatcher.dispatch_sync(job, {"account": 2**53})
+    assert events.kinds("t.ints") == ["failed"]
+
+
 def test_errors_say_what_to_change() -> None:
     assert "could not dispatch job 'a'" in str(DispatchError("a", ConnectionError("refused")))
     assert pickle.loads(pickle.dumps(DispatchError("a", "down"))).job_name == "a"

@@ -61,6 +61,27 @@ def test_C10_payload_survives_the_trip_unchanged(
         assert received.amount == Decimal("12345678901234567890.000000001")
 
 
+def test_C10_integers_beyond_2_53_are_refused_at_dispatch(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+) -> None:
+    runs = Runs()
+
+    @jobs.job(f"c10i.{unique}")
+    def handler(payload: Note, ctx: Any) -> None:
+        runs.add(payload)
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        before = s.enqueued_count()
+        for unsafe in (2**53, -(2**53), 2**53 + 1):
+            with pytest.raises(JobPayloadError) as caught:
+                s.dispatcher.dispatch_sync(handler, {"text": "big", "n": unsafe})
+            assert [e["loc"] for e in caught.value.errors] == [("n",)]
+        assert s.enqueued_count() == before
+        s.dispatcher.dispatch_sync(handler, {"text": "edge", "n": 2**53 - 1})
+        wait_until(lambda: runs.count == 1, what="the largest safe integer to arrive")
+    assert runs.items == [Note(text="edge", n=2**53 - 1)]
+
+
 def test_C11_always_failing_runs_attempts_plus_one_then_on_failure_once(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
