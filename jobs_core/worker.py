@@ -19,7 +19,15 @@ from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import UnknownJobError
-from .execution import ContextSource, JobOutcome, needs_event_loop, run_job, run_job_sync
+from .execution import (
+    ContextSource,
+    JobOutcome,
+    needs_event_loop,
+    run_job,
+    run_job_sync,
+    settle_lost_run,
+    settle_lost_run_sync,
+)
 from .instrumentation import Instrumentation, JobEvent, safe_record, with_logging
 from .job import Job
 from .registry import JobRegistry
@@ -81,7 +89,8 @@ class JobWorker(Generic[C]):
     """Runs the deliveries of one registry's jobs and settles their outcomes (the worker seam).
 
     `context` is a ctx object, or a sync or async factory called once per run;
-    `instrumentation` is added to the default logging.
+    `instrumentation` is added to the default logging; `max_retry_wait` is the longest wait the
+    backend keeps between attempts (a longer one gives up, saying so).
     """
 
     def __init__(
@@ -91,11 +100,13 @@ class JobWorker(Generic[C]):
         context: ContextSource,
         backend: str,
         instrumentation: Instrumentation | None = None,
+        max_retry_wait: timedelta | None = None,
     ) -> None:
         self.registry = registry
         self.context = context
         self.backend = backend
         self.instrumentation = with_logging(instrumentation)
+        self.max_retry_wait = max_retry_wait
 
     def needs_event_loop(self, job: Job[Any, Any]) -> bool:
         """True when a run of `job` has an async part (handler, context factory, hook)."""
@@ -117,6 +128,7 @@ class JobWorker(Generic[C]):
             dispatch_id=delivery.dispatch_id,
             backend=self.backend,
             instrumentation=self.instrumentation,
+            max_retry_wait=self.max_retry_wait,
         )
         return settle(delivery, outcome, settlement)
 
@@ -135,8 +147,38 @@ class JobWorker(Generic[C]):
             dispatch_id=delivery.dispatch_id,
             backend=self.backend,
             instrumentation=self.instrumentation,
+            max_retry_wait=self.max_retry_wait,
         )
         return settle(delivery, outcome, settlement)
+
+    def settle_lost(self, job: Job[Any, Any], delivery: Delivery, error: BaseException) -> None:
+        """The backend failed `delivery`'s run without the worker's answer (the worker died in
+        the last attempt, the call timed out): run `on_failure` once and record `failed`."""
+        settle_lost_run_sync(
+            job,
+            delivery.data,
+            error,
+            context=self.context,
+            attempt=delivery.attempt,
+            dispatch_id=delivery.dispatch_id,
+            backend=self.backend,
+            instrumentation=self.instrumentation,
+        )
+
+    async def settle_lost_async(
+        self, job: Job[Any, Any], delivery: Delivery, error: BaseException
+    ) -> None:
+        """`settle_lost` inside a running event loop."""
+        await settle_lost_run(
+            job,
+            delivery.data,
+            error,
+            context=self.context,
+            attempt=delivery.attempt,
+            dispatch_id=delivery.dispatch_id,
+            backend=self.backend,
+            instrumentation=self.instrumentation,
+        )
 
     def run_in_process(
         self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
