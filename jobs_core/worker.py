@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import UnknownJobError
+from .errors import JobConfigError, UnknownJobError
 from .execution import (
     ContextSource,
     JobOutcome,
@@ -107,6 +107,16 @@ class JobWorker(Generic[C]):
         self.backend = backend
         self.instrumentation = with_logging(instrumentation)
         self.max_retry_wait = max_retry_wait
+
+    def check(self, job: Job[Any, Any]) -> None:
+        """Refuse (C28) a job whose retry policy waits longer than `max_retry_wait`."""
+        waits = [job.retry.base_backoff(k) for k in range(1, job.retry.attempts + 1)]
+        if self.max_retry_wait is not None and waits and max(waits) > self.max_retry_wait:
+            raise JobConfigError(
+                f"job {job.name!r}: option 'retry' waits up to {max(waits)} between attempts; "
+                f"the {self.backend} backend waits at most {self.max_retry_wait}: lower "
+                "max_backoff"
+            )
 
     def needs_event_loop(self, job: Job[Any, Any]) -> bool:
         """True when a run of `job` has an async part (handler, context factory, hook)."""
