@@ -190,27 +190,6 @@ async def _call_on_failure(
         logger.exception("job %r: on_failure raised (dispatch_id=%s)", job.name, dispatch_id)
 
 
-async def _settle_lost(
-    job: Job[Any, Any],
-    raw_payload: Any,
-    error: BaseException,
-    context: ContextSource,
-    attempt: int,
-    dispatch_id: str | None,
-    backend: str,
-    instrumentation: Instrumentation,
-) -> None:
-    try:
-        payload: Any = parse_payload(job, raw_payload)
-    except JobPayloadError:
-        payload = raw_payload
-    await _call_on_failure(job, error, payload, context, None, False, dispatch_id)
-    event = JobEvent(
-        "failed", "execute", job.name, dispatch_id, attempt, backend, error=describe_error(error)
-    )
-    safe_record(instrumentation, event)
-
-
 async def run_job(
     job: Job[Any, Any],
     raw_payload: Any,
@@ -248,41 +227,15 @@ async def settle_lost_run(
 ) -> None:
     """A run the backend gave up on without the worker's answer (see `WorkerLostError`): run
     `on_failure` once with `error` and record `failed`, as a give-up of the core's own would."""
-    await _settle_lost(
-        job,
-        raw_payload,
-        error,
-        context,
-        attempt,
-        dispatch_id,
-        backend,
-        with_logging(instrumentation),
+    try:
+        payload: Any = parse_payload(job, raw_payload)
+    except JobPayloadError:
+        payload = raw_payload
+    await _call_on_failure(job, error, payload, context, None, False, dispatch_id)
+    event = JobEvent(
+        "failed", "execute", job.name, dispatch_id, attempt, backend, error=describe_error(error)
     )
-
-
-def settle_lost_run_sync(
-    job: Job[Any, Any],
-    raw_payload: Any,
-    error: BaseException,
-    *,
-    context: ContextSource,
-    attempt: int,
-    dispatch_id: str | None,
-    backend: str,
-    instrumentation: Instrumentation | None = None,
-) -> None:
-    """`settle_lost_run` for sync worker threads."""
-    coro = _settle_lost(
-        job,
-        raw_payload,
-        error,
-        context,
-        attempt,
-        dispatch_id,
-        backend,
-        with_logging(instrumentation),
-    )
-    _drive(coro, job, context)
+    safe_record(with_logging(instrumentation), event)
 
 
 _thread_loops = threading.local()
@@ -348,11 +301,13 @@ def run_job_sync(
         with_logging(instrumentation),
         max_retry_wait,
     )
-    result: JobOutcome = _drive(coro, job, context)
+    result: JobOutcome = run_to_end(coro, job, context)
     return result
 
 
-def _drive(coro: Coroutine[Any, Any, Any], job: Job[Any, Any], context: ContextSource) -> Any:
+def run_to_end(coro: Coroutine[Any, Any, Any], job: Job[Any, Any], context: ContextSource) -> Any:
+    """Run a coroutine of `job`'s from sync code: on this thread's loop when a part of the job
+    is async, else without any loop."""
     if needs_event_loop(job, context):
         return run_coroutine_blocking(coro)
     return _drive_without_loop(coro)

@@ -25,8 +25,8 @@ from .execution import (
     needs_event_loop,
     run_job,
     run_job_sync,
+    run_to_end,
     settle_lost_run,
-    settle_lost_run_sync,
 )
 from .instrumentation import Instrumentation, JobEvent, safe_record, with_logging
 from .job import Job
@@ -161,24 +161,11 @@ class JobWorker(Generic[C]):
         )
         return settle(delivery, outcome, settlement)
 
-    def settle_lost(self, job: Job[Any, Any], delivery: Delivery, error: BaseException) -> None:
-        """The backend failed `delivery`'s run without the worker's answer (the worker died in
-        the last attempt, the call timed out): run `on_failure` once and record `failed`."""
-        settle_lost_run_sync(
-            job,
-            delivery.data,
-            error,
-            context=self.context,
-            attempt=delivery.attempt,
-            dispatch_id=delivery.dispatch_id,
-            backend=self.backend,
-            instrumentation=self.instrumentation,
-        )
-
     async def settle_lost_async(
         self, job: Job[Any, Any], delivery: Delivery, error: BaseException
     ) -> None:
-        """`settle_lost` inside a running event loop."""
+        """The backend failed `delivery`'s run without the worker's answer (the worker died in
+        the last attempt, the call timed out): run `on_failure` once and record `failed`."""
         await settle_lost_run(
             job,
             delivery.data,
@@ -189,6 +176,10 @@ class JobWorker(Generic[C]):
             backend=self.backend,
             instrumentation=self.instrumentation,
         )
+
+    def settle_lost(self, job: Job[Any, Any], delivery: Delivery, error: BaseException) -> None:
+        """`settle_lost_async` from sync code."""
+        run_to_end(self.settle_lost_async(job, delivery, error), job, self.context)
 
     def run_in_process(
         self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
