@@ -23,11 +23,7 @@ from tests.support.redis_server import free_port
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 60.0
-NO_BINARY = (
-    "no `inngest` or `inngest-cli` binary on PATH: the real Inngest Dev Server cannot be "
-    "installed here (its npm package downloads the binary at install time); install it with "
-    "`npm i -g inngest-cli` (Node) to run these tests against it"
-)
+NO_BINARY = "real Inngest Dev Server: no `inngest`/`inngest-cli` on PATH (npm i -g inngest-cli)"
 
 
 def find_dev_server_binary() -> str | None:
