@@ -123,7 +123,7 @@ class EventSender:
                     failure = f"the Event API answered {response.status_code}"
             if deadline - time.monotonic() <= wait:
                 raise EventApiError(f"{failure} (gave up after {self.timeout:g}s)")
-            time.sleep(wait * random.uniform(1.0, 1.1))
+            time.sleep(min(wait * random.uniform(1.0, 1.1), deadline - time.monotonic()))
             pause = min(pause * 2, 1.0)
 
     @staticmethod
