@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jobs_core
 
-USER_FILE = '''
+USER_FILE = """
 from __future__ import annotations
 
 from pydantic import BaseModel
@@ -40,7 +40,7 @@ async def use_case(dispatcher: JobDispatcherPort) -> None:
     dispatcher.dispatch_sync(send_welcome, Invoice(number=1))  # WRONG-SYNC
     await dispatcher.dispatch(send_welcome, Invoice(number=2))  # WRONG-ASYNC
     dispatcher.dispatch_many_sync([send_welcome.request(Invoice(number=3))])  # WRONG-MANY
-'''
+"""
 
 
 def test_mypy_flags_a_payload_of_another_model(tmp_path: Path) -> None:
@@ -58,8 +58,6 @@ def test_mypy_flags_a_payload_of_another_model(tmp_path: Path) -> None:
     )
     lines = source.splitlines()
     wrong = {i + 1 for i, line in enumerate(lines) if "# WRONG" in line}
-    flagged = {
-        int(line.split(":")[1]) for line in done.stdout.splitlines() if ": error:" in line
-    }
+    flagged = {int(line.split(":")[1]) for line in done.stdout.splitlines() if ": error:" in line}
     assert flagged == wrong, done.stdout
     assert done.returncode == 1
