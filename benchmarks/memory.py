@@ -81,7 +81,6 @@ def measure(jobs: int, mark: int, keyed: bool = False) -> dict[str, Any]:
         "rss_end_mib": end / MIB,
         "peak_rss_mib": peak_rss_bytes() / MIB,
         "growth_mib": (end - at_mark) / MIB,
-        "keyed": keyed,
         "us_per_dispatch_early": (clock[2 * mark] - clock[mark]) / mark * 1e6,
         "us_per_dispatch_late": (clock[jobs] - clock[jobs - mark]) / mark * 1e6,
     }

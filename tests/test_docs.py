@@ -126,6 +126,7 @@ def test_example(
     eval_example: EvalExample,
     request: pytest.FixtureRequest,
     isolated: None,
+    tmp_path: Path,
 ) -> None:
     settings = example.prefix_settings()
     for key, value in settings.items():
@@ -135,9 +136,33 @@ def test_example(
     if skipped(example):
         compile(example.source, example_id(example), "exec")
         return
+    if "settings.configure(" in example.source:
+        run_in_a_fresh_process(example, tmp_path)  # Django's settings are set once a process
+        return
     namespace = eval_example.run(example)
     shown = re.findall(r"^(?:async )?def (test_\w+)", example.source, flags=re.M)
     assert sorted(run_tests_of(namespace, request)) == sorted(shown)
+
+
+def run_in_a_fresh_process(example: CodeExample, tmp_path: Path) -> None:
+    """Run the block as its own test module under pytest in a new interpreter: as a script
+    (its module code) and its `test_*` functions, each of which must pass."""
+    module = tmp_path / "test_example.py"
+    module.write_text(example.source)
+    shown = re.findall(r"^(?:async )?def (test_\w+)", example.source, flags=re.M)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)]
+        if shown
+        else [sys.executable, str(module)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"{example_id(example)}:\n{done.stdout}\n{done.stderr}"
+    if shown:
+        assert f"{len(shown)} passed" in done.stdout, done.stdout
 
 
 def test_examples_are_found() -> None:
