@@ -266,7 +266,8 @@ def table(results: list[RunResult]) -> str:
         "| worker exits | drained | time |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, r in enumerate(results, 1):
+    for r in results:
+        i = sum(1 for other in results[: results.index(r) + 1] if other.scenario == r.scenario)
         away = f"{r.outage_seconds:.1f} s" if r.scenario == "restart" else "-"
         rows.append(
             f"| {r.backend} | {r.scenario} | {i} | {r.jobs:,} | {r.kills} | {away} | "
