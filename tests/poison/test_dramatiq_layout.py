@@ -29,30 +29,23 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from jobs_core import JobRegistry, Retry
 from jobs_core.testing import RecordingInstrumentation
 from tests.celery.workers import wait_for
-from tests.support.names import new_queue_name
+from tests.poison.test_poison import JOB, DramatiqBackend, Note
 
 pytestmark = pytest.mark.timeout(60)
 
-JOB = "layout.note"
 COPIED = "0b8e7f43-59d6-4c1e-9d0e-4f2a34b9c1aa"
 """The ids of the message whose body `copied-body` copies."""
-
-
-class Note(BaseModel):
-    text: str
 
 
 @dataclass(frozen=True)
@@ -78,32 +71,19 @@ CASES = {
 }
 
 
-class Worker:
-    """A `dramatiq.Worker` on a broker made by `make_worker_broker`, one job, a unique queue."""
+class Worker(DramatiqBackend):
+    """tests/poison's in-process Dramatiq worker, with a job that records what it ran and a
+    short idle sweep."""
 
     def __init__(self, url: str) -> None:
-        import redis
-
-        from jobs_core.backends.dramatiq import (
-            DramatiqDispatcher,
-            make_worker_broker,
-            register_actors,
-        )
-
-        self.queue = new_queue_name("layout")
         self.ran: list[str] = []
         self.events = RecordingInstrumentation()
         jobs = JobRegistry[Any]()
-        self.job = jobs.define_job(
+        jobs.define_job(
             JOB, payload=Note, retry=Retry(attempts=1), handle=lambda p, c: self.ran.append(p.text)
         )
-        self.broker = make_worker_broker(url)
+        super().__init__(url, jobs, self.events)
         self.broker.idle_sweep_seconds = 0.5
-        register_actors(
-            jobs, context=None, broker=self.broker, instrumentation=self.events, queue=self.queue
-        )
-        self.dispatcher = DramatiqDispatcher(url, self.queue)
-        self.client = redis.Redis.from_url(url, socket_timeout=10)
         self.written = b""
 
     def write(self, case: Case) -> str:
@@ -127,17 +107,6 @@ class Worker:
         self.client.rpush(f"dramatiq:{queue}", redis_id)
         return redis_id
 
-    @contextmanager
-    def running(self) -> Iterator[Any]:
-        import dramatiq
-
-        worker = dramatiq.Worker(self.broker, worker_threads=2, worker_timeout=50)
-        worker.start()
-        try:
-            yield worker
-        finally:
-            worker.stop(timeout=10_000)
-
     def acks(self) -> set[str]:
         return {
             member.decode()
@@ -145,16 +114,11 @@ class Worker:
             for member in self.client.smembers(key)
         }
 
-    def dead_letters(self) -> dict[str, bytes]:
-        raw: dict[bytes, bytes] = self.client.hgetall(f"dramatiq:{self.queue}.XQ.msgs")  # type: ignore[assignment]
-        return {k.decode(): v for k, v in raw.items()}
 
-    def close(self) -> None:
-        from jobs_core.backends.dramatiq import close_broker
+def _worker_threads_alive() -> int:
+    from dramatiq.worker import WorkerThread
 
-        close_broker(self.broker)
-        self.dispatcher.close()
-        self.client.close()
+    return sum(isinstance(t, WorkerThread) and t.is_alive() for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -168,7 +132,7 @@ def test_hand_written_item_is_reported_settled_and_skipped(
         redis_id = w.write(case)
         for text in ("before-1", "before-2", "before-3"):  # in the item's fetched batch
             w.dispatcher.dispatch_sync(w.job, {"text": text})
-        with w.running() as worker:
+        with w.worker():
             w.dispatcher.dispatch_sync(w.job, {"text": "after"})
             good = {"before-1", "before-2", "before-3", "after"}
 
@@ -182,7 +146,7 @@ def test_hand_written_item_is_reported_settled_and_skipped(
                 f"{name}: the good jobs to run, the item to be reported and no id left in acks",
                 lambda: f"ran={w.ran} acks={w.acks()} events={w.events.events[-3:]}",
             )
-            assert all(thread.is_alive() for thread in worker.workers), "a worker thread died"
+            assert _worker_threads_alive() == 2, "a worker thread died"
         assert sorted(t for t in w.ran if t not in ("poison", "copy")) == sorted(good)
         assert w.ran.count("poison") + w.ran.count("copy") == case.runs
 
@@ -197,7 +161,7 @@ def test_hand_written_item_is_reported_settled_and_skipped(
         ]
         assert named, "no error log line names the item's id and its queue"
 
-        dead = w.dead_letters()
+        dead = w.dead_letter_bodies()
         if case.body is None:
             assert dead == {}, "an id without a body has nothing to keep"
         else:

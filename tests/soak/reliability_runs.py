@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs_core import JobsSettings, create_dispatcher
-from tests.soak.app import DONE, FAILED, GIVES_UP, SUCCEEDS, work
-from tests.soak.test_soak import Tally, make_plans
+from tests.celery.workers import WorkerProcesses
+from tests.soak.app import DONE, FAILED, GIVES_UP, SUCCEEDS
+from tests.soak.test_soak import Tally, _dispatch, make_plans
 from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,58 +104,18 @@ class RunResult:
         )
 
 
-class Workers:
-    """Native worker commands, each in its own process group, logs in one directory."""
-
-    def __init__(self, backend: str, broker_url: str, store_url: str, log_dir: Path) -> None:
-        self.backend = backend
-        self.log_dir = log_dir
-        self.env = {
-            **os.environ,
-            "JOBS_BACKEND": backend,
-            "JOBS_BROKER_URL": broker_url,
-            "JOBS_QUEUE": QUEUE,
-            "DURABILITY_REDIS_URL": store_url,
-            "CELERY_TEST_STORE_URL": store_url,
-            "SOAK_VISIBILITY_TIMEOUT": "5",
-            "PYTHONPATH": str(ROOT),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        with open(self.log_dir / f"worker-{len(self.started)}.log", "wb") as log:
-            process = subprocess.Popen(
-                worker_command(self.backend),
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.started.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(10)
-
-    def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        deadline = time.monotonic() + 15
-        for process in self.started:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.kill(process)
+def worker_processes(backend: str, broker_url: str, store_url: str, log_dir: Path) -> Any:
+    """tests/celery/workers.py's process keeper (own process groups, logs in `log_dir`), with
+    the environment the soak's worker modules read."""
+    workers = WorkerProcesses(broker_url, store_url, QUEUE, log_dir)
+    workers.env.update(
+        JOBS_BACKEND=backend,
+        DURABILITY_REDIS_URL=store_url,
+        SOAK_VISIBILITY_TIMEOUT="5",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    return workers
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> bool:
@@ -167,21 +126,6 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-def _dispatch(dispatcher: Any, plans: list[dict[str, Any]]) -> None:
-    """Dispatch in chunks; a chunk refused while Redis is away is sent again (60 s at most)."""
-    deadline = time.monotonic() + 60
-    for i in range(0, len(plans), CHUNK):
-        chunk = [(work, plan) for plan in plans[i : i + CHUNK]]
-        while True:
-            try:
-                dispatcher.dispatch_many_sync(chunk)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
 
 
 def _drained(backend: str, broker: Any) -> bool:
@@ -216,18 +160,18 @@ def run_once(backend: str, scenario: str, total: int, seed: int, log_dir: Path) 
 
         settings = JobsSettings(backend=backend, broker_url=broker_server.url, queue=QUEUE)
         dispatcher: Any = create_dispatcher(settings=settings)
-        workers = Workers(backend, broker_server.url, store_server.url, log_dir)
+        workers = worker_processes(backend, broker_server.url, store_server.url, log_dir)
         try:
             first = plans if scenario == "kill" else plans[: total // 2]
-            _dispatch(dispatcher, first)
-            worker = workers.start()
+            _dispatch(dispatcher, first, time.monotonic() + 60)
+            worker = workers.start(*worker_command(backend))
             if scenario == "kill":
                 for share in (0.20, 0.55):
                     _wait(lambda s=share: settled() >= total * s, 120, f"{share:.0%} settled")
                     result.in_flight.append(in_flight())
                     workers.kill(worker)
                     result.kills += 1
-                    worker = workers.start()
+                    worker = workers.start(*worker_command(backend))
             else:
                 _wait(lambda: settled() >= len(first) * 0.3, 120, "30% settled")
                 outage = rng.uniform(3.0, 5.0)
@@ -237,14 +181,14 @@ def run_once(backend: str, scenario: str, total: int, seed: int, log_dir: Path) 
                 time.sleep(outage)  # the scenario itself: Redis away for 3-5 s
                 broker_server.start()
                 result.outage_seconds = time.monotonic() - began
-                _dispatch(dispatcher, plans[total // 2 :])
+                _dispatch(dispatcher, plans[total // 2 :], time.monotonic() + 60)
             deadline = time.monotonic() + SETTLE_DEADLINE
             while missing() and time.monotonic() < deadline:
-                for process in workers.started:
+                for process in workers.processes:
                     if process.poll() is not None and process.returncode != -signal.SIGKILL:
                         if process is worker:  # exited by itself: a supervisor restarts it
                             result.worker_exits += 1
-                            worker = workers.start()
+                            worker = workers.start(*worker_command(backend))
                 time.sleep(0.1)
             _wait(lambda: _drained(backend, broker_server.client()), 30, "the broker to drain")
             result.drained = _drained(backend, broker_server.client())
