@@ -14,9 +14,11 @@
   and a consumer thread that restarts after a connection error drops its delayed messages from
   memory: both stay in this worker's acks set until the process dies. Each new consumer, before
   its first fetch, requeues the ids of that set that the worker does not hold.
-- an `enqueue` that waits for the broker to come back. A retry is a message enqueued by the
+- an enqueue that waits for the broker to come back. A retry is a message enqueued by the
   `Retries` middleware before the old one is acked; when that enqueue failed (the broker
-  restarting), the old message was acked anyway and the job was lost.
+  restarting), the old message was acked anyway and the job was lost. It tries again under the
+  same id, and not at all if the lost attempt landed: a new id each time put the retry on the
+  queue twice, and the job's last attempt and `on_failure` ran twice.
 
 `HidePayloads` shows a message in Dramatiq's worker log lines as `actor(<payload>) [id]`:
 upstream logs a message's arguments in full ("Failed to process message %s ..."), and payloads
@@ -40,6 +42,7 @@ from dramatiq.errors import ConnectionClosed as _ConnectionClosed
 from dramatiq.errors import DecodeError
 
 from jobs_core.payload import PAYLOAD_MASK
+from jobs_core.worker import JobWorker
 
 ConnectionClosed: Any = _ConnectionClosed  # untyped constructor
 
@@ -187,8 +190,8 @@ class WorkerRedisBroker(RedisBroker):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._held: dict[str, HeldIds] = {}
         self._held_lock = threading.Lock()
-        self.worker: Any = None
-        """The `JobWorker` that reports undecodable messages (set by `register_actors`)."""
+        self.worker: JobWorker[Any] = JobWorker(None, context=None, backend="dramatiq")
+        """Reports what cannot run (`register_actors` sets the one with the app's instrumentation)."""
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         return SafeConsumer(super().consume(queue_name, prefetch, timeout), self, queue_name)
@@ -201,10 +204,10 @@ class WorkerRedisBroker(RedisBroker):
     def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
         """Dramatiq's fetch, less the items that cannot run: those are sorted out at once."""
         batch: list[bytes | None] = self._dispatch("fetch")(queue_name, count)  # type: ignore[no-untyped-call]
-        runnable = [data for data in batch if not fault_of(data, queue_name)[0]]
+        runnable = [data for data in batch if data and not fault_of(data, queue_name)[0]]
         if len(runnable) < len(batch):
             self.sort_out(queue_name, requeue=False)
-        return runnable  # type: ignore[return-value]
+        return runnable
 
     def sort_out(self, queue_name: str, *, requeue: bool) -> None:
         """Settle the ids in this worker's acks set of `queue_name` that it does not hold. One
@@ -226,7 +229,10 @@ class WorkerRedisBroker(RedisBroker):
                 if data is not None
                 else f"no place: its id was dropped from this worker's acks set of {queue_name!r}"
             )
-            self.report_malformed(redis_id, job_name, len(data or b""), where, fault)
+            size = len(data or b"")
+            self.worker.report_malformed(
+                message_id=redis_id, job_name=job_name, size=size, where=where, error=fault
+            )
         if requeue and runnable:
             self.do_requeue(queue_name, *runnable)
             logger.warning(
@@ -236,40 +242,28 @@ class WorkerRedisBroker(RedisBroker):
                 queue_name,
             )
 
-    def report_malformed(
-        self, redis_id: str, job_name: str | None, size: int, where: str, fault: str
-    ) -> None:
-        if self.worker is None:
-            logger.error(
-                "malformed message %s (job=%r): not run; kept in %s: %s",
-                redis_id,
-                job_name,
-                where,
-                fault,
-            )
-            return
-        self.worker.report_malformed(
-            message_id=redis_id, job_name=job_name, size=size, where=where, error=fault
-        )
-
-    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
-        """`RedisBroker.enqueue`, tried again while the broker is unreachable. If Redis ran an
-        attempt whose reply was lost, the message is enqueued twice: the job runs at least
-        once, as after any broker failure."""
+    def do_enqueue(self, queue_name: str, redis_id: str, data: bytes) -> None:
+        """Dramatiq's enqueue script, tried again under the same id while the broker cannot be
+        reached. An attempt that Redis ran but whose reply was lost (Redis shutting down) is not
+        run again, unless a worker already took it: the job is then enqueued twice and runs at
+        least once, as after any broker failure."""
         deadline = time.monotonic() + self.enqueue_retry_seconds
-        pause = 0.1
+        pause, tried = 0.1, False
         while True:
             try:
-                return super().enqueue(message, delay=delay)
+                if tried and self.client.hexists(f"{self.namespace}:{queue_name}.msgs", redis_id):
+                    return
+                self._dispatch("enqueue")(queue_name, redis_id, data)  # type: ignore[no-untyped-call]
+                return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if time.monotonic() + pause > deadline:
                     raise
                 logger.warning(
                     "could not enqueue message %s on %r: %s; trying again in %.1fs",
-                    message.message_id,
-                    message.queue_name,
+                    redis_id,
+                    queue_name,
                     exc,
                     pause,
                 )
                 time.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                pause, tried = min(pause * 2, 2.0), True
