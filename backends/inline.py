@@ -3,18 +3,19 @@
 Made for tests and local work: the same worker path as every backend, the same number of runs
 for the same `Retry.attempts`, the same events and `on_failure` call. By design, `delay`/`run_at`
 run at once (C8), retries do not wait unless `wait_backoff=True` (C15), and idempotency keys
-live in this process (C9). A job that gives up raises `JobFailedError` from `dispatch`, or calls
-`on_error(error, job)`, or neither with `raise_on_failure=False`.
+live in this process (C9). A job that gives up raises `JobFailedError` from `dispatch` (so a test
+fails where it dispatched), or calls `on_error(error, job)`, or neither with
+`raise_on_failure=False`: what every backend does, where a job gives up later in a worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from jobs_core.config import JobsSettings
-from jobs_core.dispatcher import BaseDispatcher, PreparedJob
+from jobs_core.dispatcher import BaseDispatcher, ErrorCallback, PreparedJob
 from jobs_core.errors import JobFailedError
 from jobs_core.execution import ContextSource
 from jobs_core.idempotency import MemoryIdempotencyStore
@@ -23,13 +24,12 @@ from jobs_core.job import Job
 from jobs_core.port import DispatchReceipt
 from jobs_core.worker import Delivery, JobWorker
 
-ErrorCallback = Callable[[BaseException, Job[Any, Any]], None]
-
 
 class InlineDispatcher(BaseDispatcher):
     """Runs jobs immediately, in process, through the core's worker path."""
 
     backend_name = "inline"
+    runs_jobs_in_dispatch = True
 
     def __init__(
         self,
@@ -41,12 +41,14 @@ class InlineDispatcher(BaseDispatcher):
         **options: Any,
     ) -> None:
         super().__init__(
-            instrumentation=instrumentation, idempotency=MemoryIdempotencyStore(), **options
+            instrumentation=instrumentation,
+            idempotency=MemoryIdempotencyStore(),
+            on_error=on_error,
+            raise_on_failure=raise_on_failure,
+            **options,
         )
         self.context = context
-        self.on_error = on_error
         self.wait_backoff = wait_backoff
-        self.raise_on_failure = raise_on_failure
 
     def _worker(self) -> JobWorker[Any]:
         return JobWorker(None, context=self.context, backend="inline", instrumentation=self.events)

@@ -2,6 +2,7 @@
 
 from .config import JobsSettings, create_dispatcher
 from .errors import (
+    DispatchArgumentError,
     DispatchError,
     JobConfigError,
     JobFailedError,
@@ -25,6 +26,7 @@ from .schedule import Schedule
 from .scheduler import Scheduler
 
 __all__ = [
+    "DispatchArgumentError",
     "DispatchError",
     "DispatchReceipt",
     "Instrumentation",

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import BaseModel
 
-from .errors import DispatchError, JobPayloadError, JobsError
+from .errors import DispatchArgumentError, DispatchError, JobConfigError, JobPayloadError, JobsError
 from .idempotency import IdempotencyStore, scoped_key
 from .instrumentation import (
     DEFAULT_LOGGING,
@@ -33,6 +33,9 @@ from .payload import DEFAULT_MAX_PAYLOAD_BYTES, to_wire, validate_payload
 from .port import DispatchItem, DispatchReceipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
+
+ErrorCallback = Callable[[BaseException, Job[Any, Any]], None]
+"""`on_error(error, job)`: what a backend that runs jobs inside `dispatch` calls on a give-up."""
 
 logger = logging.getLogger("jobs_core.dispatch")
 
@@ -83,20 +86,30 @@ def keyed_dispatch_id(job_name: str, idempotency_key: str) -> str:
 def resolve_eta(delay: timedelta | None, run_at: datetime | None) -> datetime | None:
     """The aware UTC time a job may start, from `delay` or `run_at` (not both)."""
     if delay is not None and run_at is not None:
-        raise ValueError("pass either delay= or run_at=, not both")
+        raise DispatchArgumentError("pass either delay= or run_at=, not both")
     if delay is not None:
         if not isinstance(delay, timedelta):
-            raise TypeError(f"delay= must be a timedelta, got {type(delay).__name__}")
+            raise DispatchArgumentError(f"delay= must be a timedelta, got {type(delay).__name__}")
         if delay < timedelta(0):
-            raise ValueError(f"delay= must not be negative, got {delay}")
+            raise DispatchArgumentError(f"delay= must not be negative, got {delay}")
         return datetime.now(timezone.utc) + delay if delay else None
     if run_at is not None:
         if not isinstance(run_at, datetime):
-            raise TypeError(f"run_at= must be a datetime, got {type(run_at).__name__}")
+            raise DispatchArgumentError(f"run_at= must be a datetime, got {type(run_at).__name__}")
         if run_at.tzinfo is None or run_at.utcoffset() is None:
-            raise ValueError("run_at= must be timezone-aware (e.g. datetime.now(timezone.utc))")
+            raise DispatchArgumentError(
+                "run_at= must be timezone-aware (e.g. datetime.now(timezone.utc))"
+            )
         return run_at.astimezone(timezone.utc)
     return None
+
+
+def _iterate(items: Iterable[DispatchItem]) -> Iterable[DispatchItem]:
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise DispatchArgumentError(
+            f"dispatch_many expects an iterable of items, got a {type(items).__name__}"
+        )
+    return items
 
 
 class BaseDispatcher(ABC):
@@ -110,6 +123,9 @@ class BaseDispatcher(ABC):
     backend_name: str = "base"
     max_delay: timedelta | None = None
     max_delay_reason: str = ""
+    runs_jobs_in_dispatch: bool = False
+    """True where a job runs, and may give up, inside `dispatch` (inline): only there can a
+    give-up raise `JobFailedError` from `dispatch` or call `on_error`."""
 
     def __init__(
         self,
@@ -118,11 +134,25 @@ class BaseDispatcher(ABC):
         idempotency: IdempotencyStore | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         timeout: float = DEFAULT_DISPATCH_TIMEOUT,
+        on_error: ErrorCallback | None = None,
+        raise_on_failure: bool | None = None,
     ) -> None:
         self.instrumentation = instrumentation
         self.idempotency = idempotency
         self.max_payload_bytes = max_payload_bytes
         self.timeout = timeout
+        if not self.runs_jobs_in_dispatch and (on_error is not None or raise_on_failure):
+            option = "on_error=" if on_error is not None else "raise_on_failure=True"
+            raise JobConfigError(
+                f"the {self.backend_name} backend cannot honour {option}: its jobs run, and give "
+                "up, later in a worker, never inside dispatch. Act on a give-up with the job's "
+                "on_failure= (called on every backend) and pass raise_on_failure=False, which "
+                "every backend accepts, for the same behaviour on all of them"
+            )
+        self.on_error = on_error
+        self.raise_on_failure = (
+            self.runs_jobs_in_dispatch if raise_on_failure is None else raise_on_failure
+        )
 
     @property
     def instrumentation(self) -> Instrumentation:
@@ -210,20 +240,23 @@ class BaseDispatcher(ABC):
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> PreparedJob:
-        """Validate and serialise one dispatch; a bad payload is recorded and raised (C4, C5)."""
+        """Validate and serialise one dispatch; a bad payload or option is recorded as `failed`
+        and raised (C4, C5): every error is a `JobsError`."""
         if not isinstance(job, Job):
-            raise TypeError(f"dispatch expects a Job (from JobRegistry.job), got {job!r}")
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise ValueError("idempotency_key= must be a non-empty str")
+            raise DispatchArgumentError(
+                f"dispatch expects a Job (from JobRegistry.job), got a {type(job).__name__}"
+            )
         try:
+            if idempotency_key is not None and (
+                not isinstance(idempotency_key, str) or not idempotency_key
+            ):
+                raise DispatchArgumentError("idempotency_key= must be a non-empty str")
             model = validate_payload(job, payload)
             data = to_wire(job, model, self.max_payload_bytes)
-        except JobPayloadError as error:
+            eta = resolve_eta(delay, run_at)
+        except (JobPayloadError, DispatchArgumentError) as error:
             self._record_schedule_failure(job.name, None, error)
             raise
-        eta = resolve_eta(delay, run_at)
         if eta is not None and self.max_delay is not None:
             self._check_delay(job, eta)
         prepared = PreparedJob(
@@ -264,7 +297,7 @@ class BaseDispatcher(ABC):
         run_at: datetime | None,
     ) -> list[PreparedJob]:
         prepared = []
-        for item in items:
+        for item in _iterate(items):
             if isinstance(item, JobRequest):
                 prepared.append(
                     self.prepare(
@@ -275,9 +308,13 @@ class BaseDispatcher(ABC):
                         item.idempotency_key,
                     )
                 )
+            elif isinstance(item, (tuple, list)) and len(item) == 2:
+                prepared.append(self.prepare(item[0], item[1], delay, run_at))
             else:
-                job, payload = item
-                prepared.append(self.prepare(job, payload, delay, run_at))
+                raise DispatchArgumentError(
+                    "dispatch_many expects (job, payload) pairs or job.request(...) items, "
+                    f"got a {type(item).__name__}"
+                )
         return prepared
 
     def _claim(

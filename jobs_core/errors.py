@@ -65,6 +65,13 @@ class WorkerLostError(JobsError):
     it from the backend's own failure notice, since the worker never saw the give-up."""
 
 
+class DispatchArgumentError(JobsError, TypeError, ValueError):
+    """`dispatch` was called with an argument it cannot use (not a `Job`, a negative `delay`, a
+    naive `run_at`, both `delay` and `run_at`, an empty idempotency key, a `dispatch_many` item
+    that is not a pair): a mistake in the calling code, so nothing was sent and retrying cannot
+    help. Also a `TypeError` and a `ValueError`, which these mistakes raised before."""
+
+
 class UnknownJobError(JobsError, LookupError):
     """A worker received a message for a job its registry does not have (C17)."""
 

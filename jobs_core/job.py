@@ -16,6 +16,7 @@ from ._compat import callable_name, is_async_callable
 from .errors import JobConfigError
 from .payload import validate_payload
 from .retry import Retry
+from .travel import check_travels
 
 P = TypeVar("P", bound=BaseModel)
 C = TypeVar("C")
@@ -146,7 +147,7 @@ def make_job(
     retry: Retry | None = None,
     on_failure: FailureHook[C] | None = None,
 ) -> Job[P, C]:
-    """A `Job` from its parts, every check done here (C1-C3), never later at a worker."""
+    """A `Job` from its parts, every check done here (C1-C3, C10), never later at a worker."""
     if not isinstance(name, str) or not JOB_NAME_PATTERN.match(name):
         raise JobConfigError(
             f"invalid job name {name!r}: use letters, digits and . _ : / - "
@@ -166,5 +167,6 @@ def make_job(
         if payload is not None
         else _payload_model_from_handler(name, handle)
     )
+    check_travels(name, model)
     job: Job[P, C] = Job(name, typing.cast(type[P], model), handle, retry, on_failure)
     return job

@@ -1,7 +1,9 @@
 """Payload handling: validate at dispatch, serialise to JSON, parse again at the worker.
 
-A payload crosses the wire as `model.model_dump(mode="json")`, so the worker's
-`Model.model_validate(...)` gives back a model equal to the one dispatched (C10).
+A payload crosses the wire as `model.model_dump(mode="json", round_trip=True)`, and the worker's
+`Model.model_validate(...)` must give back a model equal to the one dispatched (C10): a model
+with a field that cannot make that trip is refused when its job is defined (`check_travels`),
+and a value that cannot is refused at dispatch (`to_wire`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from .errors import JobPayloadError
+from .travel import dump_payload, plain_errors
 
 
 class Job(Protocol):
@@ -58,11 +61,6 @@ def _shape_error(job_name: str, got: Any, expected: str) -> JobPayloadError:
     )
 
 
-def _errors(exc: ValidationError) -> list[dict[str, Any]]:
-    # `ctx` can hold exception objects: keep the error list plain data (picklable, loggable).
-    return [{k: v for k, v in e.items() if k != "ctx"} for e in exc.errors(include_url=False)]
-
-
 def validate_payload(job: Job, payload: Any) -> BaseModel:
     """Return `payload` as an instance of the job's model, or raise `JobPayloadError` (C4, C5)."""
     model: type[BaseModel] = job.payload_model
@@ -72,7 +70,11 @@ def validate_payload(job: Job, payload: Any) -> BaseModel:
         try:
             return model.model_validate(payload)
         except ValidationError as exc:
-            raise JobPayloadError(job.name, _errors(exc)) from None
+            raise JobPayloadError(job.name, plain_errors(exc)) from None
+        except Exception as exc:  # a validator raising what pydantic does not wrap
+            reason = f"validating raised {type(exc).__name__}: {str(exc)[:200]}"
+            error = {"type": "validator_error", "loc": (), "msg": reason}
+            raise JobPayloadError(job.name, [error]) from exc
     raise _shape_error(
         job.name, payload, f"an instance of {model.__name__} or a mapping of its fields"
     )
@@ -102,7 +104,7 @@ def to_wire(job: Job, model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYT
     Refuses one over `max_bytes` (no truncation), and one holding an integer beyond
     ±(2**53 - 1), naming the field: a job that dispatches on one backend dispatches on all (C10).
     """
-    data = model.model_dump(mode="json")
+    data = dump_payload(job, model)
     raw = pydantic_core.to_json(data)
     if _LONG_NUMBER.search(raw):
         unsafe = list(_unsafe_integers(data))
@@ -135,11 +137,11 @@ def parse_payload(job: Job, raw: Any) -> BaseModel:
     model: type[BaseModel] = job.payload_model
     try:
         if isinstance(raw, (str, bytes, bytearray)):
-            return model.model_validate_json(raw)
+            return model.model_validate_json(raw, by_alias=True, by_name=True)
         if isinstance(raw, Mapping):
-            return model.model_validate(raw)
+            return model.model_validate(raw, by_alias=True, by_name=True)
     except ValidationError as exc:
-        raise JobPayloadError(job.name, _errors(exc)) from None
+        raise JobPayloadError(job.name, plain_errors(exc)) from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise JobPayloadError(
             job.name, [{"type": "invalid_payload", "loc": (), "msg": str(exc)[:200]}]

@@ -174,18 +174,33 @@ class RecordingInstrumentation:
 
 if pytest is not None:
 
+    def pytest_addoption(parser: pytest.Parser) -> None:
+        parser.addini(
+            "jobs_inline_raise_on_failure",
+            type="bool",
+            default=True,
+            help="jobs_core: whether the inline_dispatcher fixture raises JobFailedError from "
+            "dispatch when a job gives up (false: as the durable backends, never)",
+        )
+
     @pytest.fixture
     def recording_dispatcher() -> RecordingDispatcher:
         """A `RecordingDispatcher`: use cases dispatch into it; assert with `assert_dispatched`."""
         return RecordingDispatcher()
 
     @pytest.fixture
-    def inline_dispatcher() -> Any:
+    def inline_dispatcher(request: pytest.FixtureRequest) -> Any:
         """An `InlineDispatcher` with no context and a `RecordingInstrumentation`.
 
         Set `.context` (or build your own `InlineDispatcher(context=...)`) before dispatching.
+        A job that gives up raises `JobFailedError` from `dispatch`, unless the ini option
+        `jobs_inline_raise_on_failure = false` (or `.raise_on_failure = False`) says otherwise.
         """
         from .config import import_backend
 
         inline = import_backend("inline")
-        return inline.InlineDispatcher(context=None, instrumentation=RecordingInstrumentation())
+        return inline.InlineDispatcher(
+            context=None,
+            instrumentation=RecordingInstrumentation(),
+            raise_on_failure=bool(request.config.getini("jobs_inline_raise_on_failure")),
+        )

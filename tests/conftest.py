@@ -2,7 +2,8 @@
 and the databases of the outbox tests (SQLite, and a PostgreSQL the tests bring themselves).
 
 Also the soak's option: the short soak (1,000 jobs per backend) runs with the suite; the full one
-(10,000 per backend, marker `soak_full`) only with `pytest -m soak_full --run-soak-full`.
+(10,000 per backend, marker `soak_full`) only with `pytest -m soak_full --run-soak-full`, and the
+kill and restart runs (marker `reliability_runs`) only with `--run-reliability-runs`.
 """
 
 from __future__ import annotations
@@ -22,15 +23,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the full soak, 10,000 jobs per backend (select it with -m soak_full)",
     )
+    parser.addoption(
+        "--run-reliability-runs",
+        action="store_true",
+        default=False,
+        help="run the kill and restart runs of tests/soak/reliability_runs.py (2,000 jobs each)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-soak-full"):
-        return
-    skip = pytest.mark.skip(reason="the full soak runs with: pytest -m soak_full --run-soak-full")
-    for item in items:
-        if "soak_full" in item.keywords:
-            item.add_marker(skip)
+    on_demand = {
+        "soak_full": ("--run-soak-full", "pytest -m soak_full --run-soak-full"),
+        "reliability_runs": ("--run-reliability-runs", "pytest --run-reliability-runs"),
+    }
+    for marker, (option, command) in on_demand.items():
+        if config.getoption(option):
+            continue
+        skip = pytest.mark.skip(reason=f"runs on demand only: {command}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 class SharedResources:

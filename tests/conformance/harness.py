@@ -25,7 +25,7 @@ class BackendSession(Protocol):
 
     dispatcher: JobDispatcherPort
     """Producer side. On the inline backend a job that gives up does not raise from dispatch
-    (the harness passes `on_error`), so tests read the same on every backend."""
+    (the harness passes `raise_on_failure=False`), so tests read the same on every backend."""
 
     def send_raw(self, job_name: str, data: Any) -> None:
         """Put a message for `job_name` with payload `data` on the backend, bypassing validation

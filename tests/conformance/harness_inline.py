@@ -1,4 +1,8 @@
-"""The inline backend's harness: jobs run inside `dispatch`, so waits return at once."""
+"""The inline backend's harness: jobs run inside `dispatch`, so waits return at once.
+
+Its dispatcher is made the portable way, `create_dispatcher(..., raise_on_failure=False)`: a job
+that gives up does not raise from `dispatch`, as on every other backend.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from jobs_core import JobRegistry, JobsSettings
-from jobs_core.backends.inline import InlineDispatcher
+from jobs_core import JobRegistry, JobsSettings, create_dispatcher
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.worker import Delivery, JobWorker
 
@@ -18,11 +21,11 @@ class InlineSession:
         self.registry = registry
         self.context = context
         self.instrumentation = inst
-        self.errors: list[BaseException] = []
-        self.dispatcher = InlineDispatcher(
-            context=context,
+        self.dispatcher = create_dispatcher(
+            context,
+            settings=JobsSettings(backend="inline"),
             instrumentation=inst,
-            on_error=lambda error, job: self.errors.append(error),
+            raise_on_failure=False,
         )
         self._dead: list[str] = []
 

@@ -8,8 +8,9 @@ restarting the broker keeps the record):
 
 - `RUNS` (hash n -> count): every run that started, killed ones included;
 - `DONE` (hash n -> count): every completion (HINCRBY: a job run twice to the end counts 2);
-- `FAILED` (hash n -> count) and `FAILED_BY` (list of "n:pid:unix time"): every `on_failure`
-  call.
+- `FAILED` (hash n -> count) and `FAILED_BY` (list of "n:worker:unix time"): every `on_failure`
+  call; the worker is the process group the test started (its pid), which the `dramatiq`
+  command's forked worker processes and Celery's prefork children share.
 
 The store's URL comes from `CELERY_TEST_STORE_URL` (set by tests/celery/workers.py) or
 `DURABILITY_REDIS_URL` (set by tests/dramatiq/workers.py): the soak reuses both helpers.
@@ -78,7 +79,7 @@ def record_failure(error: BaseException, payload: Any, ctx: redis.Redis) -> None
     n = payload.n if isinstance(payload, Plan) else payload.get("n")
     pipe = ctx.pipeline(transaction=False)
     pipe.hincrby(FAILED, str(n), 1)
-    pipe.rpush(FAILED_BY, f"{n}:{os.getpid()}:{time.time():.3f}")
+    pipe.rpush(FAILED_BY, f"{n}:{os.getpgid(0)}:{time.time():.3f}")
     pipe.execute()
 
 

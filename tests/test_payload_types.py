@@ -1,0 +1,347 @@
+"""Payload types and values that cannot travel to a worker as JSON (issue 18, C4, C10).
+
+A model whose field type cannot make the trip is a `JobConfigError` when the job is defined,
+naming the job, the field and the fix; a value that cannot is a `JobPayloadError` at dispatch
+with a `failed` event, never a bare exception. What can travel arrives equal, aliases included.
+Backend-independent: the dispatches here go through the inline backend (the conformance suite
+checks the dispatch errors on every backend).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import (
+    Base64Bytes,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Json,
+    SecretBytes,
+    SecretStr,
+    computed_field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.types import Secret
+
+from jobs_core import JobConfigError, JobPayloadError, JobRegistry, JobsError
+from jobs_core.backends.inline import InlineDispatcher
+from jobs_core.payload import parse_payload
+from jobs_core.testing import RecordingInstrumentation
+
+SECRET_FIX = "use str and keep the secret elsewhere"
+BYTES_FIX = "ConfigDict(ser_json_bytes='base64', val_json_bytes='base64')"
+
+
+class Attachment(BaseModel):
+    name: str
+    data: bytes
+
+
+@dataclasses.dataclass
+class Login:
+    user: str
+    password: SecretStr
+
+
+class WithSecret(BaseModel):
+    token: SecretStr
+
+
+class WithSecretBytes(BaseModel):
+    key: SecretBytes
+
+
+class WithGenericSecret(BaseModel):
+    pin: Secret[int]
+
+
+class WithOptionalSecret(BaseModel):
+    token: SecretStr | None = None
+
+
+class WithBytes(BaseModel):
+    blob: bytes
+
+
+class WithNestedBytes(BaseModel):
+    files: list[Attachment]
+
+
+class WithBytesMap(BaseModel):
+    parts: dict[str, bytes]
+
+
+class WithDataclass(BaseModel):
+    login: Login
+
+
+class WithExcluded(BaseModel):
+    text: str
+    note: str = Field(default="", exclude=True)
+
+
+class HalfEncoded(BaseModel):
+    model_config = ConfigDict(ser_json_bytes="base64")  # val_json_bytes left utf8
+    blob: bytes
+
+
+REFUSED = [
+    (WithSecret, "token", SECRET_FIX),
+    (WithSecretBytes, "key", SECRET_FIX),
+    (WithGenericSecret, "pin", SECRET_FIX),
+    (WithOptionalSecret, "token", SECRET_FIX),
+    (WithBytes, "blob", BYTES_FIX),
+    (WithNestedBytes, "files[].data", BYTES_FIX),
+    (WithBytesMap, "parts[]", BYTES_FIX),
+    (WithDataclass, "login.password", SECRET_FIX),
+    (WithExcluded, "note", "remove exclude=True"),
+    (HalfEncoded, "blob", BYTES_FIX),
+]
+
+
+@pytest.mark.parametrize(("model", "field", "fix"), REFUSED, ids=[m.__name__ for m, *_ in REFUSED])
+def test_a_type_that_cannot_travel_is_refused_when_the_job_is_defined(
+    model: type[BaseModel], field: str, fix: str
+) -> None:
+    jobs = JobRegistry[Any]()
+    with pytest.raises(JobConfigError) as caught:
+        jobs.define_job("types.refused", payload=model, handle=lambda p, c: None)
+    message = str(caught.value)
+    assert "'types.refused'" in message
+    assert f"payload field {field} cannot travel" in message, message
+    assert fix in message
+    with pytest.raises(JobConfigError):  # the decorator form checks the same
+
+        @jobs.job("types.refused2")
+        def handler(payload: model, ctx: Any) -> None:  # type: ignore[valid-type]
+            pass
+
+
+# -- what can travel arrives equal ---------------------------------------------------------
+
+
+class Encoded(BaseModel):
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    blob: bytes
+    files: list[Attachment] = []  # Attachment's own config decides its bytes: refused?
+
+
+class EncodedFiles(BaseModel):
+    model_config = ConfigDict(ser_json_bytes="hex", val_json_bytes="hex")
+    blob: bytes
+
+
+class B64(BaseModel):
+    blob: Base64Bytes
+
+
+class RevealedSecret(BaseModel):
+    token: SecretStr
+
+    @field_serializer("token", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+class Aliased(BaseModel):
+    user_id: int = Field(alias="userId")
+    name: str = Field(validation_alias="fullName", serialization_alias="displayName")
+
+
+class AliasedOut(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+    user_id: int = Field(alias="userId")
+    inner: Aliased
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    numbers: Json[list[int]]
+    amount: Decimal
+    when: datetime
+    naive: datetime
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total(self) -> int:
+        return sum(self.numbers)
+
+
+def test_a_model_with_its_own_encoding_for_bytes_is_accepted_except_where_a_nested_one_is_not() -> (
+    None
+):
+    jobs = JobRegistry[Any]()
+    with pytest.raises(JobConfigError, match=r"files\[\]\.data .*on Attachment"):
+        jobs.define_job("types.encoded", payload=Encoded, handle=lambda p, c: None)
+
+
+@pytest.mark.parametrize(
+    ("model", "payload"),
+    [
+        (EncodedFiles, {"blob": b"\xff\x00\xfe"}),
+        (B64, {"blob": "/wD+"}),
+        (RevealedSecret, {"token": "s3cret"}),
+        (Aliased, {"userId": 7, "fullName": "Ada"}),
+        (AliasedOut, {"userId": 7, "inner": {"userId": 8, "fullName": "Bo"}}),
+        (
+            Strict,
+            {
+                "numbers": "[1, 2, 3]",
+                "amount": Decimal("12345678901234567890.000000001"),
+                "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+                "naive": datetime(2026, 1, 2, 3, 4, 5),
+            },
+        ),
+    ],
+    ids=[
+        "bytes-hex",
+        "Base64Bytes",
+        "secret-with-serializer",
+        "aliases",
+        "serialize-by-alias",
+        "json-decimal-computed",
+    ],
+)
+def test_what_can_travel_arrives_equal(model: type[BaseModel], payload: dict[str, Any]) -> None:
+    received: list[BaseModel] = []
+    jobs = JobRegistry[Any]()
+    job = jobs.define_job("types.ok", payload=model, handle=lambda p, c: received.append(p))
+    dispatcher = InlineDispatcher(context=None)
+    receipt = dispatcher.dispatch_sync(job, payload)
+    assert receipt.job_name == "types.ok"
+    assert received == [model.model_validate(payload)]
+    # The worker reads the JSON a durable backend carries (parsed, or as text) the same way.
+    prepared = dispatcher.prepare(job, payload)
+    assert parse_payload(job, prepared.data) == received[0]
+    assert parse_payload(job, json.dumps(prepared.data)) == received[0]
+
+
+def test_a_worker_reads_a_payload_by_field_names_or_by_aliases() -> None:
+    jobs = JobRegistry[Any]()
+    job = jobs.define_job("types.names", payload=Aliased, handle=lambda p, c: None)
+    by_name = parse_payload(job, {"user_id": 1, "name": "Ada"})
+    by_alias = parse_payload(job, {"userId": 1, "fullName": "Ada"})
+    assert by_name == by_alias == Aliased.model_validate({"userId": 1, "fullName": "Ada"})
+
+
+# -- values that cannot travel: JobPayloadError at dispatch, with a `failed` event ------------
+
+
+class Measured(BaseModel):
+    value: float
+
+
+class Loose(BaseModel):
+    extra: Any = None
+
+
+class Either(BaseModel):
+    when: datetime | str
+
+
+class Chained(BaseModel):
+    items: list[Any] = []
+
+
+class Serialised(BaseModel):
+    amount: int
+
+    @field_serializer("amount")
+    def _fail(self, value: int) -> int:
+        raise ValueError("no serialiser for this amount")
+
+
+class Doubling(BaseModel):
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def _shout(cls, value: str) -> str:
+        return value + "!"
+
+
+class Picky(BaseModel):
+    text: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _needs_key(cls, data: Any) -> Any:
+        return {"text": data["required_key"]}
+
+
+def _cyclic() -> Chained:
+    payload = Chained()
+    payload.items.append(payload)
+    return payload
+
+
+VALUES = [
+    ("inf", Measured, {"value": math.inf}, "float_not_json", ("value",)),
+    ("nan", Measured, {"value": math.nan}, "float_not_json", ("value",)),
+    # pydantic writes inf as null in an `Any` field: the worker would get None
+    ("inf-in-any", Loose, {"extra": {"x": [1.0, -math.inf]}}, "does_not_travel", ("extra", "x", 1)),
+    ("bytes-not-utf8-in-any", Loose, {"extra": b"\xff\xfe"}, "serialization_error", ()),
+    (
+        "datetime-in-any",
+        Loose,
+        {"extra": datetime(2026, 1, 1, tzinfo=timezone.utc)},
+        "does_not_travel",
+        ("extra",),
+    ),
+    ("tuple-in-any", Loose, {"extra": (1, 2)}, "does_not_travel", ("extra",)),
+    (
+        "union-collapses",
+        Either,
+        {"when": datetime(2026, 1, 1, tzinfo=timezone.utc)},
+        "does_not_travel",
+        ("when",),
+    ),
+    ("serializer-raises", Serialised, {"amount": 5}, "serialization_error", ()),
+    ("cycle", Chained, "cyclic", "serialization_error", ()),
+    ("validator-not-idempotent", Doubling, {"text": "hi"}, "does_not_travel", ("text",)),
+    ("validator-raises-keyerror", Picky, {"text": "x"}, "validator_error", ()),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "payload", "kind", "loc"),
+    [v[1:] for v in VALUES],
+    ids=[v[0] for v in VALUES],
+)
+def test_a_value_that_cannot_travel_is_a_payload_error_with_a_failed_event(
+    model: type[BaseModel], payload: Any, kind: str, loc: tuple[Any, ...]
+) -> None:
+    jobs = JobRegistry[Any]()
+    ran: list[Any] = []
+    job = jobs.define_job("types.value", payload=model, handle=lambda p, c: ran.append(p))
+    events = RecordingInstrumentation()
+    dispatcher = InlineDispatcher(context=None, instrumentation=events)
+    payload = _cyclic() if payload == "cyclic" else payload
+    with pytest.raises(JobPayloadError) as caught:
+        dispatcher.dispatch_sync(job, payload)
+    error = caught.value
+    assert isinstance(error, JobsError) and error.job_name == "types.value"
+    assert [(e["type"], tuple(e["loc"])) for e in error.errors] == [(kind, loc)], error.errors
+    assert "types.value" in str(error)
+    assert ran == []
+    assert [(e.kind, e.phase) for e in events.for_job("types.value")] == [("failed", "schedule")]
+
+
+def test_a_value_error_message_does_not_show_the_value() -> None:
+    jobs = JobRegistry[Any]()
+    job = jobs.define_job("types.quiet", payload=Loose, handle=lambda p, c: None)
+    when = datetime(2031, 7, 9, 11, 13, 17, tzinfo=timezone.utc)
+    with pytest.raises(JobPayloadError) as caught:
+        InlineDispatcher(context=None).dispatch_sync(job, {"extra": {"card": when}})
+    text = str(caught.value) + repr(caught.value.errors)
+    assert "2031" not in text
+    assert "datetime comes back as a str" in text
