@@ -11,6 +11,7 @@ from .errors import (
     RetryLater,
 )
 from .execution import JobOutcome, run_job, run_job_sync
+from .flow import Concurrency, Throttle
 from .instrumentation import (
     Instrumentation,
     JobEvent,
@@ -25,6 +26,7 @@ from .schedule import Schedule
 from .scheduler import Scheduler
 
 __all__ = [
+    "Concurrency",
     "DispatchError",
     "DispatchReceipt",
     "Instrumentation",
@@ -46,6 +48,7 @@ __all__ = [
     "RetryLater",
     "Schedule",
     "Scheduler",
+    "Throttle",
     "create_dispatcher",
     "run_job",
     "run_job_sync",
