@@ -1,6 +1,6 @@
 """`BaseDispatcher`: everything a dispatcher does before and after its backend's enqueue call.
 
-Validation (C4–C6), the payload size limit, delays (C8), idempotency keys (C9), receipts, the
+Validation (C4–C6), the payload size limit, delays (C8), idempotency keys (C9, C27), receipts, the
 `scheduled` / `failed` instrumentation events and the mapping of any backend failure to
 `DispatchError` (C7) live here once; an adapter only implements `_send`.
 """
@@ -207,6 +207,8 @@ class BaseDispatcher(ABC):
         except JobPayloadError as error:
             self._record_schedule_failure(job.name, None, error)
             raise
+        if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
+            idempotency_key = job.flow.idempotency_key(job.name, model, data)
         eta = resolve_eta(delay, run_at)
         if eta is not None and self.max_delay is not None:
             self._check_delay(job, eta)
