@@ -42,6 +42,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
 
+from ._inngest_flow import flow_options
 from ._inngest_schedules import create_inngest_schedule_functions
 
 BACKEND = "inngest"
@@ -239,6 +240,7 @@ def create_inngest_job_function(
         name=job.name,
         retries=job.retry.attempts,
         trigger=inngest.TriggerEvent(event=job.name),
+        **flow_options(job),  # C25, C26; a period Inngest cannot take is refused (C28)
     )
     if worker.needs_event_loop(job):
 

@@ -18,8 +18,9 @@ real serve endpoint the way Inngest does, over loopback HTTP:
 
 Deliberate simplifications (a real Inngest server differs): one call per run at a time (no
 parallel steps; planned steps are run one by one); ``WaitForEvent``/``InvokeFunction``/AI ops
-fail the run; cron triggers never fire (use :meth:`InngestHarness.start_run`); no
-concurrency/throttle/debounce/batching/idempotency/cancel; an SDK answer ``function_not_found``
+fail the run; cron triggers never fire (use :meth:`InngestHarness.start_run`); function
+``concurrency`` and ``throttle`` are modelled (see ``flow.py``), but no debounce/batching/
+idempotency expression/cancel; an SDK answer ``function_not_found``
 fails the run at once instead of being retried; trigger expressions are limited to
 ``event.<path> ==/!= <literal>`` joined by ``&&``. Waits use conditions, never sleeps.
 """
