@@ -184,8 +184,7 @@ class _Settlement:
     def give_up(self, delivery: Delivery, error: BaseException) -> None:
         raise JobGaveUp(delivery.job_name, error)
 
-    def defer(self, delivery: Delivery, delay: timedelta) -> None:
-        """Enqueue the message again, its `retries` untouched (the actor then returns)."""
+    def defer(self, delivery: Delivery, delay: timedelta) -> None:  # retries untouched
         message = CurrentMessage.get_current_message()
         self.broker.enqueue(message, delay=max(1, _millis(delay.total_seconds())))
 

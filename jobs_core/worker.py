@@ -147,15 +147,7 @@ class JobWorker(Generic[C]):
         if not turn.admission.admitted:
             return self._defer(delivery, turn.admission.wait, settlement)
         try:
-            outcome = run_job_sync(
-                job,
-                delivery.data,
-                context=self.context,
-                attempt=delivery.attempt,
-                dispatch_id=delivery.dispatch_id,
-                backend=self.backend,
-                instrumentation=self.instrumentation,
-            )
+            outcome = run_job_sync(job, delivery.data, **self._run_options(delivery))
         finally:
             turn.admission.release()
         return settle(delivery, outcome, settlement)
@@ -178,18 +170,19 @@ class JobWorker(Generic[C]):
         if not turn.admission.admitted:
             return self._defer(delivery, turn.admission.wait, settlement)
         try:
-            outcome = await run_job(
-                job,
-                delivery.data,
-                context=self.context,
-                attempt=delivery.attempt,
-                dispatch_id=delivery.dispatch_id,
-                backend=self.backend,
-                instrumentation=self.instrumentation,
-            )
+            outcome = await run_job(job, delivery.data, **self._run_options(delivery))
         finally:
             turn.admission.release()
         return settle(delivery, outcome, settlement)
+
+    def _run_options(self, delivery: Delivery) -> dict[str, Any]:
+        return {
+            "context": self.context,
+            "attempt": delivery.attempt,
+            "dispatch_id": delivery.dispatch_id,
+            "backend": self.backend,
+            "instrumentation": self.instrumentation,
+        }
 
     def run_in_process(
         self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import contextvars
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,8 +26,8 @@ from jobs_core.flow import Resource, key_text
 from jobs_core.flow_limit import STORE_ERROR_WAIT, Admission, LocalFlowLimiter
 from jobs_core.flow_redis import RedisFlowLimiter
 from jobs_core.worker import Delivery, JobWorker
+from tests.test_cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 REDIS_DB = 8
 SLACK = 0.15
 """How late a waiter may ask again and keep its turn (the defaults are longer)."""
@@ -383,15 +380,6 @@ def test_list_shows_each_jobs_flow_control() -> None:
 
 
 def _cli(*args: str, **env: str) -> str:
-    import os
-
-    result = subprocess.run(
-        [sys.executable, "-m", "jobs_core", *args],
-        cwd=ROOT,
-        env={**os.environ, "JOBS_BACKEND": "inline", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli(*args, **env)
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -88,27 +87,14 @@ class Store:
         self.redis.close()
 
 
-@dataclass(frozen=True)
 class Names:
     """The job names of one suffix."""
 
-    suffix: str
-
-    @property
-    def concurrency(self) -> str:
-        return f"flow.concurrency.{self.suffix}"
-
-    @property
-    def keyed(self) -> str:
-        return f"flow.keyed.{self.suffix}"
-
-    @property
-    def throttle(self) -> str:
-        return f"flow.throttle.{self.suffix}"
-
-    @property
-    def lease(self) -> str:
-        return f"flow.lease.{self.suffix}"
+    def __init__(self, suffix: str) -> None:
+        kinds = ("concurrency", "keyed", "throttle", "lease")
+        self.concurrency, self.keyed, self.throttle, self.lease = (
+            f"flow.{kind}.{suffix}" for kind in kinds
+        )
 
 
 def make_jobs(suffix: str) -> JobRegistry[Store]:

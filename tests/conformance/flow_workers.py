@@ -1,21 +1,21 @@
 """Celery and Dramatiq worker processes of `tests.conformance.flow_app`, for C25 and C26.
 
-`python -m jobs_core worker` as a user starts it, one process group each; every process is
-killed on `close()`, and every wait has a deadline.
+`python -m jobs_core worker` as a user starts it, one process group each (started and killed
+by the Celery tests' `WorkerProcesses`); every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.celery.workers import WorkerProcesses
+
 APP = "tests.conformance.flow_app"
 
 OPTIONS = {
@@ -29,67 +29,37 @@ READY = {"celery": "ready.", "dramatiq": "is ready for action"}
 
 
 class FlowWorkers:
-    """Worker processes of one backend on one broker and queue."""
+    """Worker processes of one backend on one broker and queue; `close()` kills them all."""
 
     def __init__(self, backend: str, broker_url: str, queue: str, env: dict[str, str]) -> None:
         self.backend = backend
-        self.env = {
-            **os.environ,
-            **env,
-            "JOBS_BACKEND": backend,
-            "JOBS_BROKER_URL": broker_url,
-            "JOBS_QUEUE": queue,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.processes: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self.log_dir = Path(tempfile.mkdtemp(prefix="jobs-core-flow-"))
+        self.workers = WorkerProcesses(broker_url, "", queue, self.log_dir)
+        self.workers.env.update(env, JOBS_BACKEND=backend, PYTHONUNBUFFERED="1")
 
     def start(self) -> subprocess.Popen[bytes]:
         """Start one worker and wait (30 s at most) until it takes messages."""
-        log = tempfile.TemporaryFile()
         options = list(OPTIONS[self.backend])
+        log = self.log_dir / f"worker-{len(self.workers.processes)}.log"
         if self.backend == "celery":
-            options += ["-n", f"flow{len(self.processes)}-{os.getpid()}@%h"]
+            options += ["-n", f"flow-{log.stem}-{os.getpid()}@%h"]
         command = [sys.executable, "-m", "jobs_core", "worker", f"{APP}:jobs"]
-        process = subprocess.Popen(
-            [*command, "--context", f"{APP}:create_context", "--", *options],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes.append((process, log))
+        process = self.workers.start(*command, "--context", f"{APP}:create_context", "--", *options)
         deadline = time.monotonic() + 30
-        while READY[self.backend] not in self.output(process):
+        while READY[self.backend] not in log.read_text(errors="replace"):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{self.backend} worker did not start:\n{self.output(process)}"
-                )
+                raise AssertionError(f"{self.backend} worker did not start:\n{self.logs()}")
             time.sleep(0.05)
         return process
 
-    def output(self, process: subprocess.Popen[bytes]) -> str:
-        for p, log in self.processes:
-            if p is process:
-                log.seek(0)
-                return log.read().decode(errors="replace")
-        return ""
-
     def logs(self) -> str:
-        return "\n".join(f"--- {p.pid}\n{self.output(p)[-3000:]}" for p, _ in self.processes)
+        return self.workers.logs()
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL the worker's process group: nothing gets to release or acknowledge."""
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(10)
+        self.workers.kill(process)
 
     def close(self) -> None:
-        for process, log in self.processes:
-            if process.poll() is None:
-                self.kill(process)
-            log.close()
-        self.processes.clear()
+        for process in self.workers.processes:
+            self.workers.kill(process)
+        shutil.rmtree(self.log_dir, ignore_errors=True)
