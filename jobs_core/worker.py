@@ -26,7 +26,6 @@ from .errors import JobsError, UnknownJobError
 from .execution import ContextSource, JobOutcome, needs_event_loop, run_job, run_job_sync
 from .flow import Resource
 from .flow_limit import (
-    ADMITTED,
     MAX_DEFER,
     STORE_ERROR_WAIT,
     WAIT_IN_WORKER,
@@ -141,15 +140,30 @@ class JobWorker(Generic[C]):
         job = job or self._job(delivery, settlement)
         if job is None:
             return _UNKNOWN_OUTCOME
+        if self.flow is None or job.flow is None or not job.flow.limited:
+            return self._run_once(delivery, settlement, job)
         turn = self._turn(job, delivery, wait_up_to)
         while (pause := turn.pause()) is not None:
             time.sleep(pause)
         if not turn.admission.admitted:
             return self._defer(delivery, turn.admission.wait, settlement)
         try:
-            outcome = run_job_sync(job, delivery.data, **self._run_options(delivery))
+            return self._run_once(delivery, settlement, job)
         finally:
             turn.admission.release()
+
+    def _run_once(
+        self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]
+    ) -> JobOutcome:
+        outcome = run_job_sync(
+            job,
+            delivery.data,
+            context=self.context,
+            attempt=delivery.attempt,
+            dispatch_id=delivery.dispatch_id,
+            backend=self.backend,
+            instrumentation=self.instrumentation,
+        )
         return settle(delivery, outcome, settlement)
 
     async def run_async(
@@ -164,25 +178,31 @@ class JobWorker(Generic[C]):
         job = job or self._job(delivery, settlement)
         if job is None:
             return _UNKNOWN_OUTCOME
+        if self.flow is None or job.flow is None or not job.flow.limited:
+            return await self._run_once_async(delivery, settlement, job)
         turn = self._turn(job, delivery, wait_up_to)
         while (pause := turn.pause()) is not None:
             await asyncio.sleep(pause)
         if not turn.admission.admitted:
             return self._defer(delivery, turn.admission.wait, settlement)
         try:
-            outcome = await run_job(job, delivery.data, **self._run_options(delivery))
+            return await self._run_once_async(delivery, settlement, job)
         finally:
             turn.admission.release()
-        return settle(delivery, outcome, settlement)
 
-    def _run_options(self, delivery: Delivery) -> dict[str, Any]:
-        return {
-            "context": self.context,
-            "attempt": delivery.attempt,
-            "dispatch_id": delivery.dispatch_id,
-            "backend": self.backend,
-            "instrumentation": self.instrumentation,
-        }
+    async def _run_once_async(
+        self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]
+    ) -> JobOutcome:
+        outcome = await run_job(
+            job,
+            delivery.data,
+            context=self.context,
+            attempt=delivery.attempt,
+            dispatch_id=delivery.dispatch_id,
+            backend=self.backend,
+            instrumentation=self.instrumentation,
+        )
+        return settle(delivery, outcome, settlement)
 
     def run_in_process(
         self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
@@ -213,8 +233,7 @@ class JobWorker(Generic[C]):
         raise AssertionError("unreachable")
 
     def _turn(self, job: Job[Any, Any], delivery: Delivery, budget: float) -> _Turn:
-        if self.flow is None or job.flow is None or not job.flow.limited:
-            return _NO_TURN
+        assert job.flow is not None
         resources = job.flow.resources(job.name, delivery.data)
         waiter = delivery.dispatch_id or uuid.uuid4().hex
         return _Turn(lambda: self._admit(job.name, delivery, resources, waiter), budget)
@@ -328,25 +347,21 @@ class _Turn:
 
     __slots__ = ("admission", "ask", "budget", "waited")
 
-    def __init__(self, ask: Callable[[], Admission] | None, budget: float) -> None:
+    def __init__(self, ask: Callable[[], Admission], budget: float) -> None:
         self.ask = ask
         self.budget = budget
         self.waited = 0.0
-        self.admission = ask() if ask is not None else ADMITTED
+        self.admission = ask()
 
     def pause(self) -> float | None:
         """Seconds to wait before asking again, or None when `admission` is the answer."""
         if self.waited:
-            assert self.ask is not None
             self.admission = self.ask()
         wait = self.admission.wait
         if wait <= 0 or self.waited + wait > self.budget:
             return None
         self.waited += wait
         return wait
-
-
-_NO_TURN = _Turn(None, 0.0)
 
 
 def settle(delivery: Delivery, outcome: JobOutcome, settlement: Settlement) -> JobOutcome:
