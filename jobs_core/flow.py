@@ -51,8 +51,8 @@ class Concurrency:
 class Throttle:
     """At most `limit` runs of the job start in any window of length `period` (a sliding
     window), per value of the payload field `key` when given. Excess runs wait their turn;
-    waiting drops no run and uses no attempt. Every attempt is a start (a retry calls the
-    throttled service again)."""
+    waiting drops no run and uses no attempt. Where jobs_core holds the window (Celery,
+    Dramatiq, inline) every attempt is a start: a retry calls the throttled service again."""
 
     limit: int
     period: timedelta
