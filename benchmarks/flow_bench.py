@@ -55,12 +55,23 @@ class _Settled:
 
 
 class _BeforeFlow(JobWorker[Any]):
-    """The inline dispatcher's worker as it was before flow control: it runs the job and
-    settles, with no flow-control check (through one method call, which the code then did
-    inline: tens of nanoseconds against a dispatch's tens of microseconds)."""
+    """`JobWorker.run` as it was before flow control (commit 4a06466), word for word: the
+    baseline the flow-control code is measured against."""
 
     def run(self, delivery: Delivery, settlement: Any, job: Any = None, **_: Any) -> Any:
-        return self._run_once(delivery, settlement, job)
+        job = job or self._job(delivery, settlement)
+        if job is None:
+            raise AssertionError("the benchmark job is known")
+        outcome = run_job_sync(
+            job,
+            delivery.data,
+            context=self.context,
+            attempt=delivery.attempt,
+            dispatch_id=delivery.dispatch_id,
+            backend=self.backend,
+            instrumentation=self.instrumentation,
+        )
+        return settle(delivery, outcome, settlement)
 
 
 class _BeforeFlowInline(InlineDispatcher):
@@ -75,19 +86,14 @@ def unlimited_cost(n: int, rounds: int, log: Callable[[str], None]) -> list[Resu
     hits = LocalHits()
     delivery = Delivery(noop.name, SAMPLE, 0, "bench")
     settlement = _Settled()
-    worker = JobWorker(None, context=hits, backend="bench", flow=InlineDispatcher().flow)
-    options = {"context": hits, "attempt": 0, "dispatch_id": "bench", "backend": "bench"}
-    options["instrumentation"] = worker.instrumentation
-
-    def before(_: int) -> None:  # JobWorker.run's body before flow control
-        settle(delivery, run_job_sync(noop, delivery.data, **options), settlement)
-
+    ours_worker = JobWorker(None, context=hits, backend="bench", flow=InlineDispatcher().flow)
+    before_worker = _BeforeFlow(None, context=hits, backend="bench")
     results = []
     log("flow: worker seam, unlimited job")
     seam = interleave(
         {
-            "ours": lambda k: timed(k, lambda _: worker.run(delivery, settlement, noop)),
-            "before": lambda k: timed(k, before),
+            "ours": lambda k: timed(k, lambda _: ours_worker.run(delivery, settlement, noop)),
+            "before": lambda k: timed(k, lambda _: before_worker.run(delivery, settlement, noop)),
         },
         n,
         rounds,
@@ -253,6 +259,8 @@ def _table(results: list[Result], admission: dict[str, float]) -> str:
             lines.append(
                 f"  {r.scenario:<13} {r.backend:<7} ours {f['ours_per_s']:>9,.0f}/s  before "
                 f"{f['before_per_s']:>9,.0f}/s  ratio {r.ratio:.3f}  (target >= {SEAM_TARGET}: {met})"
+                f"  cpu {f['ours_cpu_us']:.2f} / {f['before_cpu_us']:.2f} us "
+                f"= {f['before_cpu_us'] / f['ours_cpu_us']:.3f}"
             )
     lines.append("(b) throughput under a concurrency limit vs its theoretical maximum n / d")
     for r in results:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextvars
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -383,3 +386,23 @@ def _cli(*args: str, **env: str) -> str:
     result = run_cli(*args, **env)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def test_the_flow_benchmark_runs(tmp_path: Any) -> None:
+    """`python -m benchmarks.flow_bench` produces its figures (how fast is for its full run to
+    say on a quiet machine, never for a test to assert)."""
+    out = tmp_path / "flow.json"
+    command = ["-m", "benchmarks.flow_bench", "--quick", "--rounds", "1", "--backends", "inline"]
+    result = subprocess.run(
+        [sys.executable, *command, "--json", str(out)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    scenarios = {(r["scenario"], r["backend"]) for r in figures["results"]}
+    assert scenarios == {("seam", "core"), ("dispatch+run", "inline"), ("limit 4", "inline")}
+    assert all(r["ratio"] > 0 for r in figures["results"])
+    assert figures["admission"]["admit_release_us"] > 0
