@@ -7,10 +7,10 @@ rule in one Redis script) behave alike:
 
 - concurrency: a run holds a slot from its start to its end; at most `limit` slots are held;
 - throttle: a start is kept for `period`; at most `limit` starts are kept (a sliding window);
-- waiting runs queue in the order they first waited (per limit, per key value): a free slot or
-  start goes to a run only when fewer runs ahead of it are about to ask again (told to, within
-  the next two polls, and not later than `slack`). A waiter that does not ask again within
-  `grace` after the time it was told leaves the queue (it rejoins at the back).
+- waiting runs queue in the order they first waited (per limit, per key value): a run may take
+  a free slot or start only if fewer runs ahead of it than there are free ones are about to ask
+  again (told to ask within the next two polls, or at most `slack` ago). A waiter that does not
+  ask again within `grace` after the time it was told leaves the queue (it rejoins at the back).
 - a waiting run is told when to ask again: for a throttle, when the window has room for it;
   for a concurrency slot, after `poll` while it is among the next `limit` in line, then
   longer the further back it is (up to `max_poll`).

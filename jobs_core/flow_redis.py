@@ -1,15 +1,16 @@
 """Flow control on Redis, shared by every Celery or Dramatiq worker: `RedisFlowLimiter`.
 
 The rule is `jobs_core.flow_limit`'s, applied by one Lua script on the Redis clock, so that any
-number of worker processes share it exactly. Per job, limit and key value, three sorted sets:
+number of worker processes share it exactly. Per job, limit and key value, three sorted sets
+under `jobs_core:flow:`:
 
-- `{job}:c[:=value]` holds one member per running run, scored by its lease's end: a worker
-  renews its runs' leases every `lease / 3`, so the slot of a worker that died comes back at
-  most `lease` (30 s by default, `JOBS_FLOW_LEASE`) after its last renewal;
-- `{job}:t[:=value]` holds one member per start, scored by its time: a sliding window, so no
-  window of `period` ever holds more than `limit` starts;
-- `...:q` and `...:d`, the runs waiting, by first arrival and by when they said they would ask
-  again.
+- the held set: for a concurrency limit (`{job}:c[:=value]`) one member per running run,
+  scored by the end of its lease, which its worker renews every `lease / 3`, so the slot of a
+  worker that died comes back at most `lease` (30 s by default, `JOBS_FLOW_LEASE`) after its
+  last renewal; for a throttle (`{job}:t[:=value]`) one member per start, scored by its time:
+  a sliding window, so no window of `period` ever holds more than `limit` starts;
+- `<held>:q` and `<held>:d`: the runs waiting, by first arrival and by when they were told to
+  ask again.
 
 jobs_core does not import redis here: `client` is a redis-py `Redis` made by the adapter.
 """
@@ -146,7 +147,8 @@ class RedisFlowLimiter:
     `lease` (seconds) bounds how long a dead worker's slots stay taken; `poll` / `max_poll` how
     often a run waiting for a concurrency slot asks again (growing with its place in the
     queue); `slack`, how late a waiter may be and keep its turn; `grace`, how late it may be
-    and keep its place. A worker process renews its leases in a daemon thread.
+    and keep its place (see `jobs_core.flow_limit`). A worker process renews its leases in a
+    daemon thread, started with its first lease (in each process, after a fork).
     """
 
     def __init__(
