@@ -113,14 +113,18 @@ class FlowControl:
         """The limits a run of `job_name` with the wire payload `data` must pass. A key field
         missing from `data` (a malformed message, which the worker then refuses) reads as null."""
         found: list[Resource] = []
-        for kind, option in (("c", self.concurrency), ("t", self.throttle)):
+        options: tuple[tuple[Literal["c", "t"], Concurrency | Throttle | None], ...] = (
+            ("c", self.concurrency),
+            ("t", self.throttle),
+        )
+        for kind, option in options:
             if option is None:
                 continue
             name = f"{{{job_name}}}:{kind}"
             if option.key is not None:
                 name += ":=" + key_text(_field(data, option.key))
             seconds = option.period.total_seconds() if isinstance(option, Throttle) else 0.0
-            found.append(Resource(kind, name, option.limit, seconds))  # type: ignore[arg-type]
+            found.append(Resource(kind, name, option.limit, seconds))
         return tuple(found)
 
     def idempotency_key(self, job_name: str, payload: BaseModel, data: Any) -> str | None:
