@@ -98,7 +98,7 @@ def unlimited_cost(n: int, rounds: int, log: Callable[[str], None]) -> list[Resu
         n,
         rounds,
         warmup_n=n // 10,
-        slices=4,
+        slices=10,
         progress=log,
     )
     results.append(compare("seam", "core", n, seam, "ours", "before", target=SEAM_TARGET))
@@ -112,7 +112,7 @@ def unlimited_cost(n: int, rounds: int, log: Callable[[str], None]) -> list[Resu
         n,
         rounds,
         warmup_n=n // 10,
-        slices=4,
+        slices=10,
         progress=log,
     )
     results.append(
