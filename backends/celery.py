@@ -22,6 +22,7 @@ from jobs_core.config import JobsSettings, load_settings, missing_extra, redact_
 from jobs_core.dispatcher import BaseDispatcher, PreparedJob
 from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource
+from jobs_core.flow_redis import redis_flow_limiter
 from jobs_core.idempotency import IdempotencyStore, idempotency_store_for
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.job import Job
@@ -189,13 +190,18 @@ class _Settlement:
             raise RuntimeError(f"job {self.job.name!r} gave up: {error!r}") from error
         raise error
 
+    def defer(self, delivery: Delivery, delay: timedelta) -> None:
+        """Send the message on again as the same attempt: it waits for its flow-control turn."""
+        self.resend(delivery.data, delay.total_seconds(), {})
+
     def hop(self, data: Any, not_before: float) -> None:
         """Send the message on again, for a wait longer than one visibility window."""
-        task, wait = self.task, min(max(not_before - time.time(), 0.0), self.max_hop)
-        kwargs = {NOT_BEFORE_KWARG: not_before}
-        retries = task.request.retries
+        self.resend(data, not_before - time.time(), {NOT_BEFORE_KWARG: not_before})
+
+    def resend(self, data: Any, wait: float, kwargs: dict[str, Any]) -> None:
+        task, countdown = self.task, min(max(wait, 0.0), self.max_hop)
         task.signature_from_request(
-            task.request, (data,), kwargs, countdown=wait, retries=retries
+            task.request, (data,), kwargs, countdown=countdown, retries=task.request.retries
         ).apply_async()
 
 
@@ -300,6 +306,7 @@ def create_celery_app(
     app = Celery("jobs_core.worker", set_as_current=False)
     app.conf.update(conf)
     worker = JobWorker(registry, context=context, backend=BACKEND, instrumentation=instrumentation)
+    worker.flow = redis_flow_limiter(registry, BACKEND, broker_url=broker_url)  # C25-C26, C28
     for job in registry:
         _register_job(app, job, worker, max_hop=max(vt * MAX_DELAY_FRACTION, 0.001))
     _connect_keepers(app, worker, queue)

@@ -20,6 +20,7 @@ from jobs_core.config import JobsSettings, load_settings, missing_extra, redact_
 from jobs_core.dispatcher import BaseDispatcher, PreparedJob
 from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource
+from jobs_core.flow_redis import redis_flow_limiter
 from jobs_core.idempotency import (
     IdempotencyStore,
     idempotency_store_for,
@@ -174,14 +175,18 @@ def create_dispatcher(
 class _Settlement:
     """The core's decisions as Dramatiq's `Retries` middleware understands them."""
 
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
     def retry(self, delivery: Delivery, delay: timedelta) -> None:
         raise dramatiq.Retry(delay=_millis(delay.total_seconds()))
 
     def give_up(self, delivery: Delivery, error: BaseException) -> None:
         raise JobGaveUp(delivery.job_name, error)
 
-
-SETTLEMENT = _Settlement()
+    def defer(self, delivery: Delivery, delay: timedelta) -> None:  # retries untouched
+        message = CurrentMessage.get_current_message()
+        self.broker.enqueue(message, delay=max(1, _millis(delay.total_seconds())))
 
 
 class JobsMiddleware(Middleware):
@@ -269,11 +274,14 @@ def register_actors(
     if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
         broker.add_middleware(CurrentMessage())
     worker = JobWorker(registry, context=context, backend=BACKEND, instrumentation=instrumentation)
+    client = broker.client if isinstance(broker, _RedisBroker) else None
+    worker.flow = redis_flow_limiter(registry, BACKEND, broker_url=broker_url, client=client)
     if not any(isinstance(m, JobsMiddleware) for m in broker.middleware):
         broker.add_middleware(JobsMiddleware(worker))
     if isinstance(broker, WorkerRedisBroker):
         broker.worker = worker  # reports what it cannot decode
     hide_payloads(logging.getLogger("dramatiq.worker.WorkerThread"))
+    settlement = _Settlement(broker)
     for job in registry:
         dramatiq.actor(
             actor_name=job.name,
@@ -283,11 +291,11 @@ def register_actors(
             min_backoff=_millis(job.retry.min_backoff.total_seconds()),
             max_backoff=_millis(job.retry.max_backoff.total_seconds()),
             throws=(JobGaveUp,),
-        )(_actor_body(job, worker))
+        )(_actor_body(job, worker, settlement))
     return broker
 
 
-def _actor_body(job: Job[Any, Any], worker: JobWorker[Any]) -> Any:
+def _actor_body(job: Job[Any, Any], worker: JobWorker[Any], settlement: _Settlement) -> Any:
     def run(*args: Any, **kwargs: Any) -> None:
         message = CurrentMessage.get_current_message()
         attempt = int(message.options.get("retries", 0)) if message is not None else 0
@@ -295,7 +303,7 @@ def _actor_body(job: Job[Any, Any], worker: JobWorker[Any]) -> Any:
         delivery = delivery_from_call(
             job.name, args, kwargs, attempt=attempt, dispatch_id=dispatch_id
         )
-        worker.run(delivery, SETTLEMENT, job)
+        worker.run(delivery, settlement, job)
 
     run.__name__ = run.__qualname__ = f"job_{job.name}"
     return run

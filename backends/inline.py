@@ -3,9 +3,9 @@
 Made for tests and local work: the same worker path as every backend, the same number of runs
 for the same `Retry.attempts`, the same events and `on_failure` call. By design, `delay`/`run_at`
 run at once (C8), retries do not wait unless `wait_backoff=True` (C15), and idempotency keys
-live in this process (C9). A job that gives up raises `JobFailedError` from `dispatch` (so a test
-fails where it dispatched), or calls `on_error(error, job)`, or neither with
-`raise_on_failure=False`: what every backend does, where a job gives up later in a worker.
+and flow-control limits live in this dispatcher (C9, C25-C27: a dispatch waits for its turn).
+A job that gives up raises `JobFailedError` from `dispatch` (so a test fails where it dispatched),
+or calls `on_error(error, job)`, or neither with `raise_on_failure=False`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from jobs_core.config import JobsSettings
 from jobs_core.dispatcher import BaseDispatcher, ErrorCallback, PreparedJob
 from jobs_core.errors import JobFailedError
 from jobs_core.execution import ContextSource
+from jobs_core.flow_limit import LocalFlowLimiter
 from jobs_core.idempotency import MemoryIdempotencyStore
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.job import Job
@@ -49,9 +50,13 @@ class InlineDispatcher(BaseDispatcher):
         )
         self.context = context
         self.wait_backoff = wait_backoff
+        self.flow = LocalFlowLimiter()
 
     def _worker(self) -> JobWorker[Any]:
-        return JobWorker(None, context=self.context, backend="inline", instrumentation=self.events)
+        events = self.events
+        return JobWorker(
+            None, context=self.context, backend="inline", instrumentation=events, flow=self.flow
+        )
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
         worker = self._worker()

@@ -34,6 +34,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
 
+from ._inngest_flow import flow_options
 from ._inngest_schedules import create_inngest_schedule_functions
 from ._inngest_serve import DEFAULT_SERVE_PATH as DEFAULT_SERVE_PATH
 from ._inngest_serve import create_inngest_app as create_inngest_app
@@ -332,6 +333,7 @@ def create_inngest_job_function(
         retries=job.retry.attempts,
         trigger=inngest.TriggerEvent(event=job.name),
         on_failure=on_failure if job.on_failure is not None else None,
+        **flow_options(job),  # C25, C26; a period Inngest cannot take is refused (C28)
     )(handler)
 
 

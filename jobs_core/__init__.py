@@ -12,6 +12,7 @@ from .errors import (
     RetryLater,
 )
 from .execution import JobOutcome, run_job, run_job_sync
+from .flow import Concurrency, Throttle
 from .instrumentation import (
     Instrumentation,
     JobEvent,
@@ -26,6 +27,7 @@ from .schedule import Schedule
 from .scheduler import Scheduler
 
 __all__ = [
+    "Concurrency",
     "DispatchArgumentError",
     "DispatchError",
     "DispatchReceipt",
@@ -48,6 +50,7 @@ __all__ = [
     "RetryLater",
     "Schedule",
     "Scheduler",
+    "Throttle",
     "create_dispatcher",
     "run_job",
     "run_job_sync",

@@ -49,6 +49,7 @@ def _describe(registry: JobRegistry[Any]) -> list[dict[str, Any]]:
                 "jitter": job.retry.jitter,
             },
             "has_on_failure": job.on_failure is not None,
+            "flow_control": job.flow.describe() if job.flow is not None else {},
             "payload_schema": job.payload_model.model_json_schema(),
             "schedules": [s for s in schedules if s["job"] == job.name],
         }
@@ -68,9 +69,25 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"backoff={retry['min_backoff_seconds']:g}s..{retry['max_backoff_seconds']:g}s "
             f"jitter={retry['jitter']}"
         )
+        if job["flow_control"]:
+            print(f"  flow control: {describe_flow(job['flow_control'])}")
         print(f"  payload schema: {json.dumps(job['payload_schema'], sort_keys=True)}")
     print_schedules(described)
     return 0
+
+
+def describe_flow(flow: dict[str, Any]) -> str:
+    """`concurrency 5 per account_id; throttle 100 per 60s; idempotency digest_id`."""
+    parts = []
+    for name in ("concurrency", "throttle"):
+        if name in flow:
+            option = flow[name]
+            period = f" per {option['period_seconds']:g}s" if "period_seconds" in option else ""
+            key = f" per {option['key']}" if option["key"] else ""
+            parts.append(f"{name} {option['limit']}{period}{key}")
+    if "idempotency" in flow:
+        parts.append(f"idempotency {flow['idempotency']}")
+    return "; ".join(parts)
 
 
 def cmd_dispatch(args: argparse.Namespace) -> int:

@@ -60,6 +60,17 @@ class JobsSettings(BaseSettings):
         ge=0,
         validation_alias=AliasChoices("JOBS_MAX_PAYLOAD_BYTES", "max_payload_bytes"),
     )
+    flow_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("JOBS_FLOW_URL", "flow_url"),
+        repr=False,
+    )
+    """Redis for the concurrency and throttle limits of Celery and Dramatiq workers (default:
+    the broker, when it is Redis)."""
+    flow_lease: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("JOBS_FLOW_LEASE", "flow_lease")
+    )
+    """Seconds a worker that died keeps its concurrency slots at most (renewed every third)."""
     inngest_app_name: str = Field(
         default="jobs-app", validation_alias=AliasChoices("INNGEST_APP_NAME", "inngest_app_name")
     )

@@ -1,6 +1,6 @@
 """`BaseDispatcher`: everything a dispatcher does before and after its backend's enqueue call.
 
-Validation (C4–C6), the payload size limit, delays (C8), idempotency keys (C9), receipts, the
+Validation (C4–C6), the payload size limit, delays (C8), idempotency keys (C9, C27), receipts, the
 `scheduled` / `failed` instrumentation events and the mapping of any backend failure to
 `DispatchError` (C7) live here once; an adapter only implements `_send`.
 """
@@ -254,7 +254,9 @@ class BaseDispatcher(ABC):
             model = validate_payload(job, payload)
             data = to_wire(job, model, self.max_payload_bytes)
             eta = resolve_eta(delay, run_at)
-        except (JobPayloadError, DispatchArgumentError) as error:
+            if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
+                idempotency_key = job.flow.idempotency_key(job.name, model, data)
+        except (JobPayloadError, DispatchArgumentError, JobConfigError) as error:
             self._record_schedule_failure(job.name, None, error)
             raise
         if eta is not None and self.max_delay is not None:

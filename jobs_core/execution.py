@@ -40,7 +40,7 @@ from .payload import parse_payload
 
 logger = logging.getLogger("jobs_core.execution")
 
-OutcomeStatus = Literal["completed", "retry", "failed"]
+OutcomeStatus = Literal["completed", "retry", "failed", "deferred"]
 
 ContextSource = Any
 """A context object, or a sync or async factory (any callable) called once per run."""
@@ -50,8 +50,9 @@ ContextSource = Any
 class JobOutcome:
     """How one run ended, and what the backend must do next.
 
-    `retry_in` is set when `status == "retry"`: the backend schedules the next run no earlier.
-    `error` is what the handler (or the payload parser) raised, if anything.
+    `retry_in` is set when `status == "retry"`: the backend schedules the next run no earlier;
+    and when `status == "deferred"` (flow control: the run did not start, the same attempt runs
+    then). `error` is what the handler (or the payload parser) raised, if anything.
     """
 
     status: OutcomeStatus
@@ -70,6 +71,10 @@ class JobOutcome:
     @property
     def gave_up(self) -> bool:
         return self.status == "failed"
+
+    @property
+    def deferred(self) -> bool:
+        return self.status == "deferred"
 
 
 def context_is_async(context: ContextSource) -> bool:

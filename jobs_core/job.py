@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from ._compat import callable_name, is_async_callable
 from .errors import JobConfigError
+from .flow import Concurrency, FlowControl, IdempotencyRule, Throttle, flow_control
 from .payload import validate_payload
 from .retry import Retry
 from .travel import check_travels
@@ -28,12 +29,21 @@ FailureHook = Callable[[BaseException, Any, C], "Awaitable[None] | None"]
 
 
 class Job(Generic[P, C]):
-    """One background job: a name, a payload model, a retry policy, a handler and a failure hook.
+    """One background job: a name, a payload model, a retry policy, a handler, a failure hook
+    and its flow control (`flow`: None without concurrency, throttle or idempotency options).
 
     Create jobs with `JobRegistry.job` or `JobRegistry.define_job`; a `Job` is immutable once made.
     """
 
-    __slots__ = ("handler", "handler_is_async", "name", "on_failure", "payload_model", "retry")
+    __slots__ = (
+        "flow",
+        "handler",
+        "handler_is_async",
+        "name",
+        "on_failure",
+        "payload_model",
+        "retry",
+    )
 
     def __init__(
         self,
@@ -42,12 +52,14 @@ class Job(Generic[P, C]):
         handler: Handler[P, C],
         retry: Retry,
         on_failure: FailureHook[C] | None = None,
+        flow: FlowControl | None = None,
     ) -> None:
         self.name = name
         self.payload_model = payload_model
         self.handler = handler
         self.retry = retry
         self.on_failure = on_failure
+        self.flow = flow
         self.handler_is_async = is_async_callable(handler)
 
     async def call(self, payload: P | Mapping[str, Any], ctx: C) -> None:
@@ -73,9 +85,10 @@ class Job(Generic[P, C]):
         return JobRequest(self, payload, delay, run_at, idempotency_key)
 
     def __repr__(self) -> str:
+        flow = f", flow={self.flow.describe()!r}" if self.flow is not None else ""
         return (
             f"Job(name={self.name!r}, payload={self.payload_model.__name__}, "
-            f"retry={self.retry!r}, handler={callable_name(self.handler)})"
+            f"retry={self.retry!r}, handler={callable_name(self.handler)}{flow})"
         )
 
 
@@ -146,8 +159,11 @@ def make_job(
     payload: type[P] | None = None,
     retry: Retry | None = None,
     on_failure: FailureHook[C] | None = None,
+    concurrency: Concurrency | None = None,
+    throttle: Throttle | None = None,
+    idempotency: IdempotencyRule | None = None,
 ) -> Job[P, C]:
-    """A `Job` from its parts, every check done here (C1-C3, C10), never later at a worker."""
+    """A `Job` from its parts, every check done here (C1-C3, C10, C25-C27), never at a worker."""
     if not isinstance(name, str) or not JOB_NAME_PATTERN.match(name):
         raise JobConfigError(
             f"invalid job name {name!r}: use letters, digits and . _ : / - "
@@ -168,5 +184,6 @@ def make_job(
         else _payload_model_from_handler(name, handle)
     )
     check_travels(name, model)
-    job: Job[P, C] = Job(name, typing.cast(type[P], model), handle, retry, on_failure)
+    flow = flow_control(name, model, concurrency, throttle, idempotency)
+    job: Job[P, C] = Job(name, typing.cast(type[P], model), handle, retry, on_failure, flow)
     return job

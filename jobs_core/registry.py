@@ -7,6 +7,7 @@ from typing import Any, Generic, overload
 
 from ._compat import callable_name
 from .errors import JobConfigError
+from .flow import Concurrency, IdempotencyRule, Throttle
 from .job import C, FailureHook, Job, P, make_job
 from .retry import Retry
 from .schedule import Schedule, define_schedule
@@ -26,6 +27,9 @@ class JobRegistry(Generic[C]):
         *,
         retry: Retry | None = None,
         on_failure: FailureHook[C] | None = None,
+        concurrency: Concurrency | None = None,
+        throttle: Throttle | None = None,
+        idempotency: IdempotencyRule | None = None,
     ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
 
     @overload
@@ -36,6 +40,9 @@ class JobRegistry(Generic[C]):
         payload: type[P],
         retry: Retry | None = None,
         on_failure: FailureHook[C] | None = None,
+        concurrency: Concurrency | None = None,
+        throttle: Throttle | None = None,
+        idempotency: IdempotencyRule | None = None,
     ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
 
     def job(
@@ -45,8 +52,16 @@ class JobRegistry(Generic[C]):
         payload: type[P] | None = None,
         retry: Retry | None = None,
         on_failure: FailureHook[C] | None = None,
+        concurrency: Concurrency | None = None,
+        throttle: Throttle | None = None,
+        idempotency: IdempotencyRule | None = None,
     ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]:
-        """Decorator: define a job from `handler(payload, ctx)`; returns the `Job`."""
+        """Decorator: define a job from `handler(payload, ctx)`; returns the `Job`.
+
+        Flow control (C25–C27): `concurrency=Concurrency(limit, key=None)`,
+        `throttle=Throttle(limit, period, key=None)`, and `idempotency=` a payload field's name
+        or a callable of the payload giving each dispatch's idempotency key.
+        """
         if callable(name) and not isinstance(name, str):
             raise JobConfigError(
                 f'@jobs.job needs the job\'s name: write @jobs.job("some.name") above '
@@ -56,7 +71,14 @@ class JobRegistry(Generic[C]):
 
         def decorate(handler: Callable[[P, C], Any]) -> Job[P, C]:
             return self.define_job(
-                name, payload=payload, retry=retry, handle=handler, on_failure=on_failure
+                name,
+                payload=payload,
+                retry=retry,
+                handle=handler,
+                on_failure=on_failure,
+                concurrency=concurrency,
+                throttle=throttle,
+                idempotency=idempotency,
             )
 
         return decorate
@@ -69,11 +91,23 @@ class JobRegistry(Generic[C]):
         payload: type[P] | None = None,
         retry: Retry | None = None,
         on_failure: FailureHook[C] | None = None,
+        concurrency: Concurrency | None = None,
+        throttle: Throttle | None = None,
+        idempotency: IdempotencyRule | None = None,
     ) -> Job[P, C]:
         """Define and register a job without a decorator; every check runs here, not at a worker."""
         if isinstance(name, str) and name in self._jobs:
             raise JobConfigError(f"job name {name!r} is already defined in this registry")
-        job = make_job(name, handle=handle, payload=payload, retry=retry, on_failure=on_failure)
+        job = make_job(
+            name,
+            handle=handle,
+            payload=payload,
+            retry=retry,
+            on_failure=on_failure,
+            concurrency=concurrency,
+            throttle=throttle,
+            idempotency=idempotency,
+        )
         self._jobs[name] = job
         return job
 

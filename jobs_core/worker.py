@@ -2,9 +2,11 @@
 
 The core runs the delivery once (`run_job`), decides how it ended (completed, retry after a
 delay, give up) and carries the decision out through the adapter's `Settlement`, which knows
-how its library retries after a delay and gives up. Unknown job names and messages that cannot
-be read are reported here, the same way on every backend; the adapter then keeps the message
-where an operator finds it (a dead-letter queue, a failed run).
+how its library retries after a delay and gives up. A job with flow control (C25, C26) first
+passes the worker's `FlowLimiter`: a run that must wait longer than `WAIT_IN_WORKER` has not
+started, and the adapter's `Deferral` puts it back as the same attempt. Unknown job names and
+messages that cannot be read are reported here, the same way on every backend; the adapter then
+keeps the message where an operator finds it (a dead-letter queue, a failed run).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from .errors import JobConfigError, UnknownJobError
+from .errors import JobConfigError, JobsError, UnknownJobError
 from .execution import (
     ContextSource,
     JobOutcome,
@@ -28,7 +32,15 @@ from .execution import (
     run_to_end,
     settle_lost_run,
 )
-from .instrumentation import Instrumentation, JobEvent, safe_record, with_logging
+from .flow import Resource
+from .flow_limit import (
+    MAX_DEFER,
+    STORE_ERROR_WAIT,
+    WAIT_IN_WORKER,
+    Admission,
+    FlowLimiter,
+)
+from .instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
 from .job import Job
 from .registry import JobRegistry
 
@@ -85,12 +97,24 @@ class Settlement(Protocol):
         ...
 
 
+@runtime_checkable
+class Deferral(Protocol):
+    """How a backend's library puts back a run that waits for its flow-control turn."""
+
+    def defer(self, delivery: Delivery, delay: timedelta) -> None:
+        """Deliver `delivery` again, as the same attempt, no earlier than `delay` from now: the
+        run did not start, so it uses no attempt, runs no hook and records no event."""
+        ...
+
+
 class JobWorker(Generic[C]):
     """Runs the deliveries of one registry's jobs and settles their outcomes (the worker seam).
 
     `context` is a ctx object, or a sync or async factory called once per run;
-    `instrumentation` is added to the default logging; `max_retry_wait` is the longest wait the
-    backend keeps between attempts (a longer one gives up, saying so).
+    `instrumentation` is added to the default logging. `flow` admits the runs of jobs with
+    concurrency or throttle options (None: the backend enforces them itself, or none is set).
+    `max_retry_wait` is the longest wait the backend keeps between attempts (a longer one gives
+    up, saying so).
     """
 
     def __init__(
@@ -100,12 +124,14 @@ class JobWorker(Generic[C]):
         context: ContextSource,
         backend: str,
         instrumentation: Instrumentation | None = None,
+        flow: FlowLimiter | None = None,
         max_retry_wait: timedelta | None = None,
     ) -> None:
         self.registry = registry
         self.context = context
         self.backend = backend
         self.instrumentation = with_logging(instrumentation)
+        self.flow = flow
         self.max_retry_wait = max_retry_wait
 
     def check(self, job: Job[Any, Any]) -> None:
@@ -123,13 +149,34 @@ class JobWorker(Generic[C]):
         return needs_event_loop(job, self.context)
 
     def run(
-        self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any] | None = None
+        self,
+        delivery: Delivery,
+        settlement: Settlement,
+        job: Job[Any, Any] | None = None,
+        *,
+        wait_up_to: float = WAIT_IN_WORKER,
     ) -> JobOutcome:
         """Run `delivery` once from sync code and settle its outcome; async parts run on this
-        thread's event loop. `job` is looked up by the delivery's name unless given."""
+        thread's event loop. `job` is looked up by the delivery's name unless given. A run that
+        must wait for its flow-control turn longer than `wait_up_to` seconds is deferred."""
         job = job or self._job(delivery, settlement)
         if job is None:
             return _UNKNOWN_OUTCOME
+        if self.flow is None or job.flow is None or not job.flow.limited:
+            return self._run_once(delivery, settlement, job)
+        turn = self._turn(job, delivery, wait_up_to)
+        while (pause := turn.pause()) is not None:
+            time.sleep(pause)
+        if not turn.admission.admitted:
+            return self._defer(delivery, turn.admission.wait, settlement)
+        try:
+            return self._run_once(delivery, settlement, job)
+        finally:
+            turn.admission.release()
+
+    def _run_once(
+        self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]
+    ) -> JobOutcome:
         outcome = run_job_sync(
             job,
             delivery.data,
@@ -143,12 +190,32 @@ class JobWorker(Generic[C]):
         return settle(delivery, outcome, settlement)
 
     async def run_async(
-        self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any] | None = None
+        self,
+        delivery: Delivery,
+        settlement: Settlement,
+        job: Job[Any, Any] | None = None,
+        *,
+        wait_up_to: float = WAIT_IN_WORKER,
     ) -> JobOutcome:
-        """`run` inside a running event loop."""
+        """`run` inside a running event loop (flow-control waits do not block the loop)."""
         job = job or self._job(delivery, settlement)
         if job is None:
             return _UNKNOWN_OUTCOME
+        if self.flow is None or job.flow is None or not job.flow.limited:
+            return await self._run_once_async(delivery, settlement, job)
+        turn = self._turn(job, delivery, wait_up_to)
+        while (pause := turn.pause()) is not None:
+            await asyncio.sleep(pause)
+        if not turn.admission.admitted:
+            return self._defer(delivery, turn.admission.wait, settlement)
+        try:
+            return await self._run_once_async(delivery, settlement, job)
+        finally:
+            turn.admission.release()
+
+    async def _run_once_async(
+        self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]
+    ) -> JobOutcome:
         outcome = await run_job(
             job,
             delivery.data,
@@ -160,6 +227,34 @@ class JobWorker(Generic[C]):
             max_retry_wait=self.max_retry_wait,
         )
         return settle(delivery, outcome, settlement)
+
+    def run_in_process(
+        self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
+    ) -> JobOutcome:
+        """Run `job` attempt after attempt in this thread until it completes or gives up (the
+        inline policy); with `wait`, sleep each retry's delay first. Flow-control waits are
+        always waited here."""
+        for attempt in itertools.count():
+            delivery = Delivery(job.name, data, attempt, dispatch_id)
+            outcome = self.run(delivery, settlement, job, wait_up_to=math.inf)
+            if not outcome.should_retry:
+                return outcome
+            if wait and outcome.retry_in:
+                time.sleep(outcome.retry_in.total_seconds())
+        raise AssertionError("unreachable")
+
+    async def run_in_process_async(
+        self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
+    ) -> JobOutcome:
+        """`run_in_process` on the caller's event loop."""
+        for attempt in itertools.count():
+            delivery = Delivery(job.name, data, attempt, dispatch_id)
+            outcome = await self.run_async(delivery, settlement, job, wait_up_to=math.inf)
+            if not outcome.should_retry:
+                return outcome
+            if wait and outcome.retry_in:
+                await asyncio.sleep(outcome.retry_in.total_seconds())
+        raise AssertionError("unreachable")
 
     async def settle_lost_async(
         self, job: Job[Any, Any], delivery: Delivery, error: BaseException
@@ -181,31 +276,49 @@ class JobWorker(Generic[C]):
         """`settle_lost_async` from sync code."""
         run_to_end(self.settle_lost_async(job, delivery, error), job, self.context)
 
-    def run_in_process(
-        self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
-    ) -> JobOutcome:
-        """Run `job` attempt after attempt in this thread until it completes or gives up (the
-        inline policy); with `wait`, sleep each retry's delay first."""
-        for attempt in itertools.count():
-            outcome = self.run(Delivery(job.name, data, attempt, dispatch_id), settlement, job)
-            if not outcome.should_retry:
-                return outcome
-            if wait and outcome.retry_in:
-                time.sleep(outcome.retry_in.total_seconds())
-        raise AssertionError("unreachable")
+    def _turn(self, job: Job[Any, Any], delivery: Delivery, budget: float) -> _Turn:
+        assert job.flow is not None
+        resources = job.flow.resources(job.name, delivery.data)
+        waiter = delivery.dispatch_id or uuid.uuid4().hex
+        return _Turn(lambda: self._admit(job.name, delivery, resources, waiter), budget)
 
-    async def run_in_process_async(
-        self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
-    ) -> JobOutcome:
-        """`run_in_process` on the caller's event loop."""
-        for attempt in itertools.count():
-            delivery = Delivery(job.name, data, attempt, dispatch_id)
-            outcome = await self.run_async(delivery, settlement, job)
-            if not outcome.should_retry:
-                return outcome
-            if wait and outcome.retry_in:
-                await asyncio.sleep(outcome.retry_in.total_seconds())
-        raise AssertionError("unreachable")
+    def _admit(
+        self, job_name: str, delivery: Delivery, resources: Sequence[Resource], waiter: str
+    ) -> Admission:
+        """Ask the limiter whether `delivery` may start now; a store that cannot be reached
+        defers the run (it is not a failure of the job, and uses no attempt)."""
+        assert self.flow is not None
+        try:
+            return self.flow.admit(resources, waiter)
+        except JobsError:
+            raise
+        except Exception as error:
+            logger.warning(
+                "job %r (dispatch_id=%s): the flow-control store did not answer (%s); "
+                "the run waits %gs",
+                job_name,
+                delivery.dispatch_id,
+                describe_error(error),
+                STORE_ERROR_WAIT,
+            )
+            return Admission(STORE_ERROR_WAIT)
+
+    def _defer(self, delivery: Delivery, wait: float, settlement: Settlement) -> JobOutcome:
+        if not isinstance(settlement, Deferral):
+            raise TypeError(
+                f"{type(settlement).__name__} cannot defer a run; a backend whose worker has a "
+                "flow limiter must give a settlement with defer()"
+            )
+        delay = timedelta(seconds=min(wait, MAX_DEFER))
+        logger.debug(
+            "job %r (dispatch_id=%s, attempt %d) waits %.3fs for its flow-control turn",
+            delivery.job_name,
+            delivery.dispatch_id,
+            delivery.attempt,
+            delay.total_seconds(),
+        )
+        settlement.defer(delivery, delay)
+        return JobOutcome("deferred", delivery.attempt, retry_in=delay)
 
     def _job(self, delivery: Delivery, settlement: Settlement) -> Job[Any, Any] | None:
         job = self.registry.get(delivery.job_name) if self.registry is not None else None
@@ -270,6 +383,29 @@ class JobWorker(Generic[C]):
 
 
 _UNKNOWN_OUTCOME = JobOutcome("failed", 0)
+
+
+class _Turn:
+    """A run's wait for its flow-control turn: ask the limiter, wait what it says, ask again,
+    for as long as the total wait stays within `budget` seconds."""
+
+    __slots__ = ("admission", "ask", "budget", "waited")
+
+    def __init__(self, ask: Callable[[], Admission], budget: float) -> None:
+        self.ask = ask
+        self.budget = budget
+        self.waited = 0.0
+        self.admission = ask()
+
+    def pause(self) -> float | None:
+        """Seconds to wait before asking again, or None when `admission` is the answer."""
+        if self.waited:
+            self.admission = self.ask()
+        wait = self.admission.wait
+        if wait <= 0 or self.waited + wait > self.budget:
+            return None
+        self.waited += wait
+        return wait
 
 
 def settle(delivery: Delivery, outcome: JobOutcome, settlement: Settlement) -> JobOutcome:

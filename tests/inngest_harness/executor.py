@@ -7,7 +7,8 @@ Inngest does: 200 = completed; 206 = step ops (``StepRun``/``StepFailed`` memois
 ``Sleep`` waited); anything else = error, retried up to the function's ``retries``
 (``x-inngest-no-retry: true`` stops at once, ``retry-after`` sets the time of the next try,
 clamped as Inngest clamps it, otherwise ``retry_delay``). Attempts are counted per step, as Inngest does: ``ctx.attempt``
-goes back to 0 after each step that completes.
+goes back to 0 after each step that completes. A function's ``concurrency`` and ``throttle``
+hold a call back until its turn (``flow.FlowGate``).
 
 A scheduler thread waits on a condition for the next due call and hands it to a small thread
 pool; each run has at most one call in flight.
@@ -28,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from .flow import FlowGate
 from .protocol import (
     H_NO_RETRY,
     H_REQUEST_ID,
@@ -105,6 +107,7 @@ class Executor:
         self._states: dict[str, _RunState] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
+        self._flow = FlowGate()
         self._stopping = False
         self._http = httpx.Client(
             timeout=call_timeout,
@@ -191,6 +194,11 @@ class Executor:
             if time.time() < state.not_before:  # monotonic and wall clocks disagreed
                 self._schedule(run_id, state.not_before)
                 return
+            turn = self._flow.admit(state.fn, run, time.time())
+            if turn is not None:  # not its turn: at that time, or when a slot is released
+                if turn != float("inf"):
+                    self._schedule(run_id, turn)
+                return
             if len(run.attempts) >= _MAX_CALLS_PER_RUN:
                 self._finish(run, "failed", error={"message": "harness: too many calls"})
                 return
@@ -245,6 +253,8 @@ class Executor:
 
         with self._lock:
             attempt.finished_at = time.time()
+            for woken in self._flow.release(run):
+                self._schedule(woken, attempt.finished_at)
             attempt.status_code = status
             attempt.headers = res_headers
             attempt.body = res_body

@@ -28,8 +28,9 @@ real serve endpoint the way Inngest does, over loopback HTTP:
 
 Deliberate simplifications (a real Inngest server differs): one call per run at a time (no
 parallel steps; planned steps are run one by one); ``WaitForEvent``/``InvokeFunction``/AI ops
-fail the run; cron triggers never fire (use :meth:`InngestHarness.start_run`); no
-concurrency/throttle/debounce/batching/idempotency/cancel; trigger expressions are limited to
+fail the run; cron triggers never fire (use :meth:`InngestHarness.start_run`); function
+``concurrency`` and ``throttle`` are modelled (see ``flow.py``), but no debounce/batching/
+idempotency expression/cancel; trigger expressions are limited to
 ``event.<path> ==/!= <literal>`` joined by ``&&``. Waits use conditions, never sleeps.
 """
 
