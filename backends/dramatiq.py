@@ -228,19 +228,10 @@ def make_worker_broker(
     middleware.append(CurrentMessage())
     if not is_redis_url(broker_url):
         return _amqp_broker(broker_url, middleware=middleware)
-    client = redis.Redis.from_url(
-        broker_url,
-        socket_connect_timeout=10,
-        socket_timeout=30,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
-    return WorkerRedisBroker(
-        client=client,
-        middleware=middleware,
-        heartbeat_timeout=heartbeat_timeout,
-        maintenance_chance=maintenance_chance,
-    )
+    timeouts = {"socket_connect_timeout": 10, "socket_timeout": 30, "health_check_interval": 30}
+    client = redis.Redis.from_url(broker_url, socket_keepalive=True, **timeouts)
+    options = {"heartbeat_timeout": heartbeat_timeout, "maintenance_chance": maintenance_chance}
+    return WorkerRedisBroker(client=client, middleware=middleware, **options)
 
 
 def register_actors(
@@ -297,7 +288,7 @@ def register_actors(
 
 def _actor_body(job: Job[Any, Any], worker: JobWorker[Any], settlement: _Settlement) -> Any:
     def run(*args: Any, **kwargs: Any) -> None:
-        message = CurrentMessage.get_current_message()
+        message = CurrentMessage.get_current_message()  # None when called outside a worker
         attempt = int(message.options.get("retries", 0)) if message is not None else 0
         dispatch_id = message.message_id if message is not None else None
         delivery = delivery_from_call(

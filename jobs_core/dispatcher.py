@@ -11,7 +11,7 @@ import asyncio
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -104,12 +104,66 @@ def resolve_eta(delay: timedelta | None, run_at: datetime | None) -> datetime | 
     return None
 
 
-def _iterate(items: Iterable[DispatchItem]) -> Iterable[DispatchItem]:
+Request = tuple[Any, Any, "timedelta | None", "datetime | None", "str | None"]
+"""One dispatch's arguments: (job, payload, delay, run_at, idempotency_key)."""
+
+
+def requests_of(
+    items: Iterable[DispatchItem], delay: timedelta | None, run_at: datetime | None
+) -> Iterator[Request]:
+    """The `dispatch_many` items as one dispatch's arguments each, the call's `delay`/`run_at`
+    applying where an item sets none."""
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
         raise DispatchArgumentError(
             f"dispatch_many expects an iterable of items, got a {type(items).__name__}"
         )
-    return items
+    for item in items:
+        if isinstance(item, JobRequest):
+            item_delay = item.delay if item.delay is not None else delay
+            item_run_at = item.run_at if item.run_at is not None else run_at
+            yield item.job, item.payload, item_delay, item_run_at, item.idempotency_key
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            yield item[0], item[1], delay, run_at, None
+        else:
+            raise DispatchArgumentError(
+                "dispatch_many expects (job, payload) pairs or job.request(...) items, "
+                f"got a {type(item).__name__}"
+            )
+
+
+def prepare_dispatch(
+    job: Job[Any, Any],
+    payload: Any,
+    delay: timedelta | None,
+    run_at: datetime | None,
+    idempotency_key: str | None,
+    max_payload_bytes: int,
+) -> PreparedJob:
+    """One dispatch validated and serialised as every dispatcher does it (C4-C6, C10, C27):
+    the payload fits the model and can travel, the options are sound, and a job with payload
+    idempotency gets its key unless the call gave one. Raises a `JobsError`, records nothing."""
+    if not isinstance(job, Job):
+        raise DispatchArgumentError(
+            f"dispatch expects a Job (from JobRegistry.job), got a {type(job).__name__}"
+        )
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not idempotency_key
+    ):
+        raise DispatchArgumentError("idempotency_key= must be a non-empty str")
+    model = validate_payload(job, payload)
+    data = to_wire(job, model, max_payload_bytes)
+    eta = resolve_eta(delay, run_at)
+    if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
+        idempotency_key = job.flow.idempotency_key(job.name, model, data)
+    dispatch_id = keyed_dispatch_id(job.name, idempotency_key) if idempotency_key else None
+    return PreparedJob(
+        job=job,
+        payload=model,
+        data=data,
+        dispatch_id=dispatch_id or str(uuid.uuid4()),
+        eta=eta,
+        idempotency_key=idempotency_key,
+    )
 
 
 class BaseDispatcher(ABC):
@@ -242,35 +296,16 @@ class BaseDispatcher(ABC):
     ) -> PreparedJob:
         """Validate and serialise one dispatch; a bad payload or option is recorded as `failed`
         and raised (C4, C5): every error is a `JobsError`."""
-        if not isinstance(job, Job):
-            raise DispatchArgumentError(
-                f"dispatch expects a Job (from JobRegistry.job), got a {type(job).__name__}"
-            )
         try:
-            if idempotency_key is not None and (
-                not isinstance(idempotency_key, str) or not idempotency_key
-            ):
-                raise DispatchArgumentError("idempotency_key= must be a non-empty str")
-            model = validate_payload(job, payload)
-            data = to_wire(job, model, self.max_payload_bytes)
-            eta = resolve_eta(delay, run_at)
-            if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
-                idempotency_key = job.flow.idempotency_key(job.name, model, data)
+            prepared = prepare_dispatch(
+                job, payload, delay, run_at, idempotency_key, self.max_payload_bytes
+            )
         except (JobPayloadError, DispatchArgumentError, JobConfigError) as error:
-            self._record_schedule_failure(job.name, None, error)
+            if isinstance(job, Job):
+                self._record_schedule_failure(job.name, None, error)
             raise
-        if eta is not None and self.max_delay is not None:
-            self._check_delay(job, eta)
-        prepared = PreparedJob(
-            job=job,
-            payload=model,
-            data=data,
-            dispatch_id=keyed_dispatch_id(job.name, idempotency_key)
-            if idempotency_key
-            else str(uuid.uuid4()),
-            eta=eta,
-            idempotency_key=idempotency_key,
-        )
+        if prepared.eta is not None and self.max_delay is not None:
+            self._check_delay(job, prepared.eta)
         try:
             self._check(prepared)
         except JobsError as error:
@@ -298,26 +333,7 @@ class BaseDispatcher(ABC):
         delay: timedelta | None,
         run_at: datetime | None,
     ) -> list[PreparedJob]:
-        prepared = []
-        for item in _iterate(items):
-            if isinstance(item, JobRequest):
-                prepared.append(
-                    self.prepare(
-                        item.job,
-                        item.payload,
-                        item.delay if item.delay is not None else delay,
-                        item.run_at if item.run_at is not None else run_at,
-                        item.idempotency_key,
-                    )
-                )
-            elif isinstance(item, (tuple, list)) and len(item) == 2:
-                prepared.append(self.prepare(item[0], item[1], delay, run_at))
-            else:
-                raise DispatchArgumentError(
-                    "dispatch_many expects (job, payload) pairs or job.request(...) items, "
-                    f"got a {type(item).__name__}"
-                )
-        return prepared
+        return [self.prepare(*request) for request in requests_of(items, delay, run_at)]
 
     def _claim(
         self, prepared: Sequence[PreparedJob]

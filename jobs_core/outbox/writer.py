@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from .. import DispatchReceipt, Job, JobRequest
-from ..dispatcher import resolve_eta
-from ..errors import JobPayloadError
+from .. import DispatchReceipt, Job
+from ..dispatcher import prepare_dispatch, requests_of
+from ..errors import JobsError
 from ..instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
-from ..payload import DEFAULT_MAX_PAYLOAD_BYTES, to_wire, validate_payload
+from ..payload import DEFAULT_MAX_PAYLOAD_BYTES
 from ..port import DispatchItem
 
 P = TypeVar("P", bound=BaseModel)
@@ -157,42 +157,22 @@ class OutboxWriter(ABC):
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> OutboxMessage:
-        """Validate one dispatch exactly as every dispatcher does (C4, C5) and make its row."""
-        if not isinstance(job, Job):
-            raise TypeError(f"dispatch expects a Job (from JobRegistry.job), got {job!r}")
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not idempotency_key
-        ):
-            raise ValueError("idempotency_key= must be a non-empty str")
+        """Validate one dispatch exactly as every dispatcher does (C4, C5, C27) and make its
+        row; a payload-derived idempotency key is stored with it, so the relay sends with it."""
         try:
-            model = validate_payload(job, payload)
-            data = to_wire(job, model, self.max_payload_bytes)
-        except JobPayloadError as error:
-            safe_record(
-                self.instrumentation,
-                JobEvent(
-                    "failed", "schedule", job.name, None, 0, BACKEND, error=describe_error(error)
-                ),
+            prepared = prepare_dispatch(
+                job, payload, delay, run_at, idempotency_key, self.max_payload_bytes
             )
+        except JobsError as error:
+            if isinstance(job, Job):
+                event = JobEvent(
+                    "failed", "schedule", job.name, None, 0, BACKEND, error=describe_error(error)
+                )
+                safe_record(self.instrumentation, event)
             raise
-        return OutboxMessage(job.name, data, resolve_eta(delay, run_at), idempotency_key)
+        return OutboxMessage(job.name, prepared.data, prepared.eta, prepared.idempotency_key)
 
     def prepare_many(
         self, items: Iterable[DispatchItem], delay: timedelta | None, run_at: datetime | None
     ) -> list[OutboxMessage]:
-        messages = []
-        for item in items:
-            if isinstance(item, JobRequest):
-                messages.append(
-                    self.prepare(
-                        item.job,
-                        item.payload,
-                        item.delay if item.delay is not None else delay,
-                        item.run_at if item.run_at is not None else run_at,
-                        item.idempotency_key,
-                    )
-                )
-            else:
-                job, payload = item
-                messages.append(self.prepare(job, payload, delay, run_at))
-        return messages
+        return [self.prepare(*request) for request in requests_of(items, delay, run_at)]

@@ -156,6 +156,23 @@ def test_C4_C5_C6_validation_as_every_dispatcher(outbox: Outbox) -> None:
 # -- options carry over --------------------------------------------------------------------
 
 
+def test_C27_a_payload_idempotency_key_is_kept_with_the_row(outbox: Outbox) -> None:
+    """A job with `idempotency="field"` dispatched through the outbox twice with the same
+    value: both rows carry the derived key, so the backend runs it once (as without outbox)."""
+    keyed: JobRegistry[Any] = JobRegistry()
+    job = keyed.define_job(
+        "test.refund", payload=Other, handle=lambda p, c: None, idempotency="name"
+    )
+    with Session(outbox.engine) as session, session.begin():
+        dispatcher = outbox.dispatcher(session)
+        dispatcher.dispatch_sync(job, {"name": "refund-7"})
+        dispatcher.dispatch_sync(job, {"name": "refund-7"})
+        dispatcher.dispatch_sync(job, {"name": "refund-8"}, idempotency_key="explicit")
+    recording = RecordingDispatcher()
+    assert outbox.relay(recording, keyed).run_once() == 3
+    assert [d.prepared.idempotency_key for d in recording.dispatched] == ["refund-7", "explicit"]
+
+
 def test_options_delay_run_at_and_idempotency_key_carry_over(outbox: Outbox) -> None:
     later = datetime.now(timezone.utc) + timedelta(hours=2)
     with Session(outbox.engine) as session, session.begin():
