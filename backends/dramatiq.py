@@ -7,25 +7,25 @@ context=...)` in a module and `dramatiq that.module`, or `python -m jobs_core wo
 
 from __future__ import annotations
 
-import argparse
+import functools
 import logging
 import math
-import os
-import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from jobs_core.config import JobsSettings, load_settings, missing_extra, redact_url
-from jobs_core.dispatcher import BaseDispatcher, PreparedJob
+from jobs_core.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
 from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource
 from jobs_core.flow_redis import redis_flow_limiter
 from jobs_core.idempotency import (
+    IDEMPOTENCY_TTL_SECONDS,
     IdempotencyStore,
     idempotency_store_for,
     is_redis_url,
     redis_client,
+    scoped_key,
 )
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.job import Job
@@ -38,7 +38,7 @@ try:
     from dramatiq.brokers.redis import RedisBroker as _RedisBroker
     from dramatiq.middleware import CurrentMessage, Middleware
 
-    from ._dramatiq_patches import WorkerRedisBroker, hide_payloads
+    from ._dramatiq_patches import ClaimingDispatch, WorkerRedisBroker, hide_payloads
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("dramatiq", "dramatiq", getattr(_exc, "name", None) or str(_exc)) from _exc
 
@@ -46,7 +46,6 @@ Broker = Any  # dramatiq's brokers: their constructors are untyped
 RedisBroker: Any = _RedisBroker
 BACKEND = "dramatiq"
 NAMESPACE = "dramatiq"
-BOOTSTRAP = "jobs_core.backends._dramatiq_bootstrap"
 
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 15_000
 """A worker whose heartbeat is older than this is dead, and Redis broker maintenance requeues
@@ -106,9 +105,14 @@ class DramatiqDispatcher(BaseDispatcher):
         self.broker_url = broker_url
         self.queue = queue
         self.client: redis.Redis | None = None
+        self.script: ClaimingDispatch | None = None
         if is_redis_url(broker_url):
             self.client = redis_client(broker_url, self.timeout)
             self.broker = RedisBroker(client=self.client, middleware=[], maintenance_chance=0)
+            if idempotency is None and idempotency_url is None:  # keys live beside the queue
+                self.script = ClaimingDispatch(self.broker, IDEMPOTENCY_TTL_SECONDS)
+                self.broker.scripts["dispatch"] = self.script
+                self.claims_when_sending = True
         else:
             self.broker = _amqp_broker(broker_url, middleware=[])
         self.broker.declare_queue(queue)
@@ -129,27 +133,44 @@ class DramatiqDispatcher(BaseDispatcher):
         wait = prepared.delay_seconds()
         return message, (_millis(wait) if wait > 0 else None)
 
-    def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
+    def _send(self, jobs: Sequence[PreparedJob]) -> list[str | AlreadyClaimed]:
         if len(jobs) > 1 and self.client is not None:
-            self._send_in_one_transaction(jobs)
-        else:
-            for prepared in jobs:
-                message, delay = self._message(prepared)
-                self.broker.enqueue(message, delay=delay)
-        return [p.dispatch_id for p in jobs]
+            return self._send_in_one_transaction(jobs)
+        results: list[str | AlreadyClaimed] = []
+        for prepared in jobs:
+            message, delay = self._message(prepared)
+            self._claim_with(prepared)
+            self.broker.enqueue(message, delay=delay)
+            held = self.script.held if self.script is not None else None
+            results.append(AlreadyClaimed(held) if held else prepared.dispatch_id)
+        return results
 
-    def _send_in_one_transaction(self, jobs: Sequence[PreparedJob]) -> None:
+    def _claim_with(self, prepared: PreparedJob) -> None:
+        """Have the next enqueue claim `prepared`'s idempotency key in the same script run."""
+        if self.script is not None:
+            key = prepared.idempotency_key
+            claim = (scoped_key(prepared.name, key), prepared.dispatch_id) if key else None
+            self.script.claim = claim
+
+    def _send_in_one_transaction(self, jobs: Sequence[PreparedJob]) -> list[str | AlreadyClaimed]:
         """Dramatiq's own `enqueue`, on a broker whose client is a Redis transaction: its script
-        calls go to Redis in one round trip, all or none."""
+        calls (claiming keys as they enqueue) go to Redis in one round trip, all or none."""
         assert self.client is not None
         pipe = self.client.pipeline(transaction=True)
         batch = RedisBroker(client=pipe, middleware=[], maintenance_chance=0)
         batch.broker_id = self.broker.broker_id  # one producer in the heartbeats, not one a batch
         batch.scripts["maxstack"] = self.broker.scripts["maxstack"]  # a query, not a write
+        if self.script is not None:
+            batch.scripts["dispatch"] = functools.partial(self.script, client=pipe)
         for prepared in jobs:
             message, delay = self._message(prepared)
+            self._claim_with(prepared)
             batch.enqueue(message, delay=delay)
-        pipe.execute()
+        replies = pipe.execute()
+        return [
+            AlreadyClaimed(reply.decode()) if isinstance(reply, bytes) else p.dispatch_id
+            for p, reply in zip(jobs, replies)
+        ]
 
     def close(self) -> None:
         self.broker.close()
@@ -308,41 +329,9 @@ def close_broker(broker: Broker) -> None:
         client.close()
 
 
-def run_worker(
-    registry: JobRegistry[Any],
-    *,
-    context: ContextSource,
-    settings: JobsSettings,
-    argv: list[str],
-    registry_path: str | None = None,
-    context_path: str | None = None,
-) -> int:
-    """Run the `dramatiq` command for `registry` (`python -m jobs_core worker`); never returns.
+def run_worker(registry: JobRegistry[Any], **options: Any) -> int:
+    """Run the `dramatiq` command for `registry` (`python -m jobs_core worker`); see
+    `_dramatiq_bootstrap.run_worker` for its options."""
+    from ._dramatiq_bootstrap import run_worker as run_dramatiq
 
-    jobs_core's own options: `--queue`, `--heartbeat-timeout MS`, `--maintenance-chance N`
-    (per million), `--worker-timeout MS` (idle poll interval: delayed jobs and retries may
-    start up to this much late). Everything else goes to `dramatiq` (`--processes`, default 1
-    here; `--threads`, default 8; `--worker-shutdown-timeout` ...).
-    """
-    if registry_path is None:
-        raise JobConfigError("the dramatiq worker needs the registry as 'module:attribute'")
-    parser = argparse.ArgumentParser(prog="python -m jobs_core worker (dramatiq)", add_help=False)
-    parser.add_argument("--queue")
-    parser.add_argument("--heartbeat-timeout", type=int, default=DEFAULT_HEARTBEAT_TIMEOUT_MS)
-    parser.add_argument("--maintenance-chance", type=int, default=DEFAULT_MAINTENANCE_CHANCE)
-    parser.add_argument("--worker-timeout", type=int)
-    ours, rest = parser.parse_known_args(argv)
-    env = {
-        **os.environ,
-        "JOBS_QUEUE": ours.queue or settings.queue,
-        "JOBS_DRAMATIQ_REGISTRY": registry_path,
-        "JOBS_DRAMATIQ_CONTEXT": context_path or "",
-        "JOBS_DRAMATIQ_HEARTBEAT_TIMEOUT": str(ours.heartbeat_timeout),
-        "JOBS_DRAMATIQ_MAINTENANCE_CHANCE": str(ours.maintenance_chance),
-    }
-    if ours.worker_timeout is not None:
-        env["dramatiq_worker_timeout"] = str(ours.worker_timeout)
-    command = [sys.executable, "-m", "dramatiq", BOOTSTRAP, "-p", "1", "-t", "8", *rest]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, command, env)
+    return run_dramatiq(registry, **options)

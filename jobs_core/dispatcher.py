@@ -67,6 +67,14 @@ class PreparedJob:
         return max(0.0, (self.eta - now).total_seconds())
 
 
+@dataclass(frozen=True, slots=True)
+class AlreadyClaimed:
+    """What `_send` gives, in place of an id, for a keyed job whose key an earlier dispatch
+    holds: the backend sent nothing for it (see `BaseDispatcher.claims_when_sending`)."""
+
+    dispatch_id: str
+
+
 class PartialSend(Exception):
     """Raised by `_send` when the backend took only the first `len(ids)` jobs and refused the
     rest: those it took will run (they get receipts), the others failed with `cause`."""
@@ -177,6 +185,10 @@ class BaseDispatcher(ABC):
     backend_name: str = "base"
     max_delay: timedelta | None = None
     max_delay_reason: str = ""
+    claims_when_sending: bool = False
+    """True where `_send` claims each job's idempotency key in the same atomic step that
+    enqueues it (giving `AlreadyClaimed` for a repeat): no crash can leave a key claimed for a
+    job that was never sent. Otherwise the core claims keys in `idempotency` first."""
     runs_jobs_in_dispatch: bool = False
     """True where a job runs, and may give up, inside `dispatch` (inline): only there can a
     give-up raise `JobFailedError` from `dispatch` or call `on_error`."""
@@ -221,8 +233,9 @@ class BaseDispatcher(ABC):
     # -- what an adapter implements -------------------------------------------------------
 
     @abstractmethod
-    def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
-        """Enqueue `jobs` (in one round trip where the library allows) and return their ids.
+    def _send(self, jobs: Sequence[PreparedJob]) -> Sequence[str | AlreadyClaimed]:
+        """Enqueue `jobs` (in one round trip where the library allows) and return their ids
+        (`AlreadyClaimed` for a repeat, where the adapter `claims_when_sending`).
 
         Raise anything on failure: it becomes a `DispatchError`; raise `PartialSend` when the
         backend took some of them. Return the backend's id for each job, in order (usually
@@ -361,34 +374,44 @@ class BaseDispatcher(ABC):
         raise DispatchError(names, error) from error
 
     def _receipts(
-        self, prepared: Sequence[PreparedJob], sent_ids: list[str], duplicates: dict[int, str]
+        self,
+        prepared: Sequence[PreparedJob],
+        results: Sequence[str | AlreadyClaimed],
+        duplicates: dict[int, str],
     ) -> list[DispatchReceipt]:
+        """One receipt per job: `results` are `_send`'s, for the jobs not in `duplicates`."""
         receipts = []
-        ids = iter(sent_ids)
+        sent = iter(results)
         for i, p in enumerate(prepared):
-            if i in duplicates:
-                receipts.append(DispatchReceipt(p.name, duplicates[i], self.backend_name, True))
-            else:
-                dispatch_id = next(ids)
-                receipts.append(DispatchReceipt(p.name, dispatch_id, self.backend_name))
-                safe_record(
-                    self.events,
-                    JobEvent("scheduled", "schedule", p.name, dispatch_id, 0, self.backend_name),
+            result = AlreadyClaimed(duplicates[i]) if i in duplicates else next(sent)
+            if isinstance(result, AlreadyClaimed):
+                receipts.append(
+                    DispatchReceipt(p.name, result.dispatch_id, self.backend_name, True)
                 )
+                continue
+            receipts.append(DispatchReceipt(p.name, result, self.backend_name))
+            safe_record(
+                self.events,
+                JobEvent("scheduled", "schedule", p.name, result, 0, self.backend_name),
+            )
         return receipts
 
     def _dispatch_prepared(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
-        to_send, duplicates, claimed = self._claim(prepared)
-        sent_ids: list[str] = []
+        duplicates: dict[int, str] = {}
+        claimed: list[str] = []
+        to_send = list(prepared)
+        if not self.claims_when_sending:  # else `_send` claims each key as it enqueues its job
+            to_send, duplicates, claimed = self._claim(prepared)
+        results: list[str | AlreadyClaimed] = []
         if to_send:
             try:
-                sent_ids = self._send(to_send)
+                results = list(self._send(to_send))
             except PartialSend as partial:
                 self._fail_partly(to_send, partial, claimed)
             except Exception as error:
                 self._release(claimed)
                 self._fail_all(to_send, error)
-        return self._receipts(prepared, sent_ids, duplicates)
+        return self._receipts(prepared, results, duplicates)
 
     def _fail_partly(
         self, to_send: Sequence[PreparedJob], partial: PartialSend, claimed: list[str]

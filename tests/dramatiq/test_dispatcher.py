@@ -171,3 +171,64 @@ def test_dispatch_many_writes_what_dispatch_sync_writes(url: str) -> None:
     assert delayed.args[0]["n"] == 2 and delayed.queue_name == "batch.DQ"
     assert before + 29_000 < delayed.options["eta"] < before + 31_000
     assert client.zcard("dramatiq:__heartbeats__") == 1  # one producer, whatever the batches
+
+
+class _Killed(BaseException):
+    """Stands for the process dying (SIGKILL): no `except Exception` sees it."""
+
+
+def test_a_keyed_dispatch_killed_before_its_enqueue_leaves_no_claim(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is claimed in the same script run that enqueues the message, so a producer that
+    dies before that run (a relay killed mid-send, C32) leaves nothing claimed: the resend goes
+    out. When the key was claimed in a call of its own first, the resend came back
+    'deduplicated' and the job never ran."""
+    dispatcher = DramatiqDispatcher(url, "killed")
+    try:
+        with monkeypatch.context() as patch:
+
+            def die(*args: Any, **kwargs: Any) -> None:
+                raise _Killed
+
+            patch.setattr(dispatcher.broker, "enqueue", die)
+            with pytest.raises(_Killed):
+                dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="order-1")
+        again = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="order-1")
+        repeat = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="order-1")
+    finally:
+        dispatcher.close()
+    assert not again.deduplicated and repeat.deduplicated
+    assert [m.args[0]["n"] for m in _messages(redis.Redis.from_url(url), "killed")] == [1]
+
+
+def test_a_keyed_dispatch_claims_and_enqueues_in_one_round_trip(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher = DramatiqDispatcher(url, "keyed")
+    try:
+        dispatcher.dispatch_sync(work, {"n": 0}, idempotency_key="warm")  # load the script
+        sent: list[int] = []
+        original = redis.connection.Connection.send_packed_command
+
+        def counting(self: Any, command: Any, check_health: bool = True) -> None:
+            sent.append(1)
+            original(self, command, check_health)
+
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+        first = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="k")
+        second = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="k")
+        many = dispatcher.dispatch_many_sync(
+            [
+                work.request({"n": 2}, idempotency_key="m"),
+                work.request({"n": 2}, idempotency_key="m"),
+            ]
+        )
+    finally:
+        dispatcher.close()
+    assert len(sent) == 2 + 2  # one each single dispatch; script check + transaction for many
+    assert not first.deduplicated and second.deduplicated
+    assert second.dispatch_id == first.dispatch_id
+    assert [r.deduplicated for r in many] == [False, True]
+    numbers = sorted(m.args[0]["n"] for m in _messages(redis.Redis.from_url(url), "keyed"))
+    assert numbers == [0, 1, 2]
