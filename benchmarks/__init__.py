@@ -11,7 +11,8 @@ table), `machine` (versions, load), `processes` (worker subprocesses), `counter`
 counter a no-op job can afford), `jobs` (the job and its payloads), `scenario` (what a scenario
 module is, and the list of them), `report` (reading a run's JSON back).
 
-Scenarios: `memory`, `inline_bench`, `celery_bench`, `dramatiq_bench`, `inngest_bench`, built from two shared
+Scenarios: `micro` (the core's CPU per dispatch and per job, stage by stage), `memory`,
+`inline_bench`, `celery_bench`, `dramatiq_bench`, `inngest_bench`, built from two shared
 suites: `dispatch_suite` (dispatch, keyed, batch rows from a `DispatchKit`) and `worker_suite`
 (worker drain and end-to-end rows from a `WorkerKit`); `plain_celery` and `plain_dramatiq` are
 the plain app and actor the worker rows compare with.

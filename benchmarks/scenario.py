@@ -23,6 +23,7 @@ from typing import Any
 from .config import Config
 
 MODULES: dict[str, str] = {
+    "micro": "benchmarks.micro",
     "memory": "benchmarks.memory",
     "inline": "benchmarks.inline_bench",
     "celery": "benchmarks.celery_bench",
