@@ -190,18 +190,21 @@ def keyed_rows(env: Env, kit: DispatchKit) -> list[Row]:
 
 
 def batch_rows(env: Env, kit: DispatchKit) -> list[Row]:
+    """`dispatch_many_sync` against single dispatches (one call a round, the single side is
+    slow), then against each library primitive, alternated `slices` times a round, since one
+    call of each is short and a single call per round would be at the mercy of the load."""
     config, b = env.config, kit.backend
-    payload, n = PAYLOADS[SMALL], config.batch_n
-    env.log(f"{b}: batch of {n:,} x {config.rounds}")
+    payload, n, reps = PAYLOADS[SMALL], config.batch_n, config.slices
     dispatch_many = kit.dispatcher.dispatch_many_sync
-    sides = {
-        "many": many(kit, lambda ps: dispatch_many([(noop, p) for p in ps]), payload),
-        "single": ours(kit, payload),
-    }
-    for baseline in kit.batches:
-        sides[baseline.label] = many(kit, baseline.call, payload)
+    ours_many = many(kit, lambda ps: dispatch_many([(noop, p) for p in ps]), payload)
+    warmup = min(config.warmup_n, n)
+    env.log(f"{b}: batch of {n:,} vs single dispatches, x {config.rounds}")
     timings = interleave(
-        sides, n, config.rounds, warmup_n=min(config.warmup_n, n), progress=env.log
+        {"many": ours_many, "single": ours(kit, payload)},
+        n,
+        config.rounds,
+        warmup_n=warmup,
+        progress=env.log,
     )
     rows = [
         compare(
@@ -214,11 +217,19 @@ def batch_rows(env: Env, kit: DispatchKit) -> list[Row]:
             labels=("many", "single"),
         )
     ]
+    if not kit.batches:
+        return rows
+    env.log(f"{b}: batch of {n:,} vs the library's batches, {reps} calls each x {config.rounds}")
+    sides = {"many": ours_many} | {x.label: many(kit, x.call, payload) for x in kit.batches}
+    timings = interleave(
+        sides, n * reps, config.rounds, warmup_n=warmup, slices=reps, progress=env.log
+    )
     for baseline in kit.batches:
         rows.append(
             compare(
                 f"{b}.batch.{baseline.label}",
-                f"one dispatch_many_sync of {n:,} jobs vs {baseline.describe}",
+                f"one dispatch_many_sync of {n:,} jobs vs {baseline.describe} "
+                f"({reps} calls of each a round, alternated)",
                 timings,
                 "many",
                 baseline.label,

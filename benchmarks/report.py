@@ -40,6 +40,15 @@ def summary(document: dict[str, Any], rows: Sequence[Row]) -> str:
     met = sum(1 for r in targets if r.met)
     label = f" ({meta['label']})" if meta.get("label") else ""
     mode = "quick run" if meta["quick"] else "full run"
+    loads = [*meta["loadavg_before"], *meta["loadavg_after"]]
+    busy = bool(loads) and max(loads) >= machine["cpus"] / 2
+    caveat = ""
+    if busy or "provisional" in (meta.get("label") or ""):
+        caveat = (
+            f" **Provisional figures**: the machine was shared with other work (load average up "
+            f"to {max(loads or [0]):.1f} on {machine['cpus']} CPUs), so they show where the "
+            "costs are, not the final numbers."
+        )
     return (
         f"**{mode.capitalize()}{label}**, {when}, {meta['seconds']:.0f} s, commit "
         f"`{machine['commit'][:10]}`{' (with local changes)' if machine['dirty'] else ''}: "
@@ -47,6 +56,7 @@ def summary(document: dict[str, Any], rows: Sequence[Row]) -> str:
         f"{'/'.join(map(str, meta['loadavg_before']))} before and "
         f"{'/'.join(map(str, meta['loadavg_after']))} after; Python {machine['python']}, "
         f"{versions}. Targets met: {met} of {len(targets)}. JSON: `{meta.get('json') or '-'}`."
+        + caveat
     )
 
 
