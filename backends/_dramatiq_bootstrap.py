@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import os
 
+if os.environ.get("DJANGO_SETTINGS_MODULE"):  # a Django project's jobs may use its models
+    import django
+
+    django.setup()
+
 from jobs_core.__main__ import load_context, load_registry
 from jobs_core.config import load_settings
 

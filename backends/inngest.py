@@ -1,15 +1,15 @@
 """The Inngest backend: a dispatch is an Inngest event, and each job an Inngest function.
 
-An event's `name` is the job's name, its `data` the payload, its `ts` the start time (C8) and,
-for a keyed dispatch, its `id` `<job>:<key>` (C9). A job's function (id and trigger = the job's
-name, `retries` = `retry.attempts`) runs it through the core's worker: a retry is the SDK's
-`RetryAfterError` with the core's wait, a give-up its `NonRetriableError`.
+An event's `name` is the job's name, `data` the payload, `id` the dispatch id (C9) and `ts`
+the start time (C8). A job's function (id and trigger = the job's name, `retries` =
+`retry.attempts`) runs it through the core's worker; a job with `on_failure` also gets the
+SDK's failure function, the hook's safety net for a run Inngest failed without an answer.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -17,8 +17,8 @@ from typing import Any
 import pydantic_core
 
 from jobs_core.config import JobsSettings, load_settings, missing_extra
-from jobs_core.dispatcher import BaseDispatcher, PreparedJob, keyed_dispatch_id
-from jobs_core.errors import DispatchError, JobConfigError
+from jobs_core.dispatcher import BaseDispatcher, PartialSend, PreparedJob, keyed_dispatch_id
+from jobs_core.errors import DispatchError, JobConfigError, JobPayloadError, WorkerLostError
 from jobs_core.execution import ContextSource
 from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
 from jobs_core.job import Job
@@ -27,31 +27,36 @@ from jobs_core.registry import JobRegistry
 from jobs_core.worker import Delivery, JobWorker
 
 try:
-    import fastapi
     import inngest
-    import inngest.fast_api
     from inngest._internal import errors as sdk_errors
 
-    from ._inngest_patches import (
-        MAX_SIGNATURE_AGE,
-        EventSender,
-        RejectStaleSignatures,
-        logger,
-        mask_event_keys,
-    )
+    from ._inngest_patches import EventApiError, EventSender, mask_event_keys
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
 
 from ._inngest_schedules import create_inngest_schedule_functions
+from ._inngest_serve import DEFAULT_SERVE_PATH as DEFAULT_SERVE_PATH
+from ._inngest_serve import create_inngest_app as create_inngest_app
+from ._inngest_serve import require_key
+from ._inngest_serve import run_worker as run_worker
+from ._inngest_serve import serve as serve
+from ._inngest_serve import serve_django as serve_django
+from ._inngest_serve import serve_flask as serve_flask
 
 BACKEND = "inngest"
-DEFAULT_SERVE_PATH = "/api/inngest"
 MAX_EVENTS_PER_REQUEST = 5_000
 DEFAULT_MAX_REQUEST_BYTES = DEFAULT_MAX_PAYLOAD_BYTES
 """Largest request body `dispatch_many` builds (Inngest's smallest plan limit); an event
 larger than this on its own is still sent, alone."""
-
-_EVENT_ENVELOPE_BYTES = 160  # an event's name, id, ts and separators, beside its payload
+MAX_NAME = 255
+DEFAULT_MAX_DELAY = timedelta(days=7)
+"""The longest `delay` Inngest's Free plan keeps (paid plans: a year); `INNGEST_MAX_DELAY`."""
+LATEST_TS = datetime(2100, 1, 1, tzinfo=timezone.utc)
+MAX_RETRY_WAIT = timedelta(hours=24) - timedelta(seconds=1)
+"""Inngest cuts a retry's wait to 24 h, and ours are rounded up to the next whole second: a
+longer wait is refused (a retry policy when the function is built, `RetryLater` by giving up)."""
+GAVE_UP = "jobs_core gave up"
+"""Starts the message of the core's own give-up, which the failure function then skips."""
 
 mask_event_keys()
 
@@ -66,12 +71,17 @@ def create_inngest_client(settings: JobsSettings | None = None, **options: Any) 
         raise JobConfigError(f"cannot create the Inngest client: {exc}") from exc
 
 
-def _require_key(client: inngest.Inngest, attribute: str, variable: str, why: str) -> None:
-    if client.is_production and not getattr(client, attribute, None):
-        raise JobConfigError(
-            f"{variable} is not set: Inngest in production mode {why} "
-            "(set INNGEST_DEV=1 to use the Inngest Dev Server instead)"
-        )
+def check_job_name(job: Job[Any, Any]) -> None:
+    """Refuse a name Inngest refuses: one its Event API rejects every dispatch of, and whose
+    function makes the whole app fail to sync (its other jobs then never run)."""
+    name = job.name
+    if name.lower().startswith("inngest/"):
+        problem = "starts with 'inngest/', which Inngest keeps for its own events"
+    elif len(name) > MAX_NAME:
+        problem = f"is {len(name)} characters long; Inngest takes at most {MAX_NAME}"
+    else:
+        return
+    raise JobConfigError(f"job {name[:60]!r}: option 'name' {problem} ({BACKEND} backend)")
 
 
 # -- producer -----------------------------------------------------------------------------
@@ -85,26 +95,23 @@ def _millis(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _event(prepared: PreparedJob) -> inngest.Event:
-    return inngest.Event(
-        name=prepared.name,
-        data=prepared.data,
-        id=prepared.dispatch_id if prepared.idempotency_key else "",
-        ts=_millis(prepared.eta) if prepared.eta is not None else 0,
-    )
+def _event(p: PreparedJob) -> dict[str, Any]:
+    event: dict[str, Any] = {"name": p.name, "data": p.data, "id": p.dispatch_id}
+    if p.eta is not None and p.eta > datetime.now(timezone.utc):
+        event["ts"] = _millis(p.eta)  # a start time that has passed is "now", as elsewhere
+    return event
 
 
-def _chunks(jobs: Sequence[PreparedJob], max_bytes: int) -> list[Sequence[PreparedJob]]:
-    """Split `jobs` into runs whose estimated request size stays under `max_bytes`."""
-    chunks: list[Sequence[PreparedJob]] = []
+def _chunks(parts: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
+    """Split serialised events into runs (start, end) whose request stays under `max_bytes`."""
+    chunks: list[tuple[int, int]] = []
     start, size = 0, 2
-    for i, prepared in enumerate(jobs):
-        item = len(pydantic_core.to_json(prepared.data)) + _EVENT_ENVELOPE_BYTES
-        if i > start and (size + item > max_bytes or i - start >= MAX_EVENTS_PER_REQUEST):
-            chunks.append(jobs[start:i])
+    for i, part in enumerate(parts):
+        if i > start and (size + len(part) > max_bytes or i - start >= MAX_EVENTS_PER_REQUEST):
+            chunks.append((start, i))
             start, size = i, 2
-        size += item
-    chunks.append(jobs[start:])
+        size += len(part) + 1
+    chunks.append((start, len(parts)))
     return chunks
 
 
@@ -125,11 +132,15 @@ class InngestPort:
     def send_sync(
         self, name: str, data: Mapping[str, Any] | None = None, *, id: str = "", ts: Any = None
     ) -> str:
-        """Send one raw event (`ts`: an aware datetime); a failure is a `DispatchError`."""
+        """Send one raw event (`ts`: an aware datetime) and return its id (`id`, else a new
+        uuid: what the functions see as `event.id`); a failure is a `DispatchError`."""
         d = self._dispatcher
-        event = inngest.Event(name=name, data=dict(data or {}), id=id, ts=_millis(ts) if ts else 0)
+        event_id = id or str(uuid.uuid4())
+        event: dict[str, Any] = {"name": name, "data": dict(data or {}), "id": event_id}
+        if ts:
+            event["ts"] = _millis(ts)
         try:
-            [event_id] = d.sender.send([event])
+            d.sender.send([pydantic_core.to_json(event)])
         except Exception as error:
             d._record_schedule_failure(name, id or None, error)
             raise DispatchError(name, error) from error
@@ -146,30 +157,57 @@ class InngestPort:
 class InngestDispatcher(BaseDispatcher):
     """Sends jobs to Inngest as events through `client`'s Event API.
 
-    Idempotency is Inngest's own: a keyed dispatch's event id is `<job>:<key>` and Inngest runs
-    one event per id for 24 h. Its answer does not say whether it dropped a repeat, so a
-    repeat's receipt has `deduplicated=False`, with the same `dispatch_id` as the first.
+    Each event's `id` is its dispatch id, chosen here (Inngest answers with ids of its own).
+    Inngest runs one event per id for 24 h without saying it dropped a repeat: a repeat's
+    receipt has `deduplicated=False` and the same `dispatch_id`. What the Event API would
+    refuse is refused before sending; a 429 is waited out within the timeout; a batch taken in
+    part raises a `DispatchError` whose `.accepted` will run. `max_delay`: `INNGEST_MAX_DELAY`.
     """
 
     backend_name = BACKEND
+    max_delay_reason = "INNGEST_MAX_DELAY: Inngest keeps events 7 days on its Free plan"
 
     def __init__(
         self,
         client: inngest.Inngest,
         *,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_delay: timedelta = DEFAULT_MAX_DELAY,
         **options: Any,
     ) -> None:
-        _require_key(client, "_event_key", "INNGEST_EVENT_KEY", "needs an event key to send")
+        require_key(client, "_event_key", "INNGEST_EVENT_KEY", "needs an event key to send")
         super().__init__(**options)
         self.client = client
         self.max_request_bytes = max_request_bytes
+        self.max_delay = max_delay
         self.sender = EventSender(client, self.timeout)
         self.inngest = InngestPort(self)
 
+    def _check(self, prepared: PreparedJob) -> None:
+        check_job_name(prepared.job)
+        if prepared.eta is not None and prepared.eta >= LATEST_TS:
+            raise DispatchError(prepared.name, "Inngest refuses an event dated after 2100")
+        size = len(pydantic_core.to_json(_event(prepared)))
+        if self.max_payload_bytes and size > self.max_payload_bytes:
+            msg = (
+                f"the event is {size} bytes as JSON with its name and id; the limit is "
+                f"{self.max_payload_bytes} (JOBS_MAX_PAYLOAD_BYTES: Inngest's event size)"
+            )
+            raise JobPayloadError(
+                prepared.name, [{"type": "event_too_large", "loc": (), "msg": msg, "input": size}]
+            )
+
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
-        chunks = [jobs] if len(jobs) == 1 else _chunks(jobs, self.max_request_bytes)
-        return [i for chunk in chunks for i in self.sender.send([_event(p) for p in chunk])]
+        parts = [pydantic_core.to_json(_event(p)) for p in jobs]
+        for start, end in _chunks(parts, self.max_request_bytes):
+            try:
+                self.sender.send(parts[start:end])
+            except EventApiError as error:
+                if start + error.accepted:
+                    taken = [p.dispatch_id for p in jobs[: start + error.accepted]]
+                    raise PartialSend(taken, error) from error
+                raise
+        return [p.dispatch_id for p in jobs]
 
     def close(self) -> None:
         self.sender.close()
@@ -178,9 +216,7 @@ class InngestDispatcher(BaseDispatcher):
     def __repr__(self) -> str:
         origin = getattr(self.client, "_event_api_origin", "?")
         mode = "production" if self.client.is_production else "dev"
-        return (
-            f"InngestDispatcher(app_id={self.client.app_id!r}, event_api={origin!r}, mode={mode})"
-        )
+        return f"InngestDispatcher(app_id={self.client.app_id!r}, event_api={origin!r}, {mode=})"
 
 
 def create_dispatcher(
@@ -192,6 +228,7 @@ def create_dispatcher(
 ) -> InngestDispatcher:
     """The `JOBS_BACKEND=inngest` factory used by `jobs_core.create_dispatcher`."""
     client = client or create_inngest_client(settings)
+    options.setdefault("max_delay", settings.inngest_max_delay)
     return InngestDispatcher(client, **settings.dispatcher_options(**options))
 
 
@@ -202,15 +239,16 @@ class _Settlement:
     """The core's decisions as the SDK's errors, which the Inngest executor acts on."""
 
     def retry(self, delivery: Delivery, delay: timedelta) -> None:
-        raise inngest.RetryAfterError(
-            f"job {delivery.job_name!r} will retry",
-            retry_after=datetime.now(timezone.utc) + delay,
-            quiet=True,
-        )
+        # Inngest reads retry-after in whole seconds and moves a time less than 1 s away to
+        # the next second + 1 s: a whole second at or after now + delay is never run early.
+        at = datetime.now(timezone.utc) + delay
+        at += timedelta(microseconds=-at.microsecond) + timedelta(seconds=bool(at.microsecond))
+        message = f"job {delivery.job_name!r} will retry"
+        raise inngest.RetryAfterError(message, retry_after=at, quiet=True)
 
     def give_up(self, delivery: Delivery, error: BaseException) -> None:
-        reason = describe_error(error)
-        raise inngest.NonRetriableError(f"job {delivery.job_name!r} gave up: {reason}", quiet=True)
+        message = f"{GAVE_UP} on job {delivery.job_name!r}: {describe_error(error)}"
+        raise inngest.NonRetriableError(message, quiet=True)
 
 
 SETTLEMENT = _Settlement()
@@ -219,6 +257,37 @@ SETTLEMENT = _Settlement()
 def _delivery(job: Job[Any, Any], ctx: inngest.Context | inngest.ContextSync) -> Delivery:
     event_id = getattr(ctx.event, "id", None)
     return Delivery(job.name, ctx.event.data, ctx.attempt, str(event_id) if event_id else None)
+
+
+def _lost(
+    job: Job[Any, Any], ctx: inngest.Context | inngest.ContextSync
+) -> tuple[Delivery, WorkerLostError] | None:
+    """From `inngest/function.failed`: the failed run's delivery and why, unless the core's own
+    give-up ended it (it already ran `on_failure`)."""
+    data = ctx.event.data
+    error, original = data.get("error"), data.get("event")
+    error = error if isinstance(error, dict) else {"message": str(error)}
+    original = original if isinstance(original, dict) else {}
+    message = str(error.get("message") or "")
+    if GAVE_UP in message:
+        return None
+    why = f"{error.get('name') or 'Error'}: {message[:300]}"
+    lost = WorkerLostError(f"Inngest failed run {data.get('run_id')} without an answer ({why})")
+    event_id = original.get("id")
+    attempt = job.retry.attempts
+    return Delivery(job.name, original.get("data"), attempt, event_id and str(event_id)), lost
+
+
+def _worker(
+    registry: JobRegistry[Any] | None, context: ContextSource, instrumentation: Any
+) -> JobWorker[Any]:
+    return JobWorker(
+        registry,
+        context=context,
+        backend=BACKEND,
+        instrumentation=instrumentation,
+        max_retry_wait=MAX_RETRY_WAIT,
+    )
 
 
 def create_inngest_job_function(
@@ -230,27 +299,40 @@ def create_inngest_job_function(
 ) -> inngest.Function[Any]:
     """The Inngest function that runs `job`: id and trigger event = the job's name. Async when
     a part of a run is async (it runs on the server's loop); sync otherwise, in the SDK's thread
-    pool with no event loop (what Django's ORM needs)."""
-    worker = worker or JobWorker(
-        None, context=context, backend=BACKEND, instrumentation=instrumentation
-    )
-    register = client.create_function(
+    pool with no event loop (what Django's ORM needs). A name or retry policy Inngest cannot
+    honour is a `JobConfigError` here (C28)."""
+    worker = worker or _worker(None, context, instrumentation)
+    check_job_name(job)
+    worker.check(job)
+    handler: Any
+    on_failure: Any
+    if worker.needs_event_loop(job):
+
+        async def handler(ctx: inngest.Context) -> None:
+            await worker.run_async(_delivery(job, ctx), SETTLEMENT, job)
+
+        async def on_failure(ctx: inngest.Context) -> None:
+            lost = _lost(job, ctx)
+            if lost is not None:
+                await worker.settle_lost_async(job, *lost)
+
+    else:
+
+        def handler(ctx: inngest.ContextSync) -> None:
+            worker.run(_delivery(job, ctx), SETTLEMENT, job)
+
+        def on_failure(ctx: inngest.ContextSync) -> None:
+            lost = _lost(job, ctx)
+            if lost is not None:
+                worker.settle_lost(job, *lost)
+
+    return client.create_function(
         fn_id=job.name,
         name=job.name,
         retries=job.retry.attempts,
         trigger=inngest.TriggerEvent(event=job.name),
-    )
-    if worker.needs_event_loop(job):
-
-        async def run_async(ctx: inngest.Context) -> None:
-            await worker.run_async(_delivery(job, ctx), SETTLEMENT, job)
-
-        return register(run_async)
-
-    def run_sync(ctx: inngest.ContextSync) -> None:
-        worker.run(_delivery(job, ctx), SETTLEMENT, job)
-
-    return register(run_sync)
+        on_failure=on_failure if job.on_failure is not None else None,
+    )(handler)
 
 
 def create_inngest_functions(
@@ -261,79 +343,6 @@ def create_inngest_functions(
 ) -> list[inngest.Function[Any]]:
     """One Inngest function per job of `registry` (see `create_inngest_job_function`), and one
     cron function per schedule (see `create_inngest_schedule_functions`)."""
-    worker = JobWorker(registry, context=context, backend=BACKEND, instrumentation=instrumentation)
+    worker = _worker(registry, context, instrumentation)
     jobs = [create_inngest_job_function(client, job, context, worker=worker) for job in registry]
     return jobs + create_inngest_schedule_functions(client, registry, instrumentation)
-
-
-# -- serving ------------------------------------------------------------------------------
-
-
-def serve(
-    app: fastapi.FastAPI,
-    client: inngest.Inngest,
-    functions: list[inngest.Function[Any]],
-    *,
-    serve_path: str | None = None,
-    max_signature_age: timedelta = MAX_SIGNATURE_AGE,
-) -> None:
-    """`inngest.fast_api.serve`, plus the replay check in production mode (C22); there, a
-    missing signing key is a `JobConfigError` naming `INNGEST_SIGNING_KEY`."""
-    why = "signs every call to the served functions, and they cannot be checked without it"
-    _require_key(client, "_signing_key", "INNGEST_SIGNING_KEY", why)
-    path = serve_path or DEFAULT_SERVE_PATH
-    try:
-        inngest.fast_api.serve(app, client, functions, serve_path=path)
-    except sdk_errors.Error as exc:
-        raise JobConfigError(f"cannot serve the Inngest functions: {exc}") from exc
-    if client.is_production:
-        app.add_middleware(RejectStaleSignatures, path=path, max_age=max_signature_age)
-
-
-def create_inngest_app(
-    registry: JobRegistry[Any],
-    *,
-    context: ContextSource,
-    client: inngest.Inngest | None = None,
-    instrumentation: Instrumentation | None = None,
-    serve_path: str | None = None,
-    settings: JobsSettings | None = None,
-) -> fastapi.FastAPI:
-    """A FastAPI app that serves every job of `registry` as an Inngest function."""
-    client = client or create_inngest_client(settings)
-    app = fastapi.FastAPI(title=f"{client.app_id} jobs")
-    functions = create_inngest_functions(client, registry, context, instrumentation)
-    serve(app, client, functions, serve_path=serve_path)
-    return app
-
-
-def run_worker(
-    registry: JobRegistry[Any],
-    *,
-    context: ContextSource,
-    settings: JobsSettings | None = None,
-    argv: Sequence[str] = (),
-    instrumentation: Instrumentation | None = None,
-    **_: Any,
-) -> int:
-    """Serve `registry` with uvicorn until interrupted (`python -m jobs_core worker`)."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(prog="python -m jobs_core worker APP:REGISTRY --")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    parser.add_argument("--path", default=DEFAULT_SERVE_PATH, help="serve path (/api/inngest)")
-    parser.add_argument("--log-level", default="info", help="uvicorn's log level")
-    args = parser.parse_args(list(argv))
-    app = create_inngest_app(
-        registry,
-        context=context,
-        instrumentation=instrumentation,
-        settings=settings,
-        serve_path=args.path,
-    )
-    logger.info(
-        "serving %d job(s) at http://%s:%d%s", len(registry), args.host, args.port, args.path
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from jobs_core import JobRegistry
 
-from .config import SIZES
+from .config import SIZES, SMALL
 from .counter import SharedCounter
 
 
@@ -64,6 +64,8 @@ def make_payload(size: int) -> dict[str, Any]:
 
 PAYLOADS: dict[str, dict[str, Any]] = {name: make_payload(size) for name, size in SIZES.items()}
 PAYLOAD_BYTES: dict[str, int] = {name: len(_json(p)) for name, p in PAYLOADS.items()}
+SAMPLE = PAYLOADS[SMALL]
+"""The typical (200 B) payload, under the name the standalone benchmark scripts use."""
 
 
 class Hits(Protocol):

@@ -88,7 +88,6 @@ def measure(jobs: int, mark: int, keyed: bool = False) -> dict[str, Any]:
     return {
         "jobs": jobs,
         "mark": mark,
-        "keyed": keyed,
         "rss_start_mib": start / MIB_BYTES,
         "rss_at_mark_mib": rss_at_mark / MIB_BYTES,
         "rss_end_mib": end / MIB_BYTES,

@@ -125,3 +125,8 @@ def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def paired_ratio(top: Sequence[float], bottom: Sequence[float]) -> float:
+    """The median of the per-round ratios top[i] / bottom[i] (values measured side by side)."""
+    return median([a / b for a, b in zip(top, bottom)])

@@ -4,6 +4,7 @@
     python -m jobs_core dispatch myapp.jobs:jobs mail.welcome '{"email": "a@example.com"}'
     python -m jobs_core worker myapp.jobs:jobs --context myapp.infra:create_context [-- extra]
     python -m jobs_core scheduler myapp.jobs:jobs
+    python -m jobs_core relay myapp.jobs:jobs --database-url postgresql+psycopg://...
 
 The backend is `JOBS_BACKEND` (default `inline`); `worker` passes unknown options to it.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -160,6 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_scheduler.add_argument(
         "--clock", metavar="MODULE:NAME", help="a jobs_core.scheduler.Clock (or a factory of one)"
     )
+
+    p_relay = sub.add_parser("relay", help="send committed outbox rows through JOBS_BACKEND")
+    p_relay.add_argument("registry", metavar="APP:REGISTRY")
+    p_relay.add_argument(
+        "--database-url",
+        default=os.environ.get("JOBS_DATABASE_URL"),
+        help="SQLAlchemy URL of the outbox's database (default: $JOBS_DATABASE_URL)",
+    )
+    p_relay.add_argument("--context", metavar="MODULE:FACTORY", help="inline backend only")
+    p_relay.add_argument("--batch-size", type=int, default=200, help="rows per round")
+    p_relay.add_argument("--poll-interval", type=float, default=1.0, help="idle seconds")
+    p_relay.add_argument("--once", action="store_true", help="one round, print the count")
+    p_relay.add_argument("--create-table", action="store_true", help="create missing tables")
+    p_relay.add_argument(
+        "--requeue-failed", action="store_true", help="put failed rows back to pending, exit"
+    )
     return parser
 
 
@@ -177,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_dispatch(args)
         if args.command == "scheduler":
             return cmd_scheduler(args)
+        if args.command == "relay":
+            from .outbox.cli import cmd_relay
+
+            return cmd_relay(args)
         return cmd_worker(args, extra)
     except JobsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator
@@ -25,7 +26,7 @@ BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
     "dramatiq": ("jobs_core.backends.dramatiq", "dramatiq"),
 }
 BACKEND_LIBRARIES: dict[str, tuple[str, ...]] = {
-    "inngest": ("inngest", "httpx", "fastapi", "uvicorn"),
+    "inngest": ("inngest", "httpx"),
     "celery": ("celery", "kombu", "redis"),
     "dramatiq": ("dramatiq", "redis"),
 }
@@ -62,6 +63,21 @@ class JobsSettings(BaseSettings):
     inngest_app_name: str = Field(
         default="jobs-app", validation_alias=AliasChoices("INNGEST_APP_NAME", "inngest_app_name")
     )
+    inngest_max_delay: timedelta = Field(
+        default=timedelta(days=7),
+        gt=timedelta(0),
+        validation_alias=AliasChoices("INNGEST_MAX_DELAY", "inngest_max_delay"),
+        description="Longest delay= / run_at= Inngest keeps a job waiting: 7 days on the Free "
+        "plan, a year on paid plans (seconds, or ISO 8601 such as P365D).",
+    )
+
+    @field_validator("inngest_max_delay", mode="before")
+    @classmethod
+    def _seconds_as_duration(cls, value: Any) -> Any:
+        # An environment variable arrives as text: '604800' means seconds, as a number would.
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
 
     @field_validator("backend")
     @classmethod

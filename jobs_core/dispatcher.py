@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .errors import DispatchError, JobPayloadError
+from .errors import DispatchError, JobPayloadError, JobsError
 from .idempotency import IdempotencyStore, scoped_key
 from .instrumentation import (
     DEFAULT_LOGGING,
@@ -62,6 +62,16 @@ class PreparedJob:
             return 0.0
         now = now or datetime.now(timezone.utc)
         return max(0.0, (self.eta - now).total_seconds())
+
+
+class PartialSend(Exception):
+    """Raised by `_send` when the backend took only the first `len(ids)` jobs and refused the
+    rest: those it took will run (they get receipts), the others failed with `cause`."""
+
+    def __init__(self, ids: list[str], cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.ids = ids
+        self.cause = cause
 
 
 def keyed_dispatch_id(job_name: str, idempotency_key: str) -> str:
@@ -130,9 +140,15 @@ class BaseDispatcher(ABC):
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
         """Enqueue `jobs` (in one round trip where the library allows) and return their ids.
 
-        Raise anything on failure: it becomes a `DispatchError`. Return the backend's id for
-        each job, in order (usually `job.dispatch_id`).
+        Raise anything on failure: it becomes a `DispatchError`; raise `PartialSend` when the
+        backend took some of them. Return the backend's id for each job, in order (usually
+        `job.dispatch_id`).
         """
+
+    def _check(self, prepared: PreparedJob) -> None:
+        """Refuse, before anything is sent, what the backend would refuse about one job: raise
+        a `JobsError` (`JobPayloadError`, `DispatchError`, `JobConfigError`). None by default."""
+        return None
 
     # -- the port -------------------------------------------------------------------------
 
@@ -210,7 +226,7 @@ class BaseDispatcher(ABC):
         eta = resolve_eta(delay, run_at)
         if eta is not None and self.max_delay is not None:
             self._check_delay(job, eta)
-        return PreparedJob(
+        prepared = PreparedJob(
             job=job,
             payload=model,
             data=data,
@@ -220,6 +236,12 @@ class BaseDispatcher(ABC):
             eta=eta,
             idempotency_key=idempotency_key,
         )
+        try:
+            self._check(prepared)
+        except JobsError as error:
+            self._record_schedule_failure(job.name, None, error)
+            raise
+        return prepared
 
     def _check_delay(self, job: Job[Any, Any], eta: datetime) -> None:
         assert self.max_delay is not None
@@ -306,10 +328,33 @@ class BaseDispatcher(ABC):
         if to_send:
             try:
                 sent_ids = self._send(to_send)
+            except PartialSend as partial:
+                self._fail_partly(to_send, partial, claimed)
             except Exception as error:
                 self._release(claimed)
                 self._fail_all(to_send, error)
         return self._receipts(prepared, sent_ids, duplicates)
+
+    def _fail_partly(
+        self, to_send: Sequence[PreparedJob], partial: PartialSend, claimed: list[str]
+    ) -> None:
+        """The backend took the first jobs and refused the rest: receipts (and `scheduled`)
+        for those it took, `failed` for the others, and a `DispatchError` that lists both."""
+        taken = len(partial.ids)
+        accepted = self._receipts(to_send[:taken], partial.ids, {})
+        refused = to_send[taken:]
+        refused_keys = {scoped_key(p.name, p.idempotency_key) for p in refused if p.idempotency_key}
+        self._release([k for k in claimed if k in refused_keys])
+        for p in refused:
+            self._record_schedule_failure(p.name, p.dispatch_id, partial.cause)
+        names = ", ".join(sorted({p.name for p in refused}))
+        error = DispatchError(
+            names,
+            f"{describe_error(partial.cause)} ({taken} of {len(to_send)} jobs were accepted "
+            "before the refusal and will run: see DispatchError.accepted)",
+        )
+        error.accepted = tuple(accepted)
+        raise error from partial.cause
 
     async def _dispatch_prepared_async(
         self, prepared: Sequence[PreparedJob]

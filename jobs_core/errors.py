@@ -41,7 +41,13 @@ def _describe_payload_errors(job_name: str, errors: Sequence[dict[str, Any]]) ->
 
 
 class DispatchError(JobsError):
-    """The backend could not accept the job (refused, down, timed out): nothing was enqueued."""
+    """The backend could not accept the job (refused, down, timed out): nothing was enqueued.
+
+    Except in `accepted`: the receipts of jobs of the same `dispatch_many` that the backend took
+    before it refused the rest (Inngest handles a request's events one by one); those will run.
+    """
+
+    accepted: tuple[Any, ...] = ()
 
     def __init__(self, job_name: str, cause: BaseException | str) -> None:
         self.job_name = job_name
@@ -51,6 +57,12 @@ class DispatchError(JobsError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.job_name, str(self.cause)))
+
+
+class WorkerLostError(JobsError):
+    """The backend failed a run whose last attempt ended without the worker's answer (the
+    process died, the call timed out or was refused, the run was cancelled). `on_failure` gets
+    it from the backend's own failure notice, since the worker never saw the give-up."""
 
 
 class UnknownJobError(JobsError, LookupError):

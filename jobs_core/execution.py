@@ -8,7 +8,7 @@ backend retries, gives up and reports in exactly the same way:
 - `PermanentError`, or a payload that does not fit the model (`JobPayloadError`): give up now;
 - `RetryLater(d)`: retry after `d`, if attempts are left;
 - any other `Exception`: retry after the core's backoff (C15), if attempts are left;
-- no attempts left: give up.
+- no attempts left, or a wait longer than the backend can keep (`max_retry_wait`): give up.
 
 On giving up, the job's `on_failure` runs here, once, and `failed` is recorded. The worker seam
 then carries the returned `JobOutcome` out through the adapter's library.
@@ -97,15 +97,27 @@ async def _build_context(context: ContextSource) -> Any:
     return context
 
 
-def classify(job: Job[Any, Any], error: BaseException, attempt: int) -> JobOutcome:
-    """Decide retry or give up for `error` raised on `attempt` (0-based)."""
+def classify(
+    job: Job[Any, Any],
+    error: BaseException,
+    attempt: int,
+    max_retry_wait: timedelta | None = None,
+) -> JobOutcome:
+    """Decide retry or give up for `error` raised on `attempt` (0-based); a wait longer than
+    `max_retry_wait` (what the backend can keep between attempts) gives up, saying why."""
     if isinstance(error, (PermanentError, JobPayloadError)):
         return JobOutcome("failed", attempt, error)
     if attempt >= job.retry.attempts:
         return JobOutcome("failed", attempt, error)
-    if isinstance(error, RetryLater):
-        return JobOutcome("retry", attempt, error, error.delay)
-    return JobOutcome("retry", attempt, error, job.retry.backoff(attempt + 1))
+    wait = error.delay if isinstance(error, RetryLater) else job.retry.backoff(attempt + 1)
+    if max_retry_wait is not None and wait > max_retry_wait:
+        refused = PermanentError(
+            f"a retry after {wait} is longer than this backend waits between attempts "
+            f"({max_retry_wait}); dispatch a new job with delay= instead"
+        )
+        refused.__cause__ = error
+        return JobOutcome("failed", attempt, refused)
+    return JobOutcome("retry", attempt, error, wait)
 
 
 async def _run(
@@ -116,6 +128,7 @@ async def _run(
     dispatch_id: str | None,
     backend: str,
     instrumentation: Instrumentation,
+    max_retry_wait: timedelta | None = None,
 ) -> JobOutcome:
     def event(kind: Any, **extra: Any) -> None:
         safe_record(
@@ -134,7 +147,7 @@ async def _run(
         have_ctx = True
         await _resolve(job.handler(payload, ctx))
     except Exception as error:
-        outcome = classify(job, error, attempt)
+        outcome = classify(job, error, attempt, max_retry_wait)
     else:
         event("completed", duration=timedelta(seconds=time.perf_counter() - started))
         return JobOutcome("completed", attempt)
@@ -150,18 +163,31 @@ async def _run(
         )
         return outcome
 
-    if job.on_failure is not None:
-        if not have_ctx:
-            try:
-                ctx = await _build_context(context)
-            except Exception:
-                logger.exception("job %r: context factory failed before on_failure", job.name)
-        try:
-            await _resolve(job.on_failure(outcome.error, payload, ctx))
-        except Exception:
-            logger.exception("job %r: on_failure raised (dispatch_id=%s)", job.name, dispatch_id)
+    await _call_on_failure(job, outcome.error, payload, context, ctx, have_ctx, dispatch_id)
     event("failed", error=describe_error(outcome.error), duration=duration)
     return outcome
+
+
+async def _call_on_failure(
+    job: Job[Any, Any],
+    error: BaseException,
+    payload: Any,
+    context: ContextSource,
+    ctx: Any,
+    have_ctx: bool,
+    dispatch_id: str | None,
+) -> None:
+    if job.on_failure is None:
+        return
+    if not have_ctx:
+        try:
+            ctx = await _build_context(context)
+        except Exception:
+            logger.exception("job %r: context factory failed before on_failure", job.name)
+    try:
+        await _resolve(job.on_failure(error, payload, ctx))
+    except Exception:
+        logger.exception("job %r: on_failure raised (dispatch_id=%s)", job.name, dispatch_id)
 
 
 async def run_job(
@@ -173,6 +199,7 @@ async def run_job(
     dispatch_id: str | None,
     backend: str,
     instrumentation: Instrumentation | None = None,
+    max_retry_wait: timedelta | None = None,
 ) -> JobOutcome:
     """Run one delivery of `job` inside a running event loop; see the module docstring."""
     return await _run(
@@ -183,7 +210,32 @@ async def run_job(
         dispatch_id,
         backend,
         with_logging(instrumentation),
+        max_retry_wait,
     )
+
+
+async def settle_lost_run(
+    job: Job[Any, Any],
+    raw_payload: Any,
+    error: BaseException,
+    *,
+    context: ContextSource,
+    attempt: int,
+    dispatch_id: str | None,
+    backend: str,
+    instrumentation: Instrumentation | None = None,
+) -> None:
+    """A run the backend gave up on without the worker's answer (see `WorkerLostError`): run
+    `on_failure` once with `error` and record `failed`, as a give-up of the core's own would."""
+    try:
+        payload: Any = parse_payload(job, raw_payload)
+    except JobPayloadError:
+        payload = raw_payload
+    await _call_on_failure(job, error, payload, context, None, False, dispatch_id)
+    event = JobEvent(
+        "failed", "execute", job.name, dispatch_id, attempt, backend, error=describe_error(error)
+    )
+    safe_record(with_logging(instrumentation), event)
 
 
 _thread_loops = threading.local()
@@ -215,15 +267,14 @@ def run_coroutine_blocking(coro: Coroutine[Any, Any, Any]) -> Any:
     return _thread_loop().run_until_complete(coro)
 
 
-def _drive_without_loop(coro: Coroutine[Any, Any, JobOutcome]) -> JobOutcome:
+def _drive_without_loop(coro: Coroutine[Any, Any, Any]) -> Any:
     # Every part of the run is synchronous, so the coroutine finishes on its first step;
     # skipping the event loop keeps sync handlers free of a running loop (Django's ORM
     # refuses to run inside one) and costs nothing per job.
     try:
         coro.send(None)
     except StopIteration as stop:
-        result: JobOutcome = stop.value
-        return result
+        return stop.value
     coro.close()
     raise RuntimeError("a synchronous job suspended: a sync handler returned an awaitable?")
 
@@ -237,6 +288,7 @@ def run_job_sync(
     dispatch_id: str | None,
     backend: str,
     instrumentation: Instrumentation | None = None,
+    max_retry_wait: timedelta | None = None,
 ) -> JobOutcome:
     """`run_job` for sync worker threads (Celery, Dramatiq): async parts run on a thread loop."""
     coro = _run(
@@ -247,8 +299,15 @@ def run_job_sync(
         dispatch_id,
         backend,
         with_logging(instrumentation),
+        max_retry_wait,
     )
+    result: JobOutcome = run_to_end(coro, job, context)
+    return result
+
+
+def run_to_end(coro: Coroutine[Any, Any, Any], job: Job[Any, Any], context: ContextSource) -> Any:
+    """Run a coroutine of `job`'s from sync code: on this thread's loop when a part of the job
+    is async, else without any loop."""
     if needs_event_loop(job, context):
-        result: JobOutcome = run_coroutine_blocking(coro)
-        return result
+        return run_coroutine_blocking(coro)
     return _drive_without_loop(coro)

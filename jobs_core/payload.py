@@ -6,7 +6,8 @@ A payload crosses the wire as `model.model_dump(mode="json")`, so the worker's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import pydantic_core
@@ -32,6 +33,14 @@ secrets (C23), and one large payload would make every log line as large."""
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 """Largest JSON payload accepted at dispatch: Inngest's smallest event limit, so that a job
 that dispatches on one backend dispatches on all of them."""
+
+
+MAX_SAFE_INTEGER = 2**53 - 1
+"""Largest integer every backend carries exactly: Inngest canonicalises event JSON through
+doubles, so a larger one arrives rounded (2**53 + 1 came back as 2**53)."""
+
+_LONG_NUMBER = re.compile(rb"\d{16}")
+"""Sixteen digits in a row: the JSON may hold an integer beyond MAX_SAFE_INTEGER (16 digits)."""
 
 
 def _shape_error(job_name: str, got: Any, expected: str) -> JobPayloadError:
@@ -69,11 +78,38 @@ def validate_payload(job: Job, payload: Any) -> BaseModel:
     )
 
 
+def _unsafe_integers(value: Any, loc: tuple[Any, ...] = ()) -> Iterator[dict[str, Any]]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_SAFE_INTEGER:
+            yield {
+                "type": "int_unsafe",
+                "loc": loc,
+                "msg": f"integer {value} is beyond ±(2**53 - 1), which not every backend carries "
+                "exactly (Inngest rounds it): send it as a string",
+                "input": value,
+            }
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unsafe_integers(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unsafe_integers(item, (*loc, index))
+
+
 def to_wire(job: Job, model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
-    """The JSON-ready form of a validated payload; refuses one over `max_bytes` (no truncation)."""
+    """The JSON-ready form of a validated payload.
+
+    Refuses one over `max_bytes` (no truncation), and one holding an integer beyond
+    ±(2**53 - 1), naming the field: a job that dispatches on one backend dispatches on all (C10).
+    """
     data = model.model_dump(mode="json")
+    raw = pydantic_core.to_json(data)
+    if _LONG_NUMBER.search(raw):
+        unsafe = list(_unsafe_integers(data))
+        if unsafe:
+            raise JobPayloadError(job.name, unsafe)
     if max_bytes:
-        size = len(pydantic_core.to_json(data))
+        size = len(raw)
         if size > max_bytes:
             raise JobPayloadError(
                 job.name,

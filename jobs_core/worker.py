@@ -18,8 +18,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import UnknownJobError
-from .execution import ContextSource, JobOutcome, needs_event_loop, run_job, run_job_sync
+from .errors import JobConfigError, UnknownJobError
+from .execution import (
+    ContextSource,
+    JobOutcome,
+    needs_event_loop,
+    run_job,
+    run_job_sync,
+    run_to_end,
+    settle_lost_run,
+)
 from .instrumentation import Instrumentation, JobEvent, safe_record, with_logging
 from .job import Job
 from .registry import JobRegistry
@@ -81,7 +89,8 @@ class JobWorker(Generic[C]):
     """Runs the deliveries of one registry's jobs and settles their outcomes (the worker seam).
 
     `context` is a ctx object, or a sync or async factory called once per run;
-    `instrumentation` is added to the default logging.
+    `instrumentation` is added to the default logging; `max_retry_wait` is the longest wait the
+    backend keeps between attempts (a longer one gives up, saying so).
     """
 
     def __init__(
@@ -91,11 +100,23 @@ class JobWorker(Generic[C]):
         context: ContextSource,
         backend: str,
         instrumentation: Instrumentation | None = None,
+        max_retry_wait: timedelta | None = None,
     ) -> None:
         self.registry = registry
         self.context = context
         self.backend = backend
         self.instrumentation = with_logging(instrumentation)
+        self.max_retry_wait = max_retry_wait
+
+    def check(self, job: Job[Any, Any]) -> None:
+        """Refuse (C28) a job whose retry policy waits longer than `max_retry_wait`."""
+        waits = [job.retry.base_backoff(k) for k in range(1, job.retry.attempts + 1)]
+        if self.max_retry_wait is not None and waits and max(waits) > self.max_retry_wait:
+            raise JobConfigError(
+                f"job {job.name!r}: option 'retry' waits up to {max(waits)} between attempts; "
+                f"the {self.backend} backend waits at most {self.max_retry_wait}: lower "
+                "max_backoff"
+            )
 
     def needs_event_loop(self, job: Job[Any, Any]) -> bool:
         """True when a run of `job` has an async part (handler, context factory, hook)."""
@@ -117,6 +138,7 @@ class JobWorker(Generic[C]):
             dispatch_id=delivery.dispatch_id,
             backend=self.backend,
             instrumentation=self.instrumentation,
+            max_retry_wait=self.max_retry_wait,
         )
         return settle(delivery, outcome, settlement)
 
@@ -135,8 +157,29 @@ class JobWorker(Generic[C]):
             dispatch_id=delivery.dispatch_id,
             backend=self.backend,
             instrumentation=self.instrumentation,
+            max_retry_wait=self.max_retry_wait,
         )
         return settle(delivery, outcome, settlement)
+
+    async def settle_lost_async(
+        self, job: Job[Any, Any], delivery: Delivery, error: BaseException
+    ) -> None:
+        """The backend failed `delivery`'s run without the worker's answer (the worker died in
+        the last attempt, the call timed out): run `on_failure` once and record `failed`."""
+        await settle_lost_run(
+            job,
+            delivery.data,
+            error,
+            context=self.context,
+            attempt=delivery.attempt,
+            dispatch_id=delivery.dispatch_id,
+            backend=self.backend,
+            instrumentation=self.instrumentation,
+        )
+
+    def settle_lost(self, job: Job[Any, Any], delivery: Delivery, error: BaseException) -> None:
+        """`settle_lost_async` from sync code."""
+        run_to_end(self.settle_lost_async(job, delivery, error), job, self.context)
 
     def run_in_process(
         self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import pickle
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -26,8 +27,11 @@ from jobs_core import (
 )
 from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.config import load_settings, redact_url
+from jobs_core.dispatcher import BaseDispatcher, PartialSend, PreparedJob
+from jobs_core.errors import WorkerLostError
 from jobs_core.payload import parse_payload, to_wire, validate_payload
 from jobs_core.testing import RecordingInstrumentation
+from jobs_core.worker import Delivery, JobWorker
 
 
 class Item(BaseModel):
@@ -83,6 +87,36 @@ def test_oversized_payload_is_refused_naming_the_limit() -> None:
     dispatcher = InlineDispatcher(max_payload_bytes=100)
     with pytest.raises(JobPayloadError, match="JOBS_MAX_PAYLOAD_BYTES"):
         dispatcher.dispatch_sync(job, {"sku": "x" * 200})
+
+
+class Ledger(BaseModel):
+    account: int
+    lines: list[dict[str, int]] = []
+    amount: float = 0.0
+
+
+def test_integers_beyond_2_53_are_refused_naming_the_field() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.ints", payload=Ledger, handle=lambda p, c: None)
+    edge = 2**53 - 1
+    assert to_wire(job, Ledger(account=edge, lines=[{"n": -edge}])) == {
+        "account": edge,
+        "lines": [{"n": -edge}],
+        "amount": 0.0,
+    }
+    assert to_wire(job, Ledger(account=1, amount=2.0**60))["amount"] == 2.0**60  # floats pass
+    assert to_wire(job, Ledger(account=1, lines=[{"id": 1234567890123456}]))  # 16 digits, safe
+    with pytest.raises(JobPayloadError) as caught:
+        to_wire(job, Ledger(account=2**53 + 1, lines=[{"ok": 1, "big": -(2**64)}]))
+    assert [e["loc"] for e in caught.value.errors] == [("account",), ("lines", 0, "big")]
+    assert "account: integer 9007199254740993" in str(caught.value)
+    assert "lines.0.big" in str(caught.value)
+    dispatcher = InlineDispatcher()
+    events = RecordingInstrumentation()
+    dispatcher.instrumentation = events
+    with pytest.raises(JobPayloadError, match="account"):
+        dispatcher.dispatch_sync(job, {"account": 2**53})
+    assert events.kinds("t.ints") == ["failed"]
 
 
 def test_errors_say_what_to_change() -> None:
@@ -340,3 +374,119 @@ def test_a_logging_instrumentation_given_is_not_doubled(caplog: pytest.LogCaptur
     completed = [r for r in caplog.records if "job completed: t.once" in r.getMessage()]
     assert len(completed) == 1
     assert events.kinds("t.once") == ["scheduled", "started", "completed"]
+
+
+class _PartialDispatcher(BaseDispatcher):
+    """Takes the first `take` jobs of every send, then refuses the rest; refuses jobs named
+    `*.refused` before sending (the `_check` hook)."""
+
+    backend_name = "partial"
+
+    def __init__(self, take: int) -> None:
+        super().__init__()
+        self.take = take
+        self.sent: list[str] = []
+
+    def _check(self, prepared: PreparedJob) -> None:
+        if prepared.name.endswith(".refused"):
+            raise JobConfigError(f"job {prepared.name!r}: refused by the partial backend")
+
+    def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
+        ids = [p.dispatch_id for p in jobs[: self.take]]
+        self.sent += ids
+        if len(jobs) > self.take:
+            raise PartialSend(ids, RuntimeError("the backend refused event 2"))
+        return ids
+
+
+def test_a_partial_send_gives_receipts_for_what_was_taken_and_fails_the_rest() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.partial", payload=Item, handle=lambda p, c: None)
+    dispatcher = _PartialDispatcher(take=1)
+    events = RecordingInstrumentation()
+    dispatcher.instrumentation = events
+    with pytest.raises(DispatchError) as caught:
+        dispatcher.dispatch_many_sync(
+            [(job, {"sku": "a"}), (job, {"sku": "b"}), (job, {"sku": "c"})]
+        )
+    [accepted] = caught.value.accepted
+    assert accepted.dispatch_id == dispatcher.sent[0] and accepted.job_name == "t.partial"
+    assert "1 of 3 jobs were accepted" in str(caught.value)
+    assert "the backend refused event 2" in str(caught.value)
+    assert events.kinds("t.partial") == ["scheduled", "failed", "failed"]
+    assert events.for_job("t.partial")[0].dispatch_id == accepted.dispatch_id
+
+
+def test_what_the_backend_would_refuse_is_refused_before_anything_is_sent() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    good = jobs.define_job("t.fine", payload=Item, handle=lambda p, c: None)
+    bad = jobs.define_job("t.refused", payload=Item, handle=lambda p, c: None)
+    dispatcher = _PartialDispatcher(take=10)
+    events = RecordingInstrumentation()
+    dispatcher.instrumentation = events
+    with pytest.raises(JobConfigError, match="refused by the partial backend"):
+        dispatcher.dispatch_many_sync([(good, {"sku": "a"}), (bad, {"sku": "b"})])
+    assert dispatcher.sent == []
+    assert events.kinds("t.refused") == ["failed"] and events.kinds("t.fine") == []
+
+
+def test_a_retry_wait_longer_than_the_backend_keeps_gives_up_saying_why() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    failures: list[BaseException] = []
+
+    @jobs.job("t.toolong", retry=Retry(attempts=3), on_failure=lambda e, p, c: failures.append(e))
+    def handler(payload: Item, ctx: Any) -> None:
+        raise RetryLater(timedelta(hours=2))
+
+    events = RecordingInstrumentation()
+    worker = JobWorker(
+        jobs, context=None, backend="t", instrumentation=events, max_retry_wait=timedelta(hours=1)
+    )
+    outcome = worker.run_in_process(handler, {"sku": "a"}, "d", _NoSettlement(), wait=False)
+    assert outcome.gave_up and outcome.attempt == 0
+    [error] = failures
+    assert isinstance(error, PermanentError) and isinstance(error.__cause__, RetryLater)
+    assert "2:00:00 is longer than this backend waits between attempts (1:00:00)" in str(error)
+    assert events.kinds("t.toolong") == ["started", "failed"]
+    assert worker.run_in_process(handler, {"sku": "a"}, "d", _NoSettlement(), wait=False).gave_up
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_lost_run_runs_on_failure_once_and_records_failed(kind: str) -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    calls: list[tuple[BaseException, Any, Any]] = []
+
+    def hook(error: BaseException, payload: Any, ctx: Any) -> None:
+        calls.append((error, payload, ctx))
+
+    async def async_hook(error: BaseException, payload: Any, ctx: Any) -> None:
+        hook(error, payload, ctx)
+
+    job = jobs.define_job(
+        f"t.lost.{kind}",
+        payload=Item,
+        handle=lambda p, c: None,
+        on_failure=hook if kind == "sync" else async_hook,
+    )
+    events = RecordingInstrumentation()
+    worker = JobWorker(jobs, context=lambda: "ctx", backend="t", instrumentation=events)
+    lost = WorkerLostError("the worker died")
+    delivery = Delivery(job.name, {"sku": "a"}, 2, "d-1")
+    if kind == "sync":
+        await asyncio.to_thread(worker.settle_lost, job, delivery, lost)
+    else:
+        await worker.settle_lost_async(job, delivery, lost)
+    await worker.settle_lost_async(job, Delivery(job.name, {"bad": 1}, 2, "d-2"), lost)
+    assert calls == [(lost, Item(sku="a"), "ctx"), (lost, {"bad": 1}, "ctx")]
+    failed = events.for_job(job.name)
+    assert [(e.kind, e.phase, e.attempt, e.dispatch_id) for e in failed] == [
+        ("failed", "execute", 2, "d-1"),
+        ("failed", "execute", 2, "d-2"),
+    ]
+    assert failed[0].error == "WorkerLostError: the worker died"
+
+
+class _NoSettlement:
+    def retry(self, delivery: Delivery, delay: timedelta) -> None: ...
+
+    def give_up(self, delivery: Delivery, error: BaseException) -> None: ...

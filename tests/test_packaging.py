@@ -66,3 +66,21 @@ def test_an_apps_own_backends_module_does_not_clash(tmp_path: Path) -> None:
         "jobs_core.backends.dramatiq",
         "the app module",
     ]
+
+
+def test_each_web_framework_is_an_extra_of_its_own() -> None:
+    """`jobs-core[inngest]` is the SDK alone: a Django app does not get FastAPI and uvicorn."""
+    import importlib.metadata
+    import re
+
+    requires = importlib.metadata.metadata("jobs-core").get_all("Requires-Dist") or []
+
+    def names(extra: str) -> set[str]:
+        marker = f'extra == "{extra}"'
+        return {re.split(r"[\[<>=;! ]", r, maxsplit=1)[0] for r in requires if marker in r}
+
+    assert names("inngest") == {"inngest", "httpx"}
+    assert {"fastapi", "uvicorn"} <= names("inngest-fastapi")
+    assert "flask" in names("inngest-flask") and "django" in names("inngest-django")
+    for framework in ("inngest-fastapi", "inngest-flask", "inngest-django"):
+        assert "jobs-core" in names(framework)  # each brings the SDK through [inngest]

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from jobs_core import JobFailedError, JobPayloadError, JobRegistry, PermanentError
-from jobs_core.testing import RecordingDispatcher
+from jobs_core.testing import RecordingDispatcher, RecordingInstrumentation
 
 jobs: JobRegistry[Any] = JobRegistry()
 
@@ -88,5 +88,7 @@ def test_inline_dispatcher_fixture_runs_jobs(inline_dispatcher: Any) -> None:
     inline_dispatcher.context = {"follow_up": False, "jobs": inline_dispatcher}
     sign_up(inline_dispatcher, "c@example.com")
     assert sent == ["c@example.com"]
-    kinds = [e.kind for e in inline_dispatcher.instrumentation.events]
-    assert kinds == ["scheduled", "started", "completed"]
+    # `.instrumentation` is the fixture's recorder (the default logging is added beside it).
+    recorder = inline_dispatcher.instrumentation
+    assert isinstance(recorder, RecordingInstrumentation)
+    assert recorder.kinds() == ["scheduled", "started", "completed"]

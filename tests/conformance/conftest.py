@@ -14,13 +14,15 @@ from jobs_core.testing import RecordingInstrumentation
 
 from .harness import BackendHarness
 
-HARNESSES = ["inline", "celery", "dramatiq", "inngest"]
-"""Every backend under the contract. A backend is added here, never skipped silently."""
+HARNESSES = ["inline", "celery", "dramatiq", "inngest", "inngest-devserver"]
+"""Every backend under the contract. A backend is added here, never skipped silently.
+`inngest-devserver` is the Inngest backend against the real Inngest Dev Server: it skips,
+saying so, where no `inngest` / `inngest-cli` binary is on PATH."""
 
 
 @pytest.fixture(params=HARNESSES, scope="session")
 def harness(request: pytest.FixtureRequest, resources: Any) -> Iterator[BackendHarness]:
-    module = importlib.import_module(f"tests.conformance.harness_{request.param}")
+    module = importlib.import_module(f"tests.conformance.harness_{request.param.replace('-', '_')}")
     made: BackendHarness = module.make_harness(resources)
     yield made
     close = getattr(made, "close", None)

@@ -56,9 +56,7 @@ class InngestSession:
         untaken = [
             e.name
             for e in self.harness.events
-            if not e.internal
-            and not e.deduplicated
-            and not any(event_name_matches(t, e.name) for t in triggers)
+            if not e.internal and not any(event_name_matches(t, e.name) for t in triggers)
         ]
         return failed + untaken
 

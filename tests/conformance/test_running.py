@@ -23,6 +23,12 @@ def _attempts(events: RecordingInstrumentation, name: str) -> list[int]:
     return [e.attempt for e in events.for_job(name) if e.kind == "started"]
 
 
+def _executed(events: RecordingInstrumentation, name: str) -> list[str]:
+    """The worker's event kinds: the producer records `scheduled` after its enqueue returns,
+    which a fast worker can beat (C19), so the last kinds of a job are read from these."""
+    return [e.kind for e in events.for_job(name) if e.phase == "execute"]
+
+
 def _finished(events: RecordingInstrumentation, name: str, count: int = 1) -> bool:
     return sum(e.kind in ("completed", "failed") for e in events.for_job(name)) >= count
 
@@ -59,6 +65,27 @@ def test_C10_payload_survives_the_trip_unchanged(
         assert received == expected
         assert received.when.utcoffset() == timedelta(hours=5, minutes=30)
         assert received.amount == Decimal("12345678901234567890.000000001")
+
+
+def test_C10_integers_beyond_2_53_are_refused_at_dispatch(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+) -> None:
+    runs = Runs()
+
+    @jobs.job(f"c10i.{unique}")
+    def handler(payload: Note, ctx: Any) -> None:
+        runs.add(payload)
+
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        before = s.enqueued_count()
+        for unsafe in (2**53, -(2**53), 2**53 + 1):
+            with pytest.raises(JobPayloadError) as caught:
+                s.dispatcher.dispatch_sync(handler, {"text": "big", "n": unsafe})
+            assert [e["loc"] for e in caught.value.errors] == [("n",)]
+        assert s.enqueued_count() == before
+        s.dispatcher.dispatch_sync(handler, {"text": "edge", "n": 2**53 - 1})
+        wait_until(lambda: runs.count == 1, what="the largest safe integer to arrive")
+    assert runs.items == [Note(text="edge", n=2**53 - 1)]
 
 
 def test_C11_always_failing_runs_attempts_plus_one_then_on_failure_once(
@@ -132,7 +159,7 @@ def test_C12_fails_k_times_then_succeeds(
         wait_until(lambda: _finished(events, name), what="the job to complete")
     assert runs.count == 3
     assert runs.failures == []
-    assert events.kinds(name)[-1] == "completed"
+    assert _executed(events, name)[-1] == "completed"
     assert _attempts(events, name) == [0, 1, 2]
 
 
@@ -153,7 +180,7 @@ def test_C13_permanent_error_runs_once(
         assert stays_false(lambda: runs.count > 1, 0.4 if harness.durable else 0.0)
     assert runs.count == 1
     assert len(runs.failures) == 1 and isinstance(runs.failures[0][0], PermanentError)
-    assert events.kinds(name)[-2:] == ["started", "failed"]
+    assert _executed(events, name)[-2:] == ["started", "failed"]
     assert "retrying" not in events.kinds(name)
 
 
@@ -324,7 +351,7 @@ def test_C18_sync_and_async_handlers_and_contexts(
         s.dispatcher.dispatch_sync(job, {"text": "x", "n": 0})
         wait_until(lambda: _finished(events, name), what="the job to complete")
     assert runs.count == 2
-    assert events.kinds(name)[-1] == "completed"
+    assert _executed(events, name)[-1] == "completed"
     if context_kind == "object":
         assert all(ctx is context for ctx in seen)
     else:

@@ -43,6 +43,7 @@ def test_signup_dispatches_the_welcome_job_and_the_app_runs_it(
             "quickstart-mail.welcome",
             "quickstart-contacts.import",
             "quickstart-billing.charge",
+            "quickstart-billing.charge-failure",  # on_failure's safety net
         }
         answer = httpx.post(f"{base_url}/signup", json={"email": "ada@example.com"}, timeout=10)
         assert answer.status_code == 200

@@ -27,7 +27,7 @@ from .records import (
     Run,
     RunStatus,
 )
-from .serve import run_asgi_app, serve_functions
+from .serve import run_asgi_app, run_wsgi_app, serve_functions
 from .server import HarnessError, InngestHarness
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "RunStatus",
     "hash_signing_key",
     "run_asgi_app",
+    "run_wsgi_app",
     "serve_functions",
     "sign_body",
     "verify_response_signature",

@@ -6,7 +6,7 @@ Inngest does: 200 = completed; 206 = step ops (``StepRun``/``StepFailed`` memois
 ``steps``, ``StepError`` retried then memoised, ``StepPlanned`` targeted next via ``stepId``,
 ``Sleep`` waited); anything else = error, retried up to the function's ``retries``
 (``x-inngest-no-retry: true`` stops at once, ``retry-after`` sets the time of the next try,
-otherwise ``retry_delay``). Attempts are counted per step, as Inngest does: ``ctx.attempt``
+clamped as Inngest clamps it, otherwise ``retry_delay``). Attempts are counted per step, as Inngest does: ``ctx.attempt``
 goes back to 0 after each step that completes.
 
 A scheduler thread waits on a condition for the next due call and hands it to a small thread
@@ -39,6 +39,7 @@ from .protocol import (
     canonical_json,
     new_ulid,
     parse_retry_after,
+    parse_wall_time,
     sign_body,
     verify_response_signature,
 )
@@ -265,9 +266,8 @@ class Executor:
             return
         body = attempt.body
         error = body if body is not None else {"message": attempt.transport_error}
-        no_retry = attempt.headers.get(H_NO_RETRY) == "true" or (
-            isinstance(body, dict) and body.get("code") == "function_not_found"
-        )
+        # A function the app no longer serves (function_not_found) is retried like any error.
+        no_retry = attempt.headers.get(H_NO_RETRY) == "true"
         if no_retry or state.attempt >= state.fn.retries:
             self._finish(run, "failed", error=error)
             return
@@ -305,7 +305,7 @@ class Executor:
                 if step_id not in state.planned:
                     state.planned.append(step_id)
             elif kind == "Sleep":
-                until = parse_retry_after(op.get("name"))  # the SDK puts the ISO time in name
+                until = parse_wall_time(op.get("name"), time.time())  # the ISO time is in name
                 memo(step_id, None)
                 if until is not None:
                     not_before = max(not_before, until)

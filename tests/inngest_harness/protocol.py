@@ -13,6 +13,7 @@ import email.utils
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import time
@@ -110,11 +111,12 @@ def new_ulid(ms: int | None = None, entropy: bytes | None = None) -> str:
 
 
 def seeded_event_id(seed: str | None, index: int) -> str | None:
-    """The id Inngest derives for the ``index``-th id-less event of a request.
+    """The internal id Inngest derives for the ``index``-th event of a request.
 
     The SDK sends ``x-inngest-event-id-seed: <unix ms>,<base64 entropy>`` (client._seed) and
-    resends the *same* request on a 5xx, so ids derived from the seed make a resent batch
-    deduplicate instead of running twice. Returns None when the seed is absent or malformed.
+    resends the *same* request on a 5xx, so an id-less event, whose ``id`` is its internal
+    one, runs once however often it is resent. Returns None when the seed is absent or
+    malformed.
     """
     if not seed or "," not in seed:
         return None
@@ -128,20 +130,73 @@ def seeded_event_id(seed: str | None, index: int) -> str | None:
     return new_ulid(millis, derived)
 
 
+MIN_RETRY_WAIT: Final = 1.0
+MAX_RETRY_WAIT: Final = 24 * 3600.0
+"""Inngest's bounds on a retry's wait (pkg/consts: MinRetryDuration, MaxRetryDuration)."""
+
+MAX_EVENT_NAME: Final = 255
+_TS_RANGE: Final = (
+    datetime.datetime(1980, 1, 1, tzinfo=datetime.timezone.utc).timestamp() * 1000,
+    datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc).timestamp() * 1000,
+)
+
+
+def event_problem(item: Any, max_bytes: int) -> str | None:
+    """Why Inngest's Event API refuses this one event (pkg/event: Validate, IsInternal, the
+    name and size limits), or None when it takes it."""
+    if not isinstance(item, dict):
+        return "event is not an object"
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        return "event name is empty"
+    if name.lower().startswith("inngest/"):
+        return f"event name is reserved for internal use: {name}"
+    if len(name) > MAX_EVENT_NAME:
+        return f"event name is longer than {MAX_EVENT_NAME} characters"
+    if item.get("data") is not None and not isinstance(item["data"], dict):
+        return "event data is not an object"
+    if item.get("id") is not None and not isinstance(item["id"], str):
+        return "event id is not a string"
+    ts = item.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
+        return "event ts is not an integer (Unix ms)"
+    if ts and not _TS_RANGE[0] <= ts <= _TS_RANGE[1]:
+        return "timestamp is before Jan 1, 1980 or after Jan 1, 2100"
+    size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > max_bytes:
+        return f"event is {size} bytes; the limit is {max_bytes}"
+    return None
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Wall-clock time (epoch seconds) a ``retry-after`` header asks to wait until.
+    """Wall-clock time (epoch seconds) of the next try for a ``retry-after`` header, read as
+    Inngest reads it (pkg/execution/driver/httpdriver/parse.go, ParseRetry).
 
     The SDK sends an ISO-8601 UTC time with millisecond precision, truncated (not rounded):
-    ``2024-01-01T00:00:00.123Z`` (transforms.to_iso_utc), so it can be up to 1 ms earlier
-    than the ``RetryAfterError`` asked for. HTTP's integer seconds and HTTP-date forms are
-    accepted too. Returns None when absent or unparseable.
+    ``2024-01-01T00:00:00.123Z`` (transforms.to_iso_utc); HTTP's integer seconds and HTTP-date
+    forms are accepted too. Like Inngest, a time less than 1 s away becomes the next whole
+    second plus one (which can be sooner than asked) and one more than 24 h away is cut to
+    24 h. Returns None when absent or unparseable.
     """
+    at = parse_wall_time(value, time.time() if now is None else now)
+    if at is None:
+        return None
+    current = time.time() if now is None else now
+    whole = math.floor(current)
+    if at - current < MIN_RETRY_WAIT:
+        return whole + MIN_RETRY_WAIT
+    if at - current > MAX_RETRY_WAIT:
+        return whole + MAX_RETRY_WAIT
+    return at
+
+
+def parse_wall_time(value: str | None, current: float) -> float | None:
+    """Epoch seconds of an ISO time, an HTTP date, or a number of seconds from ``current``."""
     if not value:
         return None
     value = value.strip()
-    current = time.time() if now is None else now
-    if value.isdigit():
-        return current + int(value)
+    if value.isdigit() and len(value) <= 7:
+        return math.floor(current) + int(value)
     try:
         parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -22,13 +22,14 @@ class EventRecord:
     name: str
     data: dict[str, Any]
     id: str
-    """The sender's id, else one derived from the request's id seed, else a fresh ULID."""
+    """The sender's id, else the internal one: what functions see as ``event.id``."""
+    internal_id: str
+    """The id the Event API minted and answered with (from the request's id seed when there is
+    one, else a fresh ULID): never the sender's."""
     ts: int
     """Unix milliseconds; the SDK fills in "now" when the caller left it 0."""
     received_at: float
     """Wall-clock seconds (time.time()) when the harness accepted it."""
-    deduplicated: bool
-    """True when an event with the same id was accepted in the last 24 h: it started no run."""
     internal: bool = False
     """True for events the executor emitted itself (``inngest/function.failed``)."""
     payload: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -1,15 +1,19 @@
-"""Serve SDK functions (or any ASGI app) in-process under uvicorn, on a free loopback port.
+"""Serve SDK functions (or any ASGI app) in-process under uvicorn, or a WSGI app (Flask,
+Django) under the standard library's server, on a free loopback port.
 
 The server runs in a background thread and is stopped on exit of the context manager. Start-up
 is awaited with a threading.Event set right after uvicorn's own ``startup`` (sockets
-listening), with a deadline, so no test sleeps on it.
+listening), with a deadline, so no test sleeps on it; the WSGI server listens before its
+thread starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import socketserver
 import threading
+import wsgiref.simple_server
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,3 +116,33 @@ def serve_functions(
         app, host=host, startup_timeout=startup_timeout, shutdown_timeout=shutdown_timeout
     ) as base_url:
         yield base_url + (serve_path or DEFAULT_SERVE_PATH)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence per-request logging."""
+
+
+@contextlib.contextmanager
+def run_wsgi_app(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run a WSGI ``app`` (one thread per request) in a thread; yield ``http://host:port``."""
+    server = wsgiref.simple_server.make_server(
+        host, 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name=f"wsgi-{server.server_port}",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -4,8 +4,16 @@ The real Inngest Dev Server cannot be installed on these machines, so tests driv
 real serve endpoint the way Inngest does, over loopback HTTP:
 
 * **Event API** ``POST /e/{event_key}``: takes the JSON array (or single object) that
-  ``client.send_sync`` posts, answers ``{"ids": [...], "status": 200}``, deduplicates event ids
-  for 24 h, honours ``ts`` (Unix ms) as "run no earlier than", records everything.
+  ``client.send_sync`` posts and, like Inngest's, handles its events one by one: each accepted
+  event gets an internal id it mints itself (a ULID, from the SDK's id seed when there is one),
+  and the answer ``{"ids": [...], "status": 200}`` carries those, never the sender's ``id``.
+  The first event Inngest would refuse (no name, an ``inngest/`` name, a name over 255
+  characters, ``ts`` outside 1980-2100, data not an object, an event over ``max_event_bytes``)
+  stops the request: 400 with the ids of the events already accepted, which run. With
+  ``rate_limit=(n, seconds)`` a key sending more requests than that in a sliding window gets
+  429 with a whole-second ``Retry-After`` (Inngest Cloud: 75 per 5 s). An event's ``id`` (the
+  sender's, else the internal one) runs each function once for 24 h; the repeat is stored all
+  the same. ``ts`` (Unix ms) means "run no earlier than". Everything is recorded.
 * **Registration** ``POST /fn/register``: where the SDK's ``PUT`` handler sends the app's
   function configs (out-of-band sync, dev and cloud mode). In-band sync (cloud mode) is driven
   by :meth:`InngestHarness.register_app` with ``in_band=True``.
@@ -13,14 +21,15 @@ real serve endpoint the way Inngest does, over loopback HTTP:
   run; the run calls the function's registered URL (``?fnId=<app>-<fn>&stepId=step``) with the
   executor's request body, signed in cloud mode, and follows the answers: 200 done, 206 steps
   (memoised, then called again), 500 retried up to ``retries`` (``x-inngest-no-retry`` stops,
-  ``retry-after`` delays), and on final failure emits ``inngest/function.failed`` so the SDK's
-  ``on_failure`` function (``{fn_id}-failure``) runs.
+  ``retry-after`` delays as Inngest reads it: a wait under 1 s becomes the next whole second
+  plus one, one over 24 h is cut to 24 h), a function the app no longer serves retried like any
+  500, and on final failure, whatever its cause (an error, a refused or dropped call), emits
+  ``inngest/function.failed`` so the SDK's ``on_failure`` function (``{fn_id}-failure``) runs.
 
 Deliberate simplifications (a real Inngest server differs): one call per run at a time (no
 parallel steps; planned steps are run one by one); ``WaitForEvent``/``InvokeFunction``/AI ops
 fail the run; cron triggers never fire (use :meth:`InngestHarness.start_run`); no
-concurrency/throttle/debounce/batching/idempotency/cancel; an SDK answer ``function_not_found``
-fails the run at once instead of being retried; trigger expressions are limited to
+concurrency/throttle/debounce/batching/idempotency/cancel; trigger expressions are limited to
 ``event.<path> ==/!= <literal>`` joined by ``&&``. Waits use conditions, never sleeps.
 """
 
@@ -30,6 +39,7 @@ import copy
 import dataclasses
 import http.server
 import json
+import math
 import threading
 import time
 import urllib.parse
@@ -43,6 +53,7 @@ from .executor import Executor, parse_body
 from .protocol import (
     FUNCTION_FAILED_EVENT,
     H_EVENT_ID_SEED,
+    H_RETRY_AFTER,
     H_SERVER_KIND,
     H_SIGNATURE,
     H_SYNC_KIND,
@@ -50,6 +61,7 @@ from .protocol import (
     UnsupportedExpression,
     canonical_json,
     event_name_matches,
+    event_problem,
     expression_matches,
     hash_signing_key,
     new_ulid,
@@ -105,6 +117,8 @@ class InngestHarness:
         dedup_window: float = 24 * 3600.0,
         workers: int = 8,
         host: str = "127.0.0.1",
+        rate_limit: tuple[int, float] | None = None,
+        max_event_bytes: int = 256 * 1024,
     ) -> None:
         """
         Args:
@@ -112,9 +126,12 @@ class InngestHarness:
             event_key: when set, ``POST /e/{key}`` with another key gets 401; None = any key.
             retry_delay: seconds before retrying an ordinary error (no ``retry-after``).
             call_timeout: seconds for one executor call to the SDK.
-            dedup_window: seconds an event id is remembered for deduplication (Inngest: 24 h).
+            dedup_window: seconds an event id runs a function once (Inngest: 24 h).
             workers: executor calls in flight at once (one per run at a time).
             host: loopback address to bind.
+            rate_limit: ``(requests, seconds)`` per event key, then 429 (Cloud: ``(75, 5.0)``);
+                None = no limit.
+            max_event_bytes: largest event (as JSON, envelope included) accepted (Free: 256 KiB).
         """
         if signing_key is not None:
             try:
@@ -129,6 +146,9 @@ class InngestHarness:
         """Seconds before retrying an ordinary error; may be changed mid-test."""
         self.call_timeout = call_timeout
         self.dedup_window = dedup_window
+        self.rate_limit = rate_limit
+        """``(requests, seconds)`` per event key; may be changed mid-test."""
+        self.max_event_bytes = max_event_bytes
         self.signature_offset: float = 0.0
         """Seconds added to the timestamp of executor signatures (stale-signature tests)."""
         self._host = host
@@ -138,7 +158,8 @@ class InngestHarness:
         self._changed = threading.Condition(self._lock)  # any record changed (test waits)
         self._events: list[EventRecord] = []
         self._requests: list[EventApiRequest] = []
-        self._seen_ids: dict[str, float] = {}
+        self._seen_ids: dict[tuple[str, str], float] = {}
+        self._recent: dict[str, list[float]] = {}
         self._functions: dict[str, RegisteredFunction] = {}
         self._apps: list[RegisteredApp] = []
         self._errors: list[str] = []
@@ -415,11 +436,12 @@ class InngestHarness:
 
     def _handle_events(
         self, event_key: str, headers: dict[str, str], raw: bytes
-    ) -> tuple[int, dict[str, Any] | str]:
+    ) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
         body = parse_body(raw)
         now = time.time()
         with self._lock:
             status, answer = self._accept_events(event_key, headers, body, now)
+            wait = self._rate_wait(event_key, now) if status == 429 and self.rate_limit else None
             self._requests.append(
                 EventApiRequest(
                     event_key=event_key,
@@ -431,7 +453,25 @@ class InngestHarness:
                 )
             )
             self._changed.notify_all()
-        return status, answer
+        return status, answer, {H_RETRY_AFTER: str(wait)} if wait else {}
+
+    def _rate_wait(self, event_key: str, now: float) -> int:
+        """Whole seconds until the key's oldest request leaves the window (lock held)."""
+        assert self.rate_limit is not None
+        oldest = (self._recent.get(event_key) or [now])[0]
+        return max(1, math.ceil(oldest + self.rate_limit[1] - now))
+
+    def _over_rate(self, event_key: str, now: float) -> bool:
+        """Count a request against the key's sliding window; True when over (lock held)."""
+        if self.rate_limit is None:
+            return False
+        limit, period = self.rate_limit
+        recent = [t for t in self._recent.get(event_key, []) if now - t < period]
+        self._recent[event_key] = recent
+        if len(recent) >= limit:
+            return True
+        recent.append(now)
+        return False
 
     def _accept_events(
         self, event_key: str, headers: dict[str, str], body: Any, now: float
@@ -446,40 +486,42 @@ class InngestHarness:
                 return forced.status, forced.body
         if self.event_key is not None and event_key != self.event_key:
             return 401, {"error": "Event key not found", "status": 401}
-        items = body if isinstance(body, list) else [body]
-        problem = _invalid_events(items)
-        if problem is not None:
-            return 400, {"error": problem, "status": 400}
+        if self._over_rate(event_key, now):
+            return 429, {"error": "rate limit exceeded", "status": 429}
+        if body is None or isinstance(body, str) or body == []:
+            return 400, {"error": "harness: the body is not a JSON event or array", "status": 400}
         seed = headers.get(H_EVENT_ID_SEED)
         ids: list[str] = []
-        for index, item in enumerate(items):
-            event_id = item.get("id") or seeded_event_id(seed, index) or new_ulid()
+        for index, item in enumerate(body if isinstance(body, list) else [body]):
+            problem = event_problem(item, self.max_event_bytes)
+            if problem is not None:
+                # Inngest answers with what it took so far ("" when nothing), which will run.
+                return 400, {"ids": ids or [""], "status": 400, "error": problem}
+            internal_id = seeded_event_id(seed, index) or new_ulid()
+            event_id = item.get("id") or internal_id
             ts = item.get("ts") or int(now * 1000)
             payload = {**item, "id": event_id, "ts": ts, "data": item.get("data") or {}}
-            seen = self._seen_ids.get(event_id)
-            duplicate = seen is not None and now - seen < self.dedup_window
-            if not duplicate:
-                self._seen_ids[event_id] = now
             self._events.append(
                 EventRecord(
                     name=payload["name"],
                     data=payload["data"],
                     id=event_id,
+                    internal_id=internal_id,
                     ts=ts,
                     received_at=now,
-                    deduplicated=duplicate,
                     payload=payload,
                 )
             )
-            ids.append(event_id)
-            if not duplicate:
-                self._dispatch(payload)
+            ids.append(internal_id)
+            self._dispatch(payload, now)
         if forced is not None and forced.accept:
             return forced.status, forced.body
         return 200, {"ids": ids, "status": 200}
 
-    def _dispatch(self, event: dict[str, Any]) -> None:
-        """Start a run of every function triggered by ``event`` (lock held)."""
+    def _dispatch(self, event: dict[str, Any], now: float | None = None) -> None:
+        """Start a run of every function triggered by ``event``, once per function and event
+        id within the dedup window (lock held)."""
+        now = time.time() if now is None else now
         for fn in list(self._functions.values()):
             for trigger in fn.triggers:
                 pattern = trigger.get("event")
@@ -491,7 +533,10 @@ class InngestHarness:
                     self._errors.append(f"{fn.id}: unsupported trigger expression {err}")
                     continue
                 if matched:
-                    self._require_executor().new_run(fn, event)
+                    seen = self._seen_ids.get((fn.id, event["id"]))
+                    if seen is None or now - seen >= self.dedup_window:
+                        self._seen_ids[(fn.id, event["id"])] = now
+                        self._require_executor().new_run(fn, event)
                     break
 
     # ------------------------------------------------------------------ runs
@@ -540,9 +585,9 @@ class InngestHarness:
                 name=FUNCTION_FAILED_EVENT,
                 data=event["data"],
                 id=event["id"],
+                internal_id=event["id"],
                 ts=event["ts"],
                 received_at=now,
-                deduplicated=False,
                 internal=True,
                 payload=event,
             )
@@ -554,7 +599,7 @@ class InngestHarness:
 
     @property
     def events(self) -> list[EventRecord]:
-        """Every accepted event (duplicates included, flagged), in arrival order."""
+        """Every accepted event (repeats of an id included), in arrival order."""
         with self._lock:
             return list(self._events)
 
@@ -677,9 +722,7 @@ class InngestHarness:
         """The last few events, runs and errors, for timeout messages (lock held)."""
         runs = list(self._all_runs().values())
         lines = [f"  {len(self._events)} events, {len(runs)} runs; the last ones:"]
-        lines += [
-            f"  event {e.name} id={e.id} dedup={e.deduplicated}" for e in self._events[-last:]
-        ]
+        lines += [f"  event {e.name} id={e.id}" for e in self._events[-last:]]
         for r in runs[-last:]:
             calls = [(a.attempt, a.step_id[:8], a.status_code) for a in r.attempts]
             lines.append(f"  run {r.function_id} {r.status} calls={calls} error={r.error!r}"[:300])
@@ -714,7 +757,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         harness = self.server.harness
         if path.startswith("/e/"):
             key = urllib.parse.unquote(path[len("/e/") :])
-            self._answer(*harness._handle_events(key, headers, raw))
+            status, body, extra = harness._handle_events(key, headers, raw)
+            self._answer(status, body, extra)
         elif path == "/fn/register":
             self._answer(*harness._handle_register(headers, raw))
         else:
@@ -726,7 +770,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._answer(404, {"error": f"harness: no route GET {self.path}"})
 
-    def _answer(self, status: int, body: dict[str, Any] | str) -> None:
+    def _answer(
+        self, status: int, body: dict[str, Any] | str, headers: dict[str, str] | None = None
+    ) -> None:
         if isinstance(body, str):
             data, ctype = body.encode(), "text/plain"
         else:
@@ -734,27 +780,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", ctype)
         self.send_header("content-length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging."""
-
-
-def _invalid_events(items: list[Any]) -> str | None:
-    """Why this batch would be refused by Inngest's Event API, or None if it is fine."""
-    if not items:
-        return "no events"
-    for item in items:
-        if not isinstance(item, dict):
-            return "event is not an object"
-        if not isinstance(item.get("name"), str) or not item["name"]:
-            return "event has no name"
-        if item.get("data") is not None and not isinstance(item["data"], dict):
-            return "event data is not an object"
-        if item.get("id") is not None and not isinstance(item["id"], str):
-            return "event id is not a string"
-        ts = item.get("ts")
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
-            return "event ts is not an integer (Unix ms)"
-    return None

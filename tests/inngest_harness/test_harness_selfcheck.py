@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from tests.inngest_harness import (
     serve_functions,
     sign_body,
 )
+from tests.inngest_harness.protocol import parse_retry_after
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,11 +94,11 @@ def test_event_runs_function_once_and_completes(harness: InngestHarness) -> None
     assert sync_run.attempts[0].step_id == "step"
     assert by_fn[hello_async.id].output == "async 7"
     [event] = harness.events
-    assert (event.name, event.data, event.id, event.deduplicated) == (
+    assert (event.name, event.data, event.id, event.internal_id) == (
         "selfcheck/hello",
         {"x": 7},
+        event_id,  # an id-less event's id is the internal one the Event API answered with
         event_id,
-        False,
     )
     assert harness.event_api_requests[-1].event_key == "NO_EVENT_KEY_SET"
 
@@ -199,27 +201,45 @@ def test_retries_then_on_failure(harness: InngestHarness) -> None:
     assert [e.internal for e in harness.events] == [False, True]
 
 
-def test_retry_after_delays_next_attempt(harness: InngestHarness) -> None:
+def test_retry_after_is_read_as_inngest_reads_it(harness: InngestHarness) -> None:
+    """A wait of 1 s or more is kept to the millisecond; a shorter one becomes the next whole
+    second plus one, which can be sooner than asked (seen on a real Dev Server)."""
     client = dev_client(harness, "harness-selfcheck")
+    waits = {"short": 0.3, "long": 1.2}
 
     @client.create_function(
         fn_id="later", retries=1, trigger=inngest.TriggerEvent(event="selfcheck/later")
     )
     def later(ctx: inngest.ContextSync) -> int:
         if ctx.attempt == 0:
-            raise inngest.RetryAfterError("not yet", retry_after=datetime.timedelta(seconds=0.3))
+            wait = datetime.timedelta(seconds=waits[ctx.event.data["wait"]])
+            raise inngest.RetryAfterError("not yet", retry_after=wait)
         return ctx.attempt
 
     with serve_functions(client, [later]) as url:
         harness.register_app(url)
-        client.send_sync(inngest.Event(name="selfcheck/later"))
-        [run] = harness.wait_for_runs(1, timeout=WAIT)
+        client.send_sync([inngest.Event(name="selfcheck/later", data={"wait": w}) for w in waits])
+        runs = harness.wait_for_runs(2, timeout=WAIT)
 
-    assert run.status == "completed" and run.output == 1
-    first, second = run.attempts
+    by_wait = {r.event["data"]["wait"]: r for r in runs}
+    for run in runs:
+        assert run.status == "completed" and run.output == 1
+    first, second = by_wait["short"].attempts
     assert first.status_code == 500 and "retry-after" in first.headers
+    assert second.started_at >= math.floor(first.finished_at or 0) + 1
+    assert second.started_at - (first.finished_at or 0) <= 1.0 + 0.2
+    first, second = by_wait["long"].attempts
     # retry-after is an ISO time truncated to the millisecond: allow 1 ms.
-    assert second.started_at - first.started_at >= 0.3 - 0.001
+    assert second.started_at - first.started_at >= 1.2 - 0.001
+
+
+def test_retry_after_bounds() -> None:
+    now = 1_000_000.75
+    assert parse_retry_after("2", now=now) == 1_000_002.0  # whole seconds from this second
+    assert parse_retry_after("1970-01-12T13:46:40.900Z", now=now) == 1_000_001.0  # < 1 s
+    assert parse_retry_after("1970-01-12T13:46:42.500Z", now=now) == 1_000_002.5  # kept
+    assert parse_retry_after("1970-01-14T13:46:42Z", now=now) == 1_000_000 + 24 * 3600  # cut
+    assert parse_retry_after("soon", now=now) is None
 
 
 def test_duplicate_event_id_runs_once(harness: InngestHarness) -> None:
@@ -235,9 +255,12 @@ def test_duplicate_event_id_runs_once(harness: InngestHarness) -> None:
         ids_2 = client.send_sync(inngest.Event(name="selfcheck/once", id="order-42"))
         runs = harness.wait_until_idle(timeout=WAIT)
 
-    assert ids_1 == ids_2 == ["order-42"]
+    # The Event API answers with ids it mints, never the sender's; it does not say that the
+    # second event was a repeat, but the function runs once, and both events are stored.
+    assert "order-42" not in ids_1 + ids_2 and ids_1 != ids_2
     assert len(runs) == 1 and runs[0].status == "completed"
-    assert [e.deduplicated for e in harness.events] == [False, True]
+    assert [e.id for e in harness.events] == ["order-42", "order-42"]
+    assert [e.internal_id for e in harness.events] == ids_1 + ids_2
 
 
 def test_future_ts_runs_no_earlier(harness: InngestHarness) -> None:
@@ -284,10 +307,9 @@ def test_event_api_wire_format_and_misbehaviour() -> None:
         ids = good_client.send_sync(inngest.Event(name="a/c"))  # the SDK resends after the 500
         statuses = [r.status for r in h.event_api_requests]
         assert statuses[-2:] == [500, 200]
-        # The resend carries the same id seed, so the id-less event is deduplicated.
+        # The resend carries the same id seed, so the id-less event keeps its id (and runs once).
         c_events = [e for e in h.events if e.name == "a/c"]
-        assert [e.deduplicated for e in c_events] == [False, True]
-        assert {e.id for e in c_events} == set(ids)
+        assert len(c_events) == 2 and {e.id for e in c_events} == set(ids)
         assert h.start_run("harness-selfcheck-missing") is not None
         [unknown] = h.runs("harness-selfcheck-missing")
         assert unknown.status == "failed"
@@ -342,3 +364,63 @@ def test_production_mode_signed_calls_and_unsigned_rejected() -> None:
                 fn.url, content=request, headers={"x-inngest-signature": h.sign(request)}
             )
             assert signed.status_code == 206
+
+
+def test_events_are_taken_one_by_one_and_a_bad_one_stops_the_request() -> None:
+    with InngestHarness(max_event_bytes=300) as h:
+        url = f"{h.event_api_url}/e/key"
+        good = {"name": "a/ok", "data": {}}
+        refused = {
+            "inngest/ prefix": {"name": "Inngest/function.failed"},
+            "long name": {"name": "n" * 256},
+            "ts before 1980": {"name": "a/b", "ts": 315_532_799_999},
+            "ts after 2100": {"name": "a/b", "ts": 4_102_444_800_001},
+            "too big": {"name": "a/b", "data": {"x": "y" * 300}},
+            "data not an object": {"name": "a/b", "data": [1]},
+        }
+        for what, bad in refused.items():
+            answer = httpx.post(url, json=[good, bad, good])
+            assert answer.status_code == 400, what
+            body = answer.json()
+            assert body["status"] == 400 and body["error"], what
+            assert len(body["ids"]) == 1 and body["ids"][0], what  # the first one was taken
+        first = httpx.post(url, json=[refused["long name"], good]).json()
+        assert first["ids"] == [""]  # as Inngest answers when the first event is refused
+        assert [e.name for e in h.events] == ["a/ok"] * len(refused)
+        assert httpx.post(url, json={"name": "n" * 255}).status_code == 200
+        assert httpx.post(url, content=b"{not json").status_code == 400
+
+
+def test_rate_limit_answers_429_with_whole_seconds_to_wait() -> None:
+    with InngestHarness(rate_limit=(2, 3.0)) as h:
+        url = f"{h.event_api_url}/e/key"
+        answers = [httpx.post(url, json={"name": "a/b"}) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert answers[2].headers["retry-after"] in {"2", "3"}
+        assert httpx.post(f"{h.event_api_url}/e/other-key", json={"name": "a/b"}).is_success
+        assert len(h.events) == 3
+
+
+def test_a_function_the_app_no_longer_serves_is_retried(harness: InngestHarness) -> None:
+    client = dev_client(harness, "harness-selfcheck")
+
+    @client.create_function(
+        fn_id="kept", retries=2, trigger=inngest.TriggerEvent(event="selfcheck/kept")
+    )
+    def kept(ctx: inngest.ContextSync) -> None: ...
+
+    with serve_functions(client, [kept]) as url:
+        [fn] = harness.register_app(url)
+        gone = json.loads(json.dumps(fn.raw).replace(fn.id, "harness-selfcheck-gone"))
+        gone["triggers"] = [{"event": "selfcheck/gone"}]
+        registered = httpx.post(
+            f"{harness.api_url}/fn/register",
+            json={"appname": "an-old-deploy", "url": url, "functions": [gone]},
+        )
+        assert registered.status_code == 200
+        client.send_sync(inngest.Event(name="selfcheck/gone"))
+        [run] = harness.wait_for_runs(1, timeout=WAIT, function_id="harness-selfcheck-gone")
+
+    assert run.status == "failed" and run.attempt_numbers == [0, 1, 2]
+    assert run.error["code"] == "function_not_found"
+    assert run.failure_event_id is not None

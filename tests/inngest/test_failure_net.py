@@ -1,0 +1,76 @@
+"""`on_failure` exactly once on Inngest, even when the last attempt dies with its process.
+
+The worker process is killed (SIGKILL) during the job's last attempt: the stand-in, like the
+real server, fails the run and emits `inngest/function.failed`; the SDK's failure function, now
+served by the replacement process (a restarted replica), runs the job's `on_failure` once with
+a `WorkerLostError`. A give-up the core made itself is not reported twice (the core's give-up
+is recognised in the failed event): see test_server_rules.py and the conformance C11/C13.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import inngest
+import pytest
+
+from jobs_core.backends.inngest import InngestDispatcher
+from tests.inngest.crash_app import crash
+from tests.inngest.workers import worker_process
+from tests.inngest_harness import InngestHarness
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT = 30.0
+
+
+def _wait_for(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _crash_app(harness: InngestHarness, log: Path) -> Any:
+    env = {"CRASH_LOG": str(log)}
+    return worker_process(harness, "tests.inngest.crash_app:jobs", app_name="crash-app", env=env)
+
+
+def _lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_on_failure_runs_once_when_the_last_attempt_dies_with_its_process(tmp_path: Path) -> None:
+    log = tmp_path / "crash.log"
+    with InngestHarness() as harness, _crash_app(harness, log) as (first_url, first):
+        harness.register_app(first_url)
+        client = inngest.Inngest(app_id="crash-app", **harness.client_kwargs())
+        dispatcher = InngestDispatcher(client)
+        try:
+            receipt = dispatcher.dispatch_sync(crash, {"name": "doomed"})
+        finally:
+            dispatcher.close()
+        _wait_for(lambda: any(line.startswith("blocking") for line in _lines(log)), "attempt 1")
+
+        with _crash_app(harness, log) as (second_url, second):
+            harness.register_app(second_url)  # the replacement replica, synced
+            os.kill(first.pid, signal.SIGKILL)  # the worker dies in the job's last attempt
+            first.wait(timeout=10)
+            [run] = harness.wait_for_runs(1, timeout=WAIT, function_id="crash-app-crash.job")
+            failure_id = "crash-app-crash.job-failure"
+            [failure_run] = harness.wait_for_runs(1, timeout=WAIT, function_id=failure_id)
+            reports = [line for line in _lines(log) if line.startswith("on_failure")]
+
+    assert run.status == "failed" and run.attempt_numbers == [0, 1]
+    assert run.attempts[-1].status_code is None  # no answer: the process was killed
+    assert run.event["id"] == receipt.dispatch_id
+    assert failure_run.status == "completed"
+    assert failure_run.event["data"]["run_id"] == run.run_id
+    assert reports == [f"on_failure WorkerLostError doomed pid={second.pid}"]
+    assert sum(line.startswith("start") for line in _lines(log)) == 2
