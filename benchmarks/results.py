@@ -137,8 +137,11 @@ def _number(value: float, unit: str, signed: bool = True) -> str:
 
 def cells(row: Row) -> list[str]:
     unit = row.unit
+    value = _number(row.value, unit)
+    if row.target is not None and value == _number(row.target, unit, signed=False):
+        value = f"{row.value:.3f}"  # 0.949 would print as its target, 0.95, and be MISSED
     figure = (
-        f"{_number(row.value, unit)}{unit if unit == RATIO else ' ' + unit} "
+        f"{value}{unit if unit == RATIO else ' ' + unit} "
         f"[{_number(row.low, unit)}–{_number(row.high, unit)}]"
     )
     target = ""
