@@ -1,178 +1,147 @@
-"""Celery: `CeleryDispatcher` against a plain Celery app's `send_task` of the same message.
+"""Celery: jobs_core's dispatcher and worker against a plain Celery app and worker.
 
-The raw side is what an app would write without jobs_core: a Celery app with the broker URL,
-JSON serialisation and ignored results, and `app.send_task(name, args=(payload,), queue=q)`.
+Baselines, all on a plain app with JSON and ignored results (`plain_celery.make_app`):
+`app.send_task(name, args=(payload,), queue=q)` for one job; a Redis `SET NX EX` of the key
+then `send_task` for a keyed one; `send_task` for each job inside kombu's `producer.batch()`
+(one pipeline) for many; `celery -A benchmarks.plain_celery:app worker` for the worker side.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
-
-from celery import Celery
 
 from jobs_core.backends.celery import CeleryDispatcher
 
-from .common import (
-    PYTHON,
-    CounterSide,
-    Env,
-    Result,
-    WorkerProcess,
-    add_worker_cpu,
-    compare,
-    floor_result,
-    interleave,
-    lpush_side,
-    timed,
-)
-from .jobs import JOB_NAME, RAW_NAME, SAMPLE, counter_keys, noop
+from . import dispatch_suite, worker_suite
+from .config import SMALL, Config
+from .dispatch_suite import Baseline, DispatchKit, Payload
+from .jobs import JOB_NAME, PAYLOADS, noop
+from .plain_celery import make_app
+from .processes import JOBS_CORE_WORKER, PYTHON
+from .results import Row
+from .scenario import Env
+from .worker_suite import WorkerKit, WorkerSide
 
 BACKEND = "celery"
-DISPATCH_TARGET = 0.90
-BATCH_TARGET = 5.0
-E2E_TARGET = 0.90
+KEY_TTL = 24 * 3600
+WORKER_OPTIONS = [
+    "--pool",
+    "threads",
+    "--concurrency",
+    "8",
+    "--without-mingle",
+    "--without-gossip",
+    "--without-heartbeat",
+]
+"""The same for both workers; neither sets a log level, so each logs as its command does."""
 
 
-def raw_app(broker_url: str, queue: str) -> Any:
-    """A plain Celery producer app, configured as the docs suggest for JSON and no results."""
-    app = Celery("bench.raw", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        task_default_queue=queue,
-        broker_connection_retry_on_startup=True,
-    )
-    return app
+def rows(config: Config) -> list[str]:
+    return [*dispatch_suite.row_ids(BACKEND, ["kombu_batch"]), *worker_suite.row_ids(BACKEND)]
 
 
-def run(env: Env) -> list[Result]:
-    config = env.config
-    url = env.redis_url
-    client = env.redis_client()
+def kombu_batch(app: Any, queue: str) -> Callable[[Sequence[Payload]], None]:
+    """`send_task` for each payload inside kombu's `producer.batch()`: one Redis pipeline."""
+
+    def send(payloads: Sequence[Payload]) -> None:
+        with app.producer_or_acquire() as producer, producer.batch():
+            for payload in payloads:
+                app.send_task(JOB_NAME, args=(payload,), queue=queue, producer=producer)
+
+    return send
+
+
+def run(env: Env) -> list[Row]:
+    url, client = env.redis_url, env.redis_client()
     queue = f"bench-celery-{uuid.uuid4().hex[:8]}"
-    ours_dispatcher = CeleryDispatcher(url, queue)
-    plain = raw_app(url, queue)
-    results: list[Result] = []
+    dispatcher = CeleryDispatcher(url, queue)
+    plain = make_app(url, queue)
 
-    def clear() -> None:
-        client.delete(queue)
+    def keyed(payload: Payload, key: str) -> None:
+        if client.set(f"bench:user-key:{key}", "1", nx=True, ex=KEY_TTL):
+            plain.send_task(JOB_NAME, args=(payload,), queue=queue)
 
-    def ours(n: int) -> float:
-        dispatch = ours_dispatcher.dispatch_sync
-        return timed(n, lambda _: dispatch(noop, SAMPLE), after=clear)
-
-    def raw(n: int) -> float:
-        send_task = plain.send_task
-        args = (SAMPLE,)
-        return timed(n, lambda _: send_task(JOB_NAME, args=args, queue=queue), after=clear)
-
-    def many(n: int) -> float:
-        items = [(noop, SAMPLE)] * n
-        return timed(1, lambda _: ours_dispatcher.dispatch_many_sync(items), after=clear)
-
+    kit = DispatchKit(
+        BACKEND,
+        dispatcher,
+        public=Baseline(
+            "send_task",
+            "app.send_task(name, args=(payload,), queue=q) on a plain Celery app",
+            lambda payload: plain.send_task(JOB_NAME, args=(payload,), queue=queue),
+        ),
+        keyed=Baseline(
+            "SET NX+send_task",
+            "a Redis SET NX EX of the key, then app.send_task (two round trips)",
+            keyed,
+        ),
+        batches=[
+            Baseline(
+                "kombu_batch",
+                "app.send_task for each job inside kombu's producer.batch() (one pipeline)",
+                kombu_batch(plain, queue),
+                target=0.90,
+            )
+        ],
+        clear=lambda: client.delete(queue),
+        dispatch_targets={"200B": 0.90, "10KB": 0.90, "200KB": 0.95},
+        keyed_target=0.90,
+        single_target=5.0,
+    )
     try:
-        # The exact bytes kombu pushes for one of our jobs: what the floor LPUSHes.
-        ours_dispatcher.dispatch_sync(noop, SAMPLE)
-        message: bytes = client.lindex(queue, 0)
-        clear()
-
-        env.log("celery: dispatch overhead (+ LPUSH floor)")
-        n = config.dispatch_n
-        seconds = interleave(
-            {"ours": ours, "raw": raw, "lpush": lpush_side(client, f"{queue}-floor", message)},
-            n,
-            config.rounds,
-            warmup_n=config.warmup_n,
-            slices=config.dispatch_slices,
-            progress=env.log,
-        )
-        results.append(
-            compare(
-                "dispatch",
-                BACKEND,
-                n,
-                seconds,
-                "ours",
-                "raw",
-                target=DISPATCH_TARGET,
-                note="dispatch_sync vs app.send_task(name, args=(payload,), queue=q)",
-            )
-        )
-        results.append(floor_result(BACKEND, n, seconds))
-
-        env.log("celery: batch")
-        n = config.batch_n
-        seconds = interleave(
-            {"many": many, "single": ours},
-            n,
-            config.rounds,
-            warmup_n=config.warmup_n,
-            progress=env.log,
-        )
-        results.append(
-            compare(
-                "batch",
-                BACKEND,
-                n,
-                seconds,
-                "many",
-                "single",
-                target=BATCH_TARGET,
-                note="one dispatch_many_sync of n (one pipeline) vs n dispatch_sync",
-            )
-        )
-
-        results.append(_run_e2e(env, client))
+        return dispatch_suite.all_rows(env, kit) + worker_suite.worker_rows(env, worker_kit(env))
     finally:
-        ours_dispatcher.close()
+        dispatcher.close()
         plain.close()
         client.delete(queue)
         client.close()
-    return results
 
 
-def _run_e2e(env: Env, client: Any) -> Result:
-    config = env.config
-    url = env.redis_url
-    queue = f"bench-celery-e2e-{uuid.uuid4().hex[:8]}"
-    ours_key, raw_key = counter_keys(queue)
-    dispatcher = CeleryDispatcher(url, queue)
-    plain = raw_app(url, queue)
-    worker = WorkerProcess([PYTHON, "-m", "benchmarks.celery_worker", url, queue])
-    env.log("celery: end to end (one worker process, threads pool, concurrency 8)")
-    try:
-        worker.start()
-        dispatch = dispatcher.dispatch_sync
-        send_task = plain.send_task
-        args = (SAMPLE,)
-        sides = {
-            "ours": CounterSide(client, ours_key, lambda: dispatch(noop, SAMPLE), worker, BACKEND),
-            "raw": CounterSide(
-                client,
-                raw_key,
-                lambda: send_task(RAW_NAME, args=args, queue=queue),
-                worker,
-                BACKEND,
-            ),
-        }
-        n = config.e2e_n
-        seconds = interleave(sides, n, config.rounds, warmup_n=config.warmup_n, progress=env.log)
-    finally:
-        worker.stop()
-        dispatcher.close()
-        plain.close()
-        client.delete(queue, ours_key, raw_key)
-    result = compare(
-        "e2e",
+def worker_kit(env: Env) -> WorkerKit:
+    """jobs_core's `python -m jobs_core worker` (Celery backend) vs a plain `celery worker`;
+    both staged through a `<queue>.staging` list that one RENAME makes the worker's queue."""
+    url, client = env.redis_url, env.redis_client()
+    tag = uuid.uuid4().hex[:8]
+    ours_queue, plain_queue = f"bench-celery-ours-{tag}", f"bench-celery-plain-{tag}"
+    payload = PAYLOADS[SMALL]
+    ours = CeleryDispatcher(url, ours_queue)
+    ours_stager = CeleryDispatcher(url, f"{ours_queue}.staging")
+    plain = make_app(url, plain_queue)
+    plain_batch = kombu_batch(plain, f"{plain_queue}.staging")
+
+    def release(queue: str) -> Callable[[], object]:
+        return lambda: client.rename(f"{queue}.staging", queue)
+
+    return WorkerKit(
         BACKEND,
-        n,
-        seconds,
-        "ours",
-        "raw",
-        target=E2E_TARGET,
-        note="first dispatch to last completion; jobs_core task (run_job_sync) vs a plain "
-        "task, same worker process (threads x8, acks_late, prefetch 1)",
+        ours=WorkerSide(
+            "`python -m jobs_core worker` (JOBS_BACKEND=celery)",
+            [*JOBS_CORE_WORKER, "--", *WORKER_OPTIONS],
+            {"JOBS_BACKEND": "celery", "JOBS_BROKER_URL": url, "JOBS_QUEUE": ours_queue},
+            stage=lambda n: ours_stager.dispatch_many_sync([(noop, payload)] * n),
+            release=release(ours_queue),
+            send=lambda: ours.dispatch_sync(noop, payload),
+        ),
+        plain=WorkerSide(
+            "`celery -A benchmarks.plain_celery:app worker` (a plain task)",
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "benchmarks.plain_celery:app",
+                "worker",
+                *WORKER_OPTIONS,
+            ],
+            {"BENCH_BROKER_URL": url, "BENCH_QUEUE": plain_queue},
+            stage=lambda n: plain_batch([payload] * n),
+            release=release(plain_queue),
+            send=lambda: plain.send_task(JOB_NAME, args=(payload,), queue=plain_queue),
+        ),
+        describe="threads pool, concurrency 8, acks_late and prefetch 1 on both, each "
+        "command's default logging (jobs_core's: INFO; celery worker's: WARNING)",
+        worker_target=0.95,
+        e2e_target=0.90,
+        closers=[ours.close, ours_stager.close, plain.close, client.close],
     )
-    return add_worker_cpu(result, sides)

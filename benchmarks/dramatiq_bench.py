@@ -1,12 +1,17 @@
-"""Dramatiq: `DramatiqDispatcher` against a plain Dramatiq actor's `send` of the same message.
+"""Dramatiq: jobs_core's dispatcher and worker against a plain Dramatiq broker and worker.
 
-The raw side is what an app would write without jobs_core: a `RedisBroker(url=...)` with
-Dramatiq's default middleware, an actor declared on it, and `actor.send(payload)`.
+Baselines: `actor.send(payload)` on a `RedisBroker(url=...)` with Dramatiq's default middleware
+for one job; a Redis `SET NX EX` of the key then `actor.send` for a keyed one; for many,
+`dramatiq.group(messages).run()` (Dramatiq's own primitive: one round trip per message) and the
+pipelined alternative a user could write (a `RedisBroker` on a redis-py pipeline, whose enqueue
+scripts then go in one round trip, as jobs_core's adapter does); `dramatiq
+benchmarks.plain_dramatiq -p 1 -t 8` for the worker side.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
@@ -14,162 +19,171 @@ from dramatiq.brokers.redis import RedisBroker as _RedisBroker
 
 from jobs_core.backends.dramatiq import DramatiqDispatcher, close_broker
 
-from .common import (
-    PYTHON,
-    CounterSide,
-    Env,
-    Result,
-    WorkerProcess,
-    add_worker_cpu,
-    compare,
-    floor_result,
-    interleave,
-    lpush_side,
-    timed,
-)
-from .jobs import JOB_NAME, RAW_NAME, SAMPLE, counter_keys, noop
+from . import dispatch_suite, worker_suite
+from .config import SMALL, Config
+from .dispatch_suite import Baseline, DispatchKit, Payload
+from .jobs import JOB_NAME, PAYLOADS, noop
+from .processes import JOBS_CORE_WORKER, PYTHON
+from .results import Row
+from .scenario import Env
+from .worker_suite import WorkerKit, WorkerSide
 
 RedisBroker: Any = _RedisBroker  # untyped constructor
 
 BACKEND = "dramatiq"
-DISPATCH_TARGET = 0.90
-BATCH_TARGET = 5.0
-E2E_TARGET = 0.90
+NAMESPACE = "dramatiq"
+STAGING = "bench-staging"
+"""The namespace jobs are staged in before one RENAME hands them to a worker."""
+KEY_TTL = 24 * 3600
+WORKER_ENV = {"dramatiq_worker_timeout": "100"}
+"""Both workers poll an idle queue every 100 ms instead of 1 s (Dramatiq's setting, read by
+both commands), so the e2e rows do not wait up to a second for a worker's idle back-off."""
 
 
-def _noop(data: Any) -> None:
-    """The raw actors' body on the producer side (never run there)."""
+def rows(config: Config) -> list[str]:
+    return [
+        *dispatch_suite.row_ids(BACKEND, ["pipeline", "group"]),
+        *worker_suite.row_ids(BACKEND),
+    ]
 
 
-def raw_actor(broker: Any, name: str, queue: str) -> Any:
-    """A plain actor declared on the producer's broker, as an app would declare it."""
-    return dramatiq.actor(actor_name=name, queue_name=queue, broker=broker)(_noop)
+def queue_keys(queue: str, namespace: str = NAMESPACE) -> tuple[str, str]:
+    """The Redis keys of a Dramatiq queue: the list of message ids, the messages."""
+    return f"{namespace}:{queue}", f"{namespace}:{queue}.msgs"
 
 
-def queue_keys(queue: str) -> tuple[str, str]:
-    """The Redis keys a Dramatiq queue's messages live in (the list of ids, the messages)."""
-    return f"dramatiq:{queue}", f"dramatiq:{queue}.msgs"
+def pipelined(client: Any, like: Any, namespace: str = NAMESPACE) -> tuple[Any, Any]:
+    """(pipeline, broker): a `RedisBroker` whose commands queue on a redis-py pipeline."""
+    pipe = client.pipeline(transaction=False)
+    broker = RedisBroker(client=pipe, middleware=[], namespace=namespace, maintenance_chance=0)
+    broker.scripts["maxstack"] = like.scripts["maxstack"]  # a query: it cannot wait on a pipeline
+    return pipe, broker
 
 
-def run(env: Env) -> list[Result]:
-    config = env.config
-    url = env.redis_url
-    client = env.redis_client()
+def run(env: Env) -> list[Row]:
+    url, client = env.redis_url, env.redis_client()
     queue = f"bench-dramatiq-{uuid.uuid4().hex[:8]}"
-    keys = queue_keys(queue)
-    ours_dispatcher = DramatiqDispatcher(url, queue)
-    raw_broker = RedisBroker(url=url)
-    actor = raw_actor(raw_broker, JOB_NAME, queue)
-    results: list[Result] = []
-
-    def clear() -> None:
-        client.delete(*keys)
-
-    def ours(n: int) -> float:
-        dispatch = ours_dispatcher.dispatch_sync
-        return timed(n, lambda _: dispatch(noop, SAMPLE), after=clear)
-
-    def raw(n: int) -> float:
-        send = actor.send
-        return timed(n, lambda _: send(SAMPLE), after=clear)
-
-    def many(n: int) -> float:
-        items = [(noop, SAMPLE)] * n
-        return timed(1, lambda _: ours_dispatcher.dispatch_many_sync(items), after=clear)
-
-    try:
-        # The exact message bytes Dramatiq stores for one of our jobs: what the floor LPUSHes.
-        ours_dispatcher.dispatch_sync(noop, SAMPLE)
-        [message] = client.hvals(keys[1])
-        clear()
-
-        env.log("dramatiq: dispatch overhead (+ LPUSH floor)")
-        n = config.dispatch_n
-        seconds = interleave(
-            {"ours": ours, "raw": raw, "lpush": lpush_side(client, f"{queue}-floor", message)},
-            n,
-            config.rounds,
-            warmup_n=config.warmup_n,
-            slices=config.dispatch_slices,
-            progress=env.log,
-        )
-        results.append(
-            compare(
-                "dispatch",
-                BACKEND,
-                n,
-                seconds,
-                "ours",
-                "raw",
-                target=DISPATCH_TARGET,
-                note="dispatch_sync vs actor.send(payload) on a default RedisBroker",
-            )
-        )
-        results.append(floor_result(BACKEND, n, seconds))
-
-        env.log("dramatiq: batch")
-        n = config.batch_n
-        seconds = interleave(
-            {"many": many, "single": ours},
-            n,
-            config.rounds,
-            warmup_n=config.warmup_n,
-            progress=env.log,
-        )
-        results.append(
-            compare(
-                "batch",
-                BACKEND,
-                n,
-                seconds,
-                "many",
-                "single",
-                target=BATCH_TARGET,
-                note="one dispatch_many_sync of n (one pipeline) vs n dispatch_sync",
-            )
-        )
-
-        results.append(_run_e2e(env, client, raw_broker))
-    finally:
-        ours_dispatcher.close()
-        close_broker(raw_broker)
-        client.delete(*keys)
-        client.close()
-    return results
-
-
-def _run_e2e(env: Env, client: Any, raw_broker: Any) -> Result:
-    config = env.config
-    url = env.redis_url
-    queue = f"bench-dramatiq-e2e-{uuid.uuid4().hex[:8]}"
-    ours_key, raw_key = counter_keys(queue)
     dispatcher = DramatiqDispatcher(url, queue)
-    actor = raw_actor(raw_broker, RAW_NAME, queue)
-    worker = WorkerProcess([PYTHON, "-m", "benchmarks.dramatiq_worker", url, queue])
-    env.log("dramatiq: end to end (one worker process, 8 threads)")
-    try:
-        worker.start()
-        dispatch = dispatcher.dispatch_sync
-        send = actor.send
-        sides = {
-            "ours": CounterSide(client, ours_key, lambda: dispatch(noop, SAMPLE), worker, BACKEND),
-            "raw": CounterSide(client, raw_key, lambda: send(SAMPLE), worker, BACKEND),
-        }
-        n = config.e2e_n
-        seconds = interleave(sides, n, config.rounds, warmup_n=config.warmup_n, progress=env.log)
-    finally:
-        worker.stop()
-        dispatcher.close()
-        client.delete(*queue_keys(queue), ours_key, raw_key)
-    result = compare(
-        "e2e",
+    broker = RedisBroker(url=url)
+    actor = dramatiq.actor(actor_name=JOB_NAME, queue_name=queue, broker=broker)(_never_run)
+
+    def keyed(payload: Payload, key: str) -> None:
+        if client.set(f"bench:user-key:{key}", "1", nx=True, ex=KEY_TTL):
+            actor.send(payload)
+
+    def group(payloads: Sequence[Payload]) -> None:
+        dramatiq.group([actor.message(p) for p in payloads], broker=broker).run()
+
+    def pipeline(payloads: Sequence[Payload]) -> None:
+        pipe, batch = pipelined(client, broker)
+        for payload in payloads:
+            batch.enqueue(actor.message(payload))
+        pipe.execute()
+
+    kit = DispatchKit(
         BACKEND,
-        n,
-        seconds,
-        "ours",
-        "raw",
-        target=E2E_TARGET,
-        note="first dispatch to last completion; jobs_core actor (run_job_sync) vs a plain "
-        "actor, same worker process (8 threads, worker_timeout 100 ms)",
+        dispatcher,
+        public=Baseline(
+            "actor.send",
+            "actor.send(payload) on a RedisBroker(url=...) with Dramatiq's default middleware",
+            actor.send,
+        ),
+        keyed=Baseline(
+            "SET NX+actor.send",
+            "a Redis SET NX EX of the key, then actor.send (two round trips)",
+            keyed,
+        ),
+        batches=[
+            Baseline(
+                "pipeline",
+                "the enqueue of each message on a RedisBroker over one redis-py pipeline",
+                pipeline,
+                target=0.90,
+            ),
+            Baseline("group", "dramatiq.group(messages).run() (a round trip per message)", group),
+        ],
+        clear=lambda: client.delete(*queue_keys(queue)),
+        dispatch_targets={"200B": 0.90, "10KB": 0.90, "200KB": 0.95},
+        keyed_target=0.90,
+        single_target=5.0,
     )
-    return add_worker_cpu(result, sides)
+    try:
+        return dispatch_suite.all_rows(env, kit) + worker_suite.worker_rows(
+            env, worker_kit(env, broker)
+        )
+    finally:
+        dispatcher.close()
+        close_broker(broker)
+        client.delete(*queue_keys(queue))
+        client.close()
+
+
+def _never_run(data: Any) -> None:
+    """The producer side's actor body (the producer never runs it)."""
+
+
+def worker_kit(env: Env, like: Any) -> WorkerKit:
+    """jobs_core's `python -m jobs_core worker` (Dramatiq backend) vs a plain `dramatiq`
+    worker. Jobs are staged in the `bench-staging` namespace (the same message jobs_core's
+    dispatcher builds: the payload as its one argument) and handed over by renaming both keys
+    in one transaction."""
+    url, client = env.redis_url, env.redis_client()
+    tag = uuid.uuid4().hex[:8]
+    ours_queue, plain_queue = f"bench-dramatiq-ours-{tag}", f"bench-dramatiq-plain-{tag}"
+    payload = PAYLOADS[SMALL]
+    ours = DramatiqDispatcher(url, ours_queue)
+    plain_broker = RedisBroker(url=url)
+    plain = dramatiq.actor(actor_name=JOB_NAME, queue_name=plain_queue, broker=plain_broker)(
+        _never_run
+    )
+
+    def stage(queue: str) -> Callable[[int], None]:
+        def put(n: int) -> None:
+            pipe, staging = pipelined(client, plain_broker, STAGING)
+            for _ in range(n):
+                message: Any = dramatiq.Message(
+                    queue_name=queue, actor_name=JOB_NAME, args=(payload,), kwargs={}, options={}
+                )
+                staging.enqueue(message)
+            pipe.execute()
+
+        return put
+
+    def release(queue: str) -> Callable[[], None]:
+        def hand_over() -> None:
+            pipe = client.pipeline(transaction=True)
+            for staged, live in zip(queue_keys(queue, STAGING), queue_keys(queue)):
+                pipe.rename(staged, live)
+            pipe.execute()
+
+        return hand_over
+
+    return WorkerKit(
+        BACKEND,
+        ours=WorkerSide(
+            "`python -m jobs_core worker` (JOBS_BACKEND=dramatiq: `dramatiq -p 1 -t 8`)",
+            JOBS_CORE_WORKER,
+            {
+                "JOBS_BACKEND": "dramatiq",
+                "JOBS_BROKER_URL": url,
+                "JOBS_QUEUE": ours_queue,
+                **WORKER_ENV,
+            },
+            stage=stage(ours_queue),
+            release=release(ours_queue),
+            send=lambda: ours.dispatch_sync(noop, payload),
+        ),
+        plain=WorkerSide(
+            "`dramatiq benchmarks.plain_dramatiq -p 1 -t 8` (a plain actor)",
+            [PYTHON, "-m", "dramatiq", "benchmarks.plain_dramatiq", "-p", "1", "-t", "8"],
+            {"BENCH_BROKER_URL": url, "BENCH_QUEUE": plain_queue, **WORKER_ENV},
+            stage=stage(plain_queue),
+            release=release(plain_queue),
+            send=lambda: plain.send(payload),
+        ),
+        describe="one process, 8 threads, idle poll 100 ms on both, each command's default "
+        "logging (both INFO: the dramatiq command's)",
+        worker_target=0.95,
+        e2e_target=0.90,
+        closers=[ours.close, lambda: close_broker(plain_broker), client.close],
+    )

@@ -1,121 +1,65 @@
-"""Inline: `dispatch_sync` (validate, serialise, run the job through `run_job_sync`, events)
-against the direct call an app could make instead (`Model.model_validate` + the handler)."""
+"""Inline: `dispatch_sync` (validate, serialise, run the job through the core's worker path,
+events) against what an app could do instead: validate the payload and call the handler.
+
+Inline has no round trip to save and nothing between the dispatch and the run, so its rows
+show the whole of the core's per-job cost on both sides (dispatch and worker); they have no
+targets of their own except the keyed one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from jobs_core.backends.inline import InlineDispatcher
 
-from . import memory
-from .common import Env, Result, compare, floor_result, interleave, lpush_side, timed
-from .jobs import SAMPLE, SAMPLE_JSON, LocalHits, Note, noop
+from . import dispatch_suite
+from .config import Config
+from .counter import SharedCounter
+from .dispatch_suite import Baseline, DispatchKit, Payload
+from .jobs import Note, noop
+from .results import Row
+from .scenario import Env
 
 BACKEND = "inline"
+SCALE = 2.5
+"""Inline dispatches are ~10x faster than a Redis round trip: more of them per round."""
 
 
-def run(env: Env) -> list[Result]:
-    config = env.config
-    hits = LocalHits()
+def rows(config: Config) -> list[str]:
+    return dispatch_suite.row_ids(BACKEND, ["loop"])
+
+
+def run(env: Env) -> list[Row]:
+    hits = SharedCounter()
     dispatcher = InlineDispatcher(context=hits)
-    client = env.redis_client()
-    handler = noop.handler
-    validate = Note.model_validate
-    expected = 0
+    handler, validate = noop.handler, Note.model_validate
+    seen: set[str] = set()
 
-    def ours(n: int) -> float:
-        nonlocal expected
-        expected += n
-        dispatch = dispatcher.dispatch_sync
-        return timed(n, lambda _: dispatch(noop, SAMPLE))
+    def direct(payload: Payload) -> None:
+        handler(validate(payload), hits)
 
-    def raw(n: int) -> float:
-        nonlocal expected
-        expected += n
-        return timed(n, lambda _: handler(validate(SAMPLE), hits))
+    def keyed(payload: Payload, key: str) -> None:
+        if key not in seen:
+            seen.add(key)
+            handler(validate(payload), hits)
 
-    def many(n: int) -> float:
-        nonlocal expected
-        expected += n
-        items = [(noop, SAMPLE)] * n
-        return timed(1, lambda _: dispatcher.dispatch_many_sync(items))
+    def loop(payloads: Sequence[Payload]) -> None:
+        for payload in payloads:
+            handler(validate(payload), hits)
 
-    results: list[Result] = []
+    kit = DispatchKit(
+        BACKEND,
+        dispatcher,
+        public=Baseline("validate+call", "Note.model_validate(payload) + a handler call", direct),
+        keyed=Baseline(
+            "set+validate+call", "a check-and-add of the key in a set, then validate + call", keyed
+        ),
+        batches=[Baseline("loop", "validate + call for each payload", loop)],
+        scale=SCALE,
+        keyed_target=0.90,
+    )
     try:
-        env.log("inline: dispatch overhead (+ LPUSH floor)")
-        n = config.inline_dispatch_n
-        seconds = interleave(
-            {
-                "ours": ours,
-                "raw": raw,
-                "lpush": lpush_side(client, "bench:inline:floor", SAMPLE_JSON),
-            },
-            n,
-            config.rounds,
-            warmup_n=config.warmup_n,
-            slices=config.dispatch_slices,
-            progress=env.log,
-        )
-        results.append(
-            compare(
-                "dispatch",
-                BACKEND,
-                n,
-                seconds,
-                "ours",
-                "raw",
-                target=None,
-                note="dispatch_sync (runs the job) vs Note.model_validate + handler call",
-            )
-        )
-        results.append(floor_result(BACKEND, n, seconds))
-
-        env.log("inline: batch")
-        n = config.batch_n
-        seconds = interleave(
-            {"many": many, "single": ours},
-            n,
-            config.rounds,
-            warmup_n=config.warmup_n,
-            progress=env.log,
-        )
-        results.append(
-            compare(
-                "batch",
-                BACKEND,
-                n,
-                seconds,
-                "many",
-                "single",
-                target=None,
-                note="one dispatch_many_sync of n vs n dispatch_sync (no round trip to save)",
-            )
-        )
-
-        env.log("inline: end to end")
-        n = config.e2e_n
-        seconds = interleave(
-            {"ours": ours, "raw": raw},
-            n,
-            config.rounds,
-            warmup_n=config.warmup_n,
-            progress=env.log,
-        )
-        results.append(
-            compare(
-                "e2e",
-                BACKEND,
-                n,
-                seconds,
-                "ours",
-                "raw",
-                target=None,
-                note="in process: dispatch_sync vs validate + handler call",
-            )
-        )
-        if hits.count != expected:
-            raise RuntimeError(f"inline: {hits.count} jobs ran, {expected} expected")
-
-        env.log("inline: memory (fresh process)")
-        results.append(memory.run(env))
+        return dispatch_suite.all_rows(env, kit)
     finally:
-        client.close()
-    return results
+        dispatcher.close()
+        hits.close()

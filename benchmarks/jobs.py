@@ -1,8 +1,8 @@
-"""The benchmark's job, payload and completion counters, shared by producers and workers.
+"""The benchmark's job and payloads, shared by the producers, the workers and the baselines.
 
-Both sides of every comparison send the same payload (`SAMPLE`, a plain mapping as an app
-would pass it) and run the same handler body: one `hit()` on the context, which in the worker
-processes is a Redis `INCR` of a per-side counter (how the producer sees completions).
+Every side of every comparison sends the same payload (a plain mapping, as an app would pass
+it) and runs the same job body: validate the payload into its model (what a plain task that
+wants typed input does, and what jobs_core does for it) and count one completion.
 """
 
 from __future__ import annotations
@@ -10,65 +10,72 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-import redis
 from pydantic import BaseModel
 
 from jobs_core import JobRegistry
 
+from .config import SIZES, SMALL
+from .counter import SharedCounter
+
+
+class Line(BaseModel):
+    sku: str
+    qty: int
+    note: str
+
 
 class Note(BaseModel):
-    """A small, typical payload: an id, an address, a template name and a few tags."""
+    """A typical payload: ids, an address and a template name, plus order lines that make the
+    larger sizes (a structured payload costs more to validate and serialise than one string)."""
 
     user_id: int
     email: str
     template: str
     tags: list[str] = []
+    lines: list[Line] = []
 
-
-SAMPLE: dict[str, Any] = {
-    "user_id": 42,
-    "email": "ada@example.com",
-    "template": "welcome",
-    "tags": ["signup", "eu"],
-}
-SAMPLE_JSON = json.dumps(SAMPLE, separators=(",", ":")).encode()
 
 JOB_NAME = "bench.noop"
-RAW_NAME = "bench.raw"
-"""The plain (non-jobs_core) task / actor / function of the end-to-end comparison."""
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def make_payload(size: int) -> dict[str, Any]:
+    """A payload whose JSON is about `size` bytes (never much over it)."""
+    payload: dict[str, Any] = {
+        "user_id": 42,
+        "email": "ada@example.com",
+        "template": "welcome",
+        "tags": ["signup", "eu"],
+        "lines": [],
+    }
+    room = size - len(_json(payload))
+    i = 0
+    while room > 60:
+        line = {"sku": f"SKU-{i:06d}", "qty": 1 + i % 7, "note": ""}
+        line["note"] = "x" * max(0, min(60, room - len(_json(line)) - 1))
+        payload["lines"].append(line)
+        room -= len(_json(line)) + 1
+        i += 1
+    return payload
+
+
+PAYLOADS: dict[str, dict[str, Any]] = {name: make_payload(size) for name, size in SIZES.items()}
+PAYLOAD_BYTES: dict[str, int] = {name: len(_json(p)) for name, p in PAYLOADS.items()}
+SAMPLE = PAYLOADS[SMALL]
+"""The typical (200 B) payload, under the name the standalone benchmark scripts use."""
 
 
 class Hits(Protocol):
-    """Counts completed jobs."""
+    """Counts completed jobs (the job's context)."""
 
     def hit(self) -> None: ...
 
 
-class LocalHits:
-    """In-process counter (inline)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def hit(self) -> None:
-        self.count += 1
-
-
-class RedisHits:
-    """`INCR key` per completed job (worker processes)."""
-
-    def __init__(self, client: redis.Redis, key: str) -> None:
-        self.client = client
-        self.key = key
-
-    def hit(self) -> None:
-        self.client.incr(self.key)
-
-
-def counter_keys(queue: str) -> tuple[str, str]:
-    """The Redis counters of our job and of the raw one, for the workers of `queue`."""
-    return f"bench:{queue}:done:ours", f"bench:{queue}:done:raw"
-
+COUNTER = SharedCounter.from_env()
+"""The worker processes' context: `python -m jobs_core worker ... --context benchmarks.jobs:COUNTER`."""
 
 jobs = JobRegistry[Hits]()
 
@@ -77,3 +84,10 @@ jobs = JobRegistry[Hits]()
 def noop(payload: Note, ctx: Hits) -> None:
     """The benchmark job: does nothing but count itself."""
     ctx.hit()
+
+
+def plain_body(data: Any, hits: Hits) -> None:
+    """The plain task / actor / function body of every baseline: the same work as `noop` with
+    jobs_core (validate the payload into its model, count one completion)."""
+    Note.model_validate(data)
+    hits.hit()

@@ -1,9 +1,11 @@
-"""Memory scenario: peak RSS while dispatching and running many inline jobs, and RSS growth.
+"""Memory rows: many inline dispatches in a fresh process, without and with idempotency keys.
 
-Run in a fresh process (`python -m benchmarks.memory --jobs N --mark M`) so that the figures are
-those of jobs_core alone, not of everything the benchmark process imported before; it prints
-one JSON object. RSS comes from /proc/self/status (VmRSS, VmHWM), else from getrusage (peak
-only).
+`python -m benchmarks.memory --jobs N --mark M [--keyed]` dispatches N inline jobs one by one
+(each runs before `dispatch_sync` returns; with `--keyed`, a new idempotency key each) and
+prints one JSON object: RSS at job M and at the end (from /proc/self/status, else getrusage),
+and the CPU time per dispatch of jobs M..2M and of the last M. Nothing is kept per job (the
+in-process key store is bounded), so RSS must stay flat and so must the time per dispatch.
+Each round is a fresh process, so the figures are those of jobs_core alone.
 """
 
 from __future__ import annotations
@@ -16,10 +18,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import PYTHON, Env, Result, WorkerProcess, wait_until
+from .config import SMALL, Config
+from .processes import PYTHON, WorkerProcess
+from .results import MIB, RATIO, Row
+from .scenario import Env
+from .timing import median, wait_until
 
-MIB = 1024 * 1024
+MIB_BYTES = 1024 * 1024
 GROWTH_TARGET_MIB = 5.0
+TIME_TARGET = 1.2
+"""The last jobs may take at most this many times the CPU per dispatch of the early ones."""
+VARIANTS = {"": False, ".keyed": True}
+
+
+def rows(config: Config) -> list[str]:
+    return [f"inline.memory{v}{t}" for v in VARIANTS for t in ("", ".time")]
 
 
 def _status_kib(field: str) -> int | None:
@@ -32,14 +45,6 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def rss_bytes() -> int:
-    """Current resident set size (falls back to the peak where /proc is missing)."""
-    kib = _status_kib("VmRSS")
-    if kib is None:
-        return peak_rss_bytes()
-    return kib * 1024
-
-
 def peak_rss_bytes() -> int:
     kib = _status_kib("VmHWM")
     if kib is None:
@@ -47,80 +52,114 @@ def peak_rss_bytes() -> int:
     return kib * 1024
 
 
+def rss_bytes() -> int:
+    """Current resident set size (the peak where /proc is missing)."""
+    kib = _status_kib("VmRSS")
+    return peak_rss_bytes() if kib is None else kib * 1024
+
+
 def measure(jobs: int, mark: int, keyed: bool = False) -> dict[str, Any]:
-    """Dispatch `jobs` inline jobs one by one (each runs before `dispatch_sync` returns), with a
-    new idempotency key each when `keyed`; the time per dispatch of the `mark` jobs after the
-    first `mark` and of the last `mark` shows whether it stays flat."""
+    """Dispatch `jobs` inline jobs; RSS and CPU time per dispatch early and late."""
     from jobs_core.backends.inline import InlineDispatcher
 
-    from .jobs import SAMPLE, LocalHits, noop
+    from .counter import SharedCounter
+    from .jobs import PAYLOADS, noop
 
-    hits = LocalHits()
+    hits = SharedCounter()
     dispatcher = InlineDispatcher(context=hits)
-    dispatch = dispatcher.dispatch_sync
-    start = rss_bytes()
-    at_mark = start
-    clock: dict[int, float] = {}
+    dispatch, payload = dispatcher.dispatch_sync, PAYLOADS[SMALL]
+    checkpoints = {mark, 2 * mark, jobs - mark, jobs}
+    cpu: dict[int, float] = {}
+    rss_at_mark = start = rss_bytes()
     for i in range(1, jobs + 1):
         if keyed:
-            dispatch(noop, SAMPLE, idempotency_key=f"order-{i}")
+            dispatch(noop, payload, idempotency_key=f"order-{i}")
         else:
-            dispatch(noop, SAMPLE)
-        if i in (mark, 2 * mark, jobs - mark, jobs):
-            clock[i] = time.perf_counter()
-        if i == mark:
-            at_mark = rss_bytes()
+            dispatch(noop, payload)
+        if i in checkpoints:
+            cpu[i] = time.process_time()
+            if i == mark:
+                rss_at_mark = rss_bytes()
     end = rss_bytes()
-    if hits.count != jobs:
-        raise RuntimeError(f"{hits.count} of {jobs} inline jobs ran")
+    if hits.total() != jobs:
+        raise RuntimeError(f"{hits.total()} of {jobs} inline jobs ran")
+    early = (cpu[2 * mark] - cpu[mark]) / mark * 1e6
+    late = (cpu[jobs] - cpu[jobs - mark]) / mark * 1e6
     return {
         "jobs": jobs,
         "mark": mark,
-        "rss_start_mib": start / MIB,
-        "rss_at_mark_mib": at_mark / MIB,
-        "rss_end_mib": end / MIB,
-        "peak_rss_mib": peak_rss_bytes() / MIB,
-        "growth_mib": (end - at_mark) / MIB,
-        "us_per_dispatch_early": (clock[2 * mark] - clock[mark]) / mark * 1e6,
-        "us_per_dispatch_late": (clock[jobs] - clock[jobs - mark]) / mark * 1e6,
+        "rss_start_mib": start / MIB_BYTES,
+        "rss_at_mark_mib": rss_at_mark / MIB_BYTES,
+        "rss_end_mib": end / MIB_BYTES,
+        "peak_rss_mib": peak_rss_bytes() / MIB_BYTES,
+        "growth_mib": (end - rss_at_mark) / MIB_BYTES,
+        "cpu_us_early": early,
+        "cpu_us_late": late,
+        "late_over_early": late / early,
     }
 
 
-def run(env: Env) -> Result:
-    """Run `measure` in a fresh interpreter and turn its output into a `Result`."""
-    config = env.config
-    worker = WorkerProcess(
-        [
-            PYTHON,
-            "-m",
-            "benchmarks.memory",
-            "--jobs",
-            str(config.memory_jobs),
-            "--mark",
-            str(config.memory_mark),
-        ]
-    )
-    with worker:
+def _one_process(config: Config, keyed: bool) -> dict[str, Any]:
+    args = [PYTHON, "-m", "benchmarks.memory", "--jobs", str(config.memory_jobs)]
+    args += ["--mark", str(config.memory_mark)] + (["--keyed"] if keyed else [])
+    with WorkerProcess(args) as worker:
         process = worker.process
         assert process is not None
-        wait_until(lambda: process.poll() is not None, 300, "the memory scenario", interval=0.05)
+        wait_until(lambda: process.poll() is not None, 600, "the memory scenario", interval=0.05)
         output = worker.output(limit=100_000)
         if process.returncode != 0:
             raise RuntimeError(f"the memory scenario failed:\n{output}")
-    figures: dict[str, float] = json.loads(output.strip().splitlines()[-1])
-    growth = figures["growth_mib"]
-    return Result(
-        scenario="memory",
-        backend="inline",
-        n=config.memory_jobs,
-        rounds=1,
-        figures=figures,
-        ratio=None,
-        target=f"growth < {GROWTH_TARGET_MIB:g} MiB",
-        met=growth < GROWTH_TARGET_MIB,
-        note=f"RSS growth from job {config.memory_mark:,} to job {config.memory_jobs:,}, "
-        "in a fresh process; peak = its VmHWM",
-    )
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def run(env: Env) -> list[Row]:
+    config, result = env.config, []
+    for variant, keyed in VARIANTS.items():
+        what = "with a new idempotency key each" if keyed else "without keys"
+        env.log(f"inline: memory {what}, {config.memory_jobs:,} jobs x {config.rounds}")
+        runs = [_one_process(config, keyed) for _ in range(config.rounds)]
+        samples = {k: [r[k] for r in runs] for k in runs[0] if isinstance(runs[0][k], float)}
+        mark, jobs = config.memory_mark, config.memory_jobs
+        kinds = (
+            (
+                "",
+                "growth_mib",
+                MIB,
+                GROWTH_TARGET_MIB,
+                f"RSS growth from job {mark:,} to job {jobs:,}",
+                f"peak {median(samples['peak_rss_mib']):.1f} MiB",
+                f"RSS at job {mark:,} {median(samples['rss_at_mark_mib']):.1f} MiB",
+            ),
+            (
+                ".time",
+                "late_over_early",
+                RATIO,
+                TIME_TARGET,
+                f"CPU time per dispatch of the last {mark:,} jobs over jobs {mark:,} to "
+                f"{2 * mark:,} (flat: nothing grows with the jobs done)",
+                f"late {median(samples['cpu_us_late']):.1f} µs",
+                f"early {median(samples['cpu_us_early']):.1f} µs",
+            ),
+        )
+        for suffix, key, unit, target, measured, ours, baseline in kinds:
+            compares = f"{measured}, inline dispatch_sync {what}, each round a fresh process"
+            result.append(
+                Row.of(
+                    samples[key],
+                    id=f"inline.memory{variant}{suffix}",
+                    compares=compares,
+                    ours=ours,
+                    baseline=baseline,
+                    n=jobs,
+                    unit=unit,
+                    target=target,
+                    lower_is_better=True,
+                    figures={k: median(v) for k, v in samples.items()},
+                    samples=samples,
+                )
+            )
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mark", type=int, default=10_000)
     parser.add_argument("--keyed", action="store_true", help="a new idempotency key each")
     args = parser.parse_args(argv)
-    if not 0 < 2 * args.mark <= args.jobs:
-        parser.error("need 0 < 2 * --mark <= --jobs")
+    if not 0 < 2 * args.mark <= args.jobs - args.mark:
+        parser.error("need 0 < 2 * --mark <= --jobs - --mark")
     print(json.dumps(measure(args.jobs, args.mark, args.keyed)))
     return 0
 

@@ -15,7 +15,7 @@ provide one (`JOBS_TEST_POSTGRES_URL`, or the server binaries).
   outbox row written in it; the difference is what the outbox adds to the caller, per job.
 
 Both sides of each comparison run in the same run, interleaved round by round (see
-`benchmarks.common.interleave`); figures are medians.
+`benchmarks.timing.interleave`); figures are medians.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from jobs_core import JobRegistry, JobRequest
 from jobs_core.backends.dramatiq import DramatiqDispatcher
 from jobs_core.outbox import Outbox, outbox_table
 
-from .common import interleave, median, paired_ratio
+from .timing import interleave, median, paired_ratio
 
 BATCH = 500
 

@@ -1,5 +1,6 @@
-"""`python -m benchmarks --quick` runs and produces every figure (not how fast: the machine is
-shared, so speed is for the full run to report, never for a test to assert)."""
+"""The benchmarks run and produce every figure: `python -m benchmarks --quick` and the CPU
+micro-benchmark. Never how fast: the machine is shared, so speed is for the full run to
+report, never for a test to assert."""
 
 from __future__ import annotations
 
@@ -15,11 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-REQUIRED = {"inline", "celery", "dramatiq"}
-SIGNED_FIGURES = {"growth_mib"}
-"""Figures that may be zero or negative (RSS can stay flat or shrink); all others are > 0."""
-
-TIMEOUT = 150.0
+REQUIRED = {"micro", "memory", "inline", "celery", "dramatiq"}
+TIMEOUT = 300.0
 
 
 def _inngest_available() -> bool:
@@ -31,23 +29,15 @@ def _inngest_available() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One `--quick` run (2 rounds) for all the tests of this module."""
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
-    command = [sys.executable, "-m", "benchmarks", "--quick", "--rounds", "2", "--quiet"]
+def _run(args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark command; on a timeout, SIGTERM first so that it stops what it started."""
     proc = subprocess.Popen(
-        [*command, "--json", str(out)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
-            # SIGTERM first: the benchmark then stops its redis-server and workers itself.
             proc.terminate()
             try:
                 proc.communicate(timeout=30)
@@ -55,57 +45,107 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 proc.kill()
                 proc.communicate()
     assert proc.returncode == 0, f"stdout:\n{stdout}\nstderr:\n{stderr[-5000:]}"
-    assert out.exists(), stdout
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `--quick` run (2 rounds) for the tests of this module."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    done = _run(["-m", "benchmarks", "--quick", "--rounds", "2", "--quiet", "--json", str(out)])
     document: dict[str, Any] = json.loads(out.read_text())
-    document["stdout"] = stdout
+    document["stdout"] = done.stdout
+    document["path"] = out
     return document
 
 
-def test_every_backend_ran(quick_run: dict[str, Any]) -> None:
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_every_scenario_ran(quick_run: dict[str, Any]) -> None:
     expected = quick_run["expected"]
+    assert not quick_run["errors"], quick_run["errors"]
     assert REQUIRED <= set(expected), quick_run["skipped"]
     if _inngest_available():
         assert "inngest" in expected, quick_run["skipped"]
 
 
-def test_every_scenario_has_its_figures(quick_run: dict[str, Any]) -> None:
-    results = quick_run["results"]
-    found = {(r["backend"], r["scenario"]) for r in results}
-    wanted = {(b, s) for b, scenarios in quick_run["expected"].items() for s in scenarios}
-    assert wanted <= found, f"missing: {sorted(wanted - found)}"
-    for result in results:
-        where = f"{result['scenario']} on {result['backend']}"
-        assert result["n"] > 0 and result["rounds"] > 0, where
-        assert result["figures"], where
-        for name, value in result["figures"].items():
-            assert isinstance(value, (int, float)) and math.isfinite(value), (where, name, value)
-            if name not in SIGNED_FIGURES:
-                assert value > 0, (where, name, value)
-        for name, samples in result["samples"].items():
-            assert len(samples) == result["rounds"], (where, name)
-            assert all(s > 0 for s in samples), (where, name, samples)
-        if result["target"] is not None:
-            assert isinstance(result["met"], bool), where
+def test_every_row_has_its_figures(quick_run: dict[str, Any]) -> None:
+    rows = {r["id"]: r for r in quick_run["rows"]}
+    wanted = {i for ids in quick_run["expected"].values() for i in ids}
+    assert wanted <= set(rows), f"missing: {sorted(wanted - set(rows))}"
+    for row_id, row in rows.items():
+        assert row["n"] > 0 and row["rounds"] > 0, row_id
+        assert _finite(row["value"]) and row["low"] <= row["value"] <= row["high"], row_id
+        assert row["compares"] and row["ours"] and row["loadavg"] is not None, row_id
+        assert row["figures"], row_id
+        for name, value in row["figures"].items():
+            assert _finite(value), (row_id, name, value)
+            if name.endswith("_per_s"):
+                assert value > 0, (row_id, name, value)
+        for name, samples in row["samples"].items():
+            assert samples and all(_finite(s) for s in samples), (row_id, name)
+        if row["target"] is not None:
+            assert isinstance(row["met"], bool), row_id
+        else:
+            assert row["met"] is None, row_id
 
 
-def test_comparisons_carry_both_sides_and_the_ratio(quick_run: dict[str, Any]) -> None:
-    sides = {
-        "dispatch": ("ours_per_s", "raw_per_s", "ratio"),
-        "e2e": ("ours_per_s", "raw_per_s", "ratio"),
-        "batch": ("many_per_s", "single_per_s", "ratio"),
-        "floor": ("lpush_per_s", "ours_fraction", "raw_fraction"),
-        "memory": ("peak_rss_mib", "growth_mib"),
-    }
-    for result in quick_run["results"]:
-        for name in sides[result["scenario"]]:
-            assert name in result["figures"], (result["scenario"], result["backend"], name)
+def test_comparisons_keep_every_round(quick_run: dict[str, Any]) -> None:
+    for row in quick_run["rows"]:
+        if "ratio" in row["samples"]:
+            assert len(row["samples"]["ratio"]) == row["rounds"], row["id"]
+            sides = [k for k in row["samples"] if k.endswith("_seconds")]
+            assert len(sides) == 4, row["id"]  # each side's wall and CPU seconds
+            assert all(len(row["samples"][k]) == row["rounds"] for k in sides), row["id"]
 
 
-def test_the_table_is_printed(quick_run: dict[str, Any]) -> None:
-    table = quick_run["stdout"]
-    assert table.splitlines()[0].split()[:2] == ["scenario", "backend"]
-    for result in quick_run["results"]:
-        assert any(
-            line.split()[:2] == [result["scenario"], result["backend"]]
-            for line in table.splitlines()
-        ), (result["scenario"], result["backend"])
+def test_worker_rows_measure_both_workers(quick_run: dict[str, Any]) -> None:
+    for row in quick_run["rows"]:
+        if row["id"] in {f"{b}.{s}" for b in ("celery", "dramatiq") for s in ("worker", "e2e")}:
+            for side in ("ours", "plain"):
+                assert row["figures"][f"{side}_worker_cpu_us"] > 0, row["id"]
+                assert f"{side}_log_bytes_per_job" in row["figures"], row["id"]
+
+
+def test_the_table_and_the_machine_are_reported(quick_run: dict[str, Any]) -> None:
+    lines = quick_run["stdout"].splitlines()
+    assert lines[0].split()[:2] == ["row", "n×rounds"]
+    printed = {line.split()[0] for line in lines[2:] if line.strip()}
+    assert {r["id"] for r in quick_run["rows"]} <= printed
+    machine = quick_run["meta"]["machine"]
+    assert machine["cpus"] and machine["versions"] and machine["python"]
+    assert len(quick_run["meta"]["loadavg_before"]) == 3
+
+
+def test_report_reads_a_run_back(quick_run: dict[str, Any], tmp_path: Path) -> None:
+    path = str(quick_run["path"])
+    assert _run(["-m", "benchmarks.report", path]).stdout.splitlines()[0].startswith("row")
+    compared = _run(["-m", "benchmarks.report", path, "--against", path]).stdout.splitlines()
+    assert len(compared) == len(quick_run["rows"])
+    assert all(line.endswith("within") for line in compared)
+    page = tmp_path / "performance.md"
+    from benchmarks.report import END, START
+
+    page.write_text(f"before\n{START}\nold\n{END}\nafter\n")
+    _run(["-m", "benchmarks.report", path, "--docs", str(page)])
+    text = page.read_text()
+    assert text.startswith("before\n") and text.endswith("\nafter\n") and "old" not in text
+    assert all(f"`{r['id']}`" in text for r in quick_run["rows"])
+
+
+def test_micro_benchmark_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "micro.json"
+    done = _run(["-m", "benchmarks.micro", "--quick", "--json", str(out)], timeout=120)
+    document = json.loads(out.read_text())
+    for section, whole in (("dispatch", "dispatch_us"), ("worker", "run_warning_us")):
+        assert set(document[section]) == {"200B", "10KB", "200KB"}
+        for size, figures in document[section].items():
+            assert figures[whole] and all(v > 0 for v in figures[whole]), (section, size)
+            for name, values in figures.items():
+                assert len(values) in (1, document["repeats"], 3 * document["repeats"]), name
+                assert all(_finite(v) for v in values), (section, size, name)
+    stages = [k for k in document["dispatch"]["200B"] if k.startswith("stage_")]
+    assert len(stages) >= 10 and "info_line_us" in document["worker"]["200B"]
+    assert "core" in done.stdout and "info_line" in done.stdout

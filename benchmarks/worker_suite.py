@@ -1,0 +1,228 @@
+"""The worker rows: jobs_core's documented worker command against a plain worker.
+
+Two worker processes run side by side for the whole scenario, each on its own queue and with
+its own completion counter: ours is `python -m jobs_core worker` (its default logging), the
+plain one is the library's own command on a plain task or actor (the library's default
+logging), both with the same pool and 8 threads.
+
+- `worker`: the drain rate of no-op jobs. Each round stages n jobs where the worker cannot see
+  them, makes them visible with one atomic Redis command (RENAME), and times from the first
+  completion to the last, so the worker's idle back-off before the first job is not counted.
+- `e2e`: n jobs dispatched one by one as each side's app dispatches them, from the first
+  dispatch to the last completion.
+
+Besides the rates, each row keeps each worker process group's CPU time per job (/proc) and how
+many bytes of log it wrote per job.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .counter import ENV, SharedCounter
+from .processes import WorkerProcess
+from .results import Row, compare
+from .scenario import Env
+from .timing import Timings, interleave, median, wait_until
+
+STARTUP_TIMEOUT = 120.0
+"""Seconds a worker may take to start and run its first job (imports on a loaded machine)."""
+
+
+def deadline(n: int) -> float:
+    """Seconds allowed for `n` jobs to complete: generous (a loaded machine), never endless."""
+    return 60.0 + n / 50.0
+
+
+class Completions:
+    """Times n completions of one side, counted by `counter`; with a worker process, also
+    records its CPU seconds and log bytes per call (the first call is the warm-up)."""
+
+    def __init__(
+        self,
+        counter: SharedCounter,
+        what: str,
+        check: Callable[[], str | None] | None = None,
+        worker: WorkerProcess | None = None,
+    ) -> None:
+        self.counter = counter
+        self.what = what
+        self.check = check
+        self.worker = worker
+        self.calls = 0
+        self.worker_cpu: list[float] = []
+        self.log_bytes: list[int] = []
+
+    def _wait(self, before: int, count: int, timeout: float) -> float:
+        total = self.counter.total
+        return wait_until(
+            lambda: total() - before >= count,
+            timeout,
+            f"{count} {self.what} jobs",
+            check=self.check,
+        )
+
+    def _timeout(self, n: int) -> float:
+        self.calls += 1
+        return deadline(n) + (STARTUP_TIMEOUT if self.calls == 1 else 0.0)
+
+    def _usage(self) -> tuple[float | None, int]:
+        if self.worker is None:
+            return None, 0
+        return self.worker.cpu_seconds(), self.worker.log_size()
+
+    def _record(self, n: int, before: int, usage: tuple[float | None, int]) -> None:
+        done = self.counter.total() - before
+        if done != n:
+            raise RuntimeError(f"{self.what}: {done} completions counted for {n} jobs")
+        cpu, log = self._usage()
+        if cpu is not None and usage[0] is not None:
+            self.worker_cpu.append(cpu - usage[0])
+        self.log_bytes.append(log - usage[1])
+
+    def e2e(self, send: Callable[[], object], n: int) -> float:
+        """Send n jobs one by one; seconds from the first send to the last completion."""
+        timeout = self._timeout(n)
+        before, usage = self.counter.total(), self._usage()
+        start = time.perf_counter()
+        for _ in range(n):
+            send()
+        last = self._wait(before, n, timeout)
+        self._record(n, before, usage)
+        return last - start
+
+    def drain(self, stage: Callable[[int], object], release: Callable[[], object], n: int) -> float:
+        """Stage n jobs, release them at once; seconds a drain of n takes at the rate seen
+        from the first completion to the last."""
+        timeout = self._timeout(n)
+        stage(n)
+        before, usage = self.counter.total(), self._usage()
+        released = time.perf_counter()
+        release()
+        first = self._wait(before, 1, timeout)
+        seen = self.counter.total() - before
+        last = self._wait(before, n, timeout)
+        self._record(n, before, usage)
+        if seen >= n or last <= first:
+            return last - released
+        return (last - first) * n / (n - seen)
+
+
+@dataclass
+class WorkerSide:
+    """One side of the worker rows: its worker command and how its app sends jobs."""
+
+    label: str
+    command: list[str]
+    env: dict[str, str]
+    stage: Callable[[int], object]
+    """Put n jobs on the broker where this side's worker does not see them yet."""
+    release: Callable[[], object]
+    """Make the staged jobs visible to the worker at once."""
+    send: Callable[[], object]
+    """One dispatch, the way this side's app dispatches (the e2e row)."""
+
+
+@dataclass
+class WorkerKit:
+    backend: str
+    ours: WorkerSide
+    plain: WorkerSide
+    describe: str
+    """What both workers are: pool, threads, logging (the rows' `compares`)."""
+    worker_target: float | None = None
+    e2e_target: float | None = None
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+
+def add_worker_figures(row: Row, sides: dict[str, Completions], rounds: int) -> Row:
+    """Each worker's CPU µs per job and log bytes per job over the timed rounds."""
+    for name, side in sides.items():
+        cpu = [c / row.n * 1e6 for c in side.worker_cpu[-rounds:]]
+        if len(cpu) == rounds and min(cpu) > 0:
+            row.figures[f"{name}_worker_cpu_us"] = median(cpu)
+            row.samples[f"{name}_worker_cpu_us"] = cpu
+        logs = [b / row.n for b in side.log_bytes[-rounds:]]
+        row.figures[f"{name}_log_bytes_per_job"] = median(logs)
+    ours, plain = (row.figures.get(f"{s}_worker_cpu_us") for s in sides)
+    if ours is not None and plain is not None:
+        row.cpu = f"worker {ours:,.0f} / {plain:,.0f} ({ours - plain:+,.0f})"
+    logs = [row.figures[f"{s}_log_bytes_per_job"] for s in sides]
+    row.cpu += f"; log {logs[0]:,.0f} / {logs[1]:,.0f} B/job"
+    return row
+
+
+def worker_rows(env: Env, kit: WorkerKit) -> list[Row]:
+    config, b = env.config, kit.backend
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
+        workers: dict[str, WorkerProcess] = {}
+        sides: dict[str, Completions] = {}
+        try:
+            for name, side in (("ours", kit.ours), ("plain", kit.plain)):
+                path = Path(tmp, f"{name}.counter")
+                counter = SharedCounter(path, create=True)
+                workers[name] = WorkerProcess(side.command, {**side.env, ENV: str(path)}).start()
+                sides[name] = Completions(
+                    counter, f"{b} {name}", workers[name].check, workers[name]
+                )
+            for scenario, what, make, n, target in (
+                ("worker", "drain rate", _drainer, config.worker_n, kit.worker_target),
+                ("e2e", "first dispatch to last completion", _sender, config.e2e_n, kit.e2e_target),
+            ):
+                env.log(f"{b}: {scenario} ({what}), {n:,} x {config.rounds}")
+                timings = interleave(
+                    {
+                        name: make(sides[name], side)
+                        for name, side in (("ours", kit.ours), ("plain", kit.plain))
+                    },
+                    n,
+                    config.rounds,
+                    warmup_n=config.warmup_n,
+                    progress=env.log,
+                )
+                rows.append(_row(f"{b}.{scenario}", what, kit, timings, sides, target))
+        finally:
+            for worker in workers.values():
+                worker.stop()
+            for side in sides.values():
+                side.counter.close()
+            for close in kit.closers:
+                close()
+    return rows
+
+
+def _drainer(completions: Completions, side: WorkerSide) -> Callable[[int], float]:
+    return lambda n: completions.drain(side.stage, side.release, n)
+
+
+def _sender(completions: Completions, side: WorkerSide) -> Callable[[int], float]:
+    return lambda n: completions.e2e(side.send, n)
+
+
+def _row(
+    row_id: str,
+    what: str,
+    kit: WorkerKit,
+    timings: Timings,
+    sides: dict[str, Completions],
+    target: float | None,
+) -> Row:
+    row = compare(
+        row_id,
+        f"{what} of no-op jobs: {kit.ours.label} vs {kit.plain.label}; {kit.describe}",
+        timings,
+        "ours",
+        "plain",
+        target=target,
+        labels=("", "plain"),
+    )
+    return add_worker_figures(row, sides, timings.rounds)
+
+
+def row_ids(backend: str) -> Sequence[str]:
+    return [f"{backend}.worker", f"{backend}.e2e"]
