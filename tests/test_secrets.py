@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import pytest
 from pydantic import BaseModel
 
 from jobs_core import DispatchError, JobRegistry, JobsSettings, Retry
-from jobs_core.instrumentation import LoggingInstrumentation
 from jobs_core.testing import RecordingInstrumentation
 from tests.celery.workers import wait_for
 from tests.support.redis_server import RedisServer, free_port
@@ -35,18 +35,6 @@ SECRETS = (PASSWORD, WRONG)
 
 class Note(BaseModel):
     text: str
-
-
-class LoggedEvents(RecordingInstrumentation):
-    """Records the events and logs them as the default instrumentation does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.logging = LoggingInstrumentation()
-
-    def record(self, event: Any) -> None:
-        super().record(event)
-        self.logging.record(event)
 
 
 @pytest.fixture
@@ -117,6 +105,21 @@ def _failing_dispatches(make: Any, job: Any, server: RedisServer) -> dict[str, s
     return texts
 
 
+def _check_failures_and_logs(
+    caplog: pytest.LogCaptureFixture,
+    texts: dict[str, str],
+    events: RecordingInstrumentation,
+    make: Any,
+    job: Any,
+    server: RedisServer,
+) -> None:
+    """The failing dispatches' texts and events join `texts`; each failure was recorded."""
+    texts.update(_failing_dispatches(make, job, server))
+    texts["events"] = "\n".join(repr(e) for e in events)
+    schedule_failures = [e for e in events if e.kind == "failed" and e.phase == "schedule"]
+    assert len(schedule_failures) == 2 and all(e.error for e in schedule_failures)
+
+
 def _check_logs(caplog: pytest.LogCaptureFixture, texts: dict[str, str]) -> None:
     assert caplog.records, "logging was captured"
     for i, record in enumerate(caplog.records):
@@ -136,7 +139,7 @@ def test_C23_celery_broker_password_never_shown(
     caplog.set_level(logging.DEBUG)
     done: list[str] = []
     jobs = _registry(done)
-    events = LoggedEvents()
+    events = RecordingInstrumentation()
     url = _url(server, PASSWORD)
     settings = JobsSettings(backend="celery", broker_url=url, queue="c23")
     texts: dict[str, str] = {"settings": f"{settings!r} {settings}"}
@@ -166,16 +169,8 @@ def test_C23_celery_broker_password_never_shown(
         signals.task_rejected.disconnect(app.jobs_core_rejected_receiver)
         app.close()
         dispatcher.close()
-    texts.update(
-        _failing_dispatches(
-            lambda u: CeleryDispatcher(u, "c23", timeout=1.0, instrumentation=events),
-            jobs["c23.ok"],
-            server,
-        )
-    )
-    texts["events"] = "\n".join(repr(e) for e in events)
-    schedule_failures = [e for e in events if e.kind == "failed" and e.phase == "schedule"]
-    assert len(schedule_failures) == 2 and all(e.error for e in schedule_failures)
+    make = partial(CeleryDispatcher, queue="c23", timeout=1.0, instrumentation=events)
+    _check_failures_and_logs(caplog, texts, events, make, jobs["c23.ok"], server)
     texts["worker CLI output"] = _celery_cli_output(server, url, tmp_path)
     _check_logs(caplog, texts)
 
@@ -218,7 +213,7 @@ def test_C23_dramatiq_broker_password_never_shown(
     caplog.set_level(logging.DEBUG)
     done: list[str] = []
     jobs = _registry(done)
-    events = LoggedEvents()
+    events = RecordingInstrumentation()
     url = _url(server, PASSWORD)
     settings = JobsSettings(backend="dramatiq", broker_url=url, queue="c23")
     texts: dict[str, str] = {"settings": f"{settings!r} {settings}"}
@@ -240,16 +235,8 @@ def test_C23_dramatiq_broker_password_never_shown(
     finally:
         close_broker(broker)
         dispatcher.close()
-    texts.update(
-        _failing_dispatches(
-            lambda u: DramatiqDispatcher(u, "c23", timeout=1.0, instrumentation=events),
-            jobs["c23.ok"],
-            server,
-        )
-    )
-    texts["events"] = "\n".join(repr(e) for e in events)
-    schedule_failures = [e for e in events if e.kind == "failed" and e.phase == "schedule"]
-    assert len(schedule_failures) == 2 and all(e.error for e in schedule_failures)
+    make = partial(DramatiqDispatcher, queue="c23", timeout=1.0, instrumentation=events)
+    _check_failures_and_logs(caplog, texts, events, make, jobs["c23.ok"], server)
     texts["worker CLI output"] = _dramatiq_cli_output(server, url)
     _check_logs(caplog, texts)
 

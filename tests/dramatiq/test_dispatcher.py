@@ -44,6 +44,19 @@ def _messages(client: redis.Redis, queue: str) -> list[dramatiq.Message[Any]]:
     return [dramatiq.Message.decode(data) for data in raw]
 
 
+def _count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, one item per request a redis-py connection sends."""
+    sent: list[int] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    return sent
+
+
 def test_messages_are_what_actor_send_makes(url: str) -> None:
     dispatcher = DramatiqDispatcher(url, "fmt")
     try:
@@ -82,14 +95,7 @@ def test_dispatch_many_costs_two_round_trips_whatever_its_size(
     dispatcher = DramatiqDispatcher(url, "many")
     try:
         dispatcher.dispatch_sync(work, {"n": -1})  # connect and load the script first
-        sent: list[int] = []
-        original = redis.connection.Connection.send_packed_command
-
-        def counting(self: Any, command: Any, check_health: bool = True) -> None:
-            sent.append(1)
-            original(self, command, check_health)
-
-        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+        sent = _count_round_trips(monkeypatch)
         receipts = dispatcher.dispatch_many_sync([(work, {"n": n}) for n in range(500)])
     finally:
         dispatcher.close()
@@ -208,14 +214,7 @@ def test_a_keyed_dispatch_claims_and_enqueues_in_one_round_trip(
     dispatcher = DramatiqDispatcher(url, "keyed")
     try:
         dispatcher.dispatch_sync(work, {"n": 0}, idempotency_key="warm")  # load the script
-        sent: list[int] = []
-        original = redis.connection.Connection.send_packed_command
-
-        def counting(self: Any, command: Any, check_health: bool = True) -> None:
-            sent.append(1)
-            original(self, command, check_health)
-
-        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+        sent = _count_round_trips(monkeypatch)
         first = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="k")
         second = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="k")
         many = dispatcher.dispatch_many_sync(

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, insert, select, text
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session
 
 from jobs_core.outbox import Outbox, outbox_table
@@ -48,16 +48,6 @@ def store() -> Iterator[Any]:
 
     with RedisServer() as server:
         yield server
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    Outbox(engine).create_table()
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

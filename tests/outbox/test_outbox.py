@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -46,16 +46,6 @@ def other(payload: Other, ctx: Any) -> None: ...
 
 
 FAST = {"backoff": Backoff(timedelta(milliseconds=10), timedelta(milliseconds=50))}
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    Outbox(engine).create_table()
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

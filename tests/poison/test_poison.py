@@ -37,7 +37,6 @@ import pytest
 from pydantic import BaseModel
 
 from jobs_core import JobPayloadError, JobRegistry, Retry
-from jobs_core.instrumentation import JobEvent, LoggingInstrumentation
 from jobs_core.testing import RecordingInstrumentation
 from tests.celery.workers import wait_for
 
@@ -90,18 +89,6 @@ class Record:
 
     def fail(self, error: BaseException, payload: Any, ctx: Any) -> None:
         self.failures.append((error, payload))
-
-
-class LoggedEvents(RecordingInstrumentation):
-    """Records the events for the test and logs them as the default instrumentation does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.logging = LoggingInstrumentation()
-
-    def record(self, event: JobEvent) -> None:
-        super().record(event)
-        self.logging.record(event)
 
 
 def make_registry(record: Record) -> JobRegistry[Any]:
@@ -350,7 +337,7 @@ def test_poison_message_is_logged_kept_and_skipped(
         backend_name == "celery" and expected.on_failure
     )
     record = Record()
-    events = LoggedEvents()
+    events = RecordingInstrumentation()
     caplog.set_level(logging.INFO)
     backend = BACKENDS[backend_name](redis_server.url, make_registry(record), events)
     try:
@@ -437,7 +424,7 @@ def test_celery_non_json_list_item_does_not_stop_the_worker(
     redis_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     record = Record()
-    backend = CeleryBackend(redis_server.url, make_registry(record), LoggedEvents())
+    backend = CeleryBackend(redis_server.url, make_registry(record), RecordingInstrumentation())
     try:
         client = backend._client()
         try:
