@@ -47,6 +47,8 @@ try:
     from celery.exceptions import Ignore, InvalidTaskError, Reject, Retry
     from kombu.entity import Queue as _KombuQueue
     from kombu.exceptions import DecodeError as _KombuDecodeError
+
+    from ._celery_patches import install_worker_patches  # jobs_core: issue 18
 except ImportError as exc:  # pragma: no cover - exercised by the C24 test
     raise missing_extra("celery", "celery", getattr(exc, "name", None) or "celery") from exc
 
@@ -483,6 +485,7 @@ def create_celery_app(
     instrumentation = with_logging(instrumentation)
     app = Celery("jobs_core.worker", set_as_current=False)
     app.conf.update(conf)
+    install_worker_patches(app)  # jobs_core: backends/_celery_patches.py (issue 18)
     max_hop = max(max_delay_seconds(vt), 0.001)
     for job in registry:
         _register_job(app, job, context=context, instrumentation=instrumentation, max_hop=max_hop)
