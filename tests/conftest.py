@@ -1,4 +1,5 @@
-"""Shared fixtures: one private redis-server for the whole test session (started on demand).
+"""Shared fixtures: one private redis-server for the whole test session (started on demand),
+one private RabbitMQ node for the session (started by the first test that asks for it).
 
 Also the soak's option: the short soak (1,000 jobs per backend) runs with the suite; the full one
 (10,000 per backend, marker `soak_full`) only with `pytest -m soak_full --run-soak-full`.
@@ -73,4 +74,13 @@ def redis_server() -> Iterator[Any]:
     from tests.support.redis_server import RedisServer
 
     with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[Any]:
+    """A private RabbitMQ node (its own ports, data and cookie) for the session's AMQP tests."""
+    from tests.support.rabbitmq_server import RabbitMQServer
+
+    with RabbitMQServer() as server:
         yield server
