@@ -558,7 +558,9 @@ class _Keeper(threading.Thread):
     """Beats for this connection's consumers; gives back what dead consumers held (patch 2).
 
     A thread, not the event loop: a busy loop (a long task on the solo pool) would stop the
-    heartbeats of a consumer that is alive, and its jobs would run twice.
+    heartbeats of a consumer that is alive, and its jobs would run twice. No consumer can beat
+    while Redis is away: nothing is swept until Redis has been up, and this keeper has reached
+    it, for a whole `heartbeat_timeout`, so that live consumers have beaten again first.
     """
 
     def __init__(self, channel: RedisChannel) -> None:
@@ -571,6 +573,7 @@ class _Keeper(threading.Thread):
         self._channels: weakref.WeakSet[RedisChannel] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._sweep_after = 0.0
 
     def watch(self, channel: RedisChannel) -> None:
         with self._lock:
@@ -599,6 +602,9 @@ class _Keeper(threading.Thread):
         try:
             if ids:
                 _eval(client, HEARTBEAT, [self.consumers_key], ids)
+            uptime = float(client.info("server")["uptime_in_seconds"])
+            if monotonic() < self._sweep_after or uptime < self.timeout + self.interval:
+                return
             restored, dead = _eval(
                 client,
                 SWEEP,
@@ -607,6 +613,7 @@ class _Keeper(threading.Thread):
             )
         except redis.RedisError as exc:
             logger.debug("Redis consumer heartbeat failed (retrying): %r", exc)
+            self._sweep_after = monotonic() + self.timeout + self.interval
             return
         if dead:
             logger.warning(

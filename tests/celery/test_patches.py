@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer
 from kombu.common import ignore_errors
+from redis import Redis
 
-from jobs_core.backends._celery_patches import REDIS_TRANSPORT, held_count
+from jobs_core.backends._celery_patches import REDIS_TRANSPORT, _Keeper, held_count
 from tests.celery.workers import ROOT, wait_for
+from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -216,3 +218,37 @@ def test_a_closed_consumer_gives_back_what_it_held(redis_server: Any) -> None:
         assert held_count(client) == 1
     assert held_count(client) == 0 and client.llen(QUEUE) == 1
     assert client.zcard("unacked:consumers") == 0
+
+
+def test_no_sweep_until_live_consumers_could_beat_again(tmp_path: Any) -> None:
+    """Patch 2, after an outage: no consumer can beat while Redis is away, so every heartbeat
+    is old when it comes back. A keeper that reaches Redis first (here, before the holder's
+    keeper, held back by its lock) must not give away what live consumers hold: not while
+    Redis has been up for less than a heartbeat timeout, nor while that keeper itself has just
+    failed to reach Redis (a partition on its side)."""
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer(persistent=True) as server:
+        publish(server.url, "held")
+        with connection(server.url, REDIS_TRANSPORT, heartbeat_timeout=1) as holder:
+            channel, held = consume(holder)
+            while not held:
+                drain(holder, 0.2)
+            client = server.client()
+            holders_keeper = holder.transport._keeper
+            with holders_keeper._lock:  # the holder's keeper cannot beat for now
+                server.stop()
+                time.sleep(2.5)
+                server.start()
+                _Keeper(channel).beat(client)  # another worker's keeper, first back
+                assert client.hlen(channel.held_key) == 1, "swept right after the restart"
+
+                time.sleep(1.5)  # Redis up for longer than the timeout; still no beat
+                partitioned = _Keeper(channel)
+                partitioned.beat(Redis(port=free_port(), socket_connect_timeout=0.5))
+                partitioned.beat(client)
+                assert client.hlen(channel.held_key) == 1, "swept by a keeper just cut off"
+
+                _Keeper(channel).beat(client)  # a keeper with no excuse: the holder is late
+                assert client.hlen(channel.held_key) == 0 and client.llen(QUEUE) == 1
+            held[0].ack()
