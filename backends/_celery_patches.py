@@ -43,6 +43,14 @@ the upstream behaviour it works around, the upstream issue where there is one, a
    without a task name are logged with their queue, ids, size and SHA-256. Test: tests/poison
    (`undecodable-body`, `no-task-name`), on Redis and on RabbitMQ.
 
+6. **RabbitMQ's `consumer_timeout`** (celery/celery#6760, open). A delivery left unacked for
+   RabbitMQ's `consumer_timeout` (30 min by default since 3.8.17) closes its channel, and the
+   Celery worker stops ("Unrecoverable error: PreconditionFailed"); Celery holds a message
+   unacked while it waits for its ETA, and the adapter allowed delays up to 90% of a 2 h
+   visibility timeout. `holding_limit()` caps, on AMQP, how long the adapter lets a worker hold
+   a message (the dispatch delay limit, the retry hop) at that timeout. Tests:
+   tests/celery/test_amqp.py.
+
 What the Redis patches change for users: an idle consumer looks for work every
 `idle_poll_interval` (0.1 s) instead of blocking in `BRPOP` (Redis cannot move an item
 atomically out of one of several lists while blocking), and `visibility_timeout` applies only to
@@ -688,6 +696,27 @@ class RedisTransport(_kombu_redis.Transport):  # type: ignore[misc]
         super().close_connection(connection)
 
 
+AMQP_CONSUMER_TIMEOUT = 1800.0
+"""RabbitMQ's default `consumer_timeout`, in seconds (30 min since 3.8.17)."""
+
+
+def _is_amqp(url: str) -> bool:
+    return url.startswith(("amqp://", "amqps://", "pyamqp://", "librabbitmq://"))
+
+
+def holding_limit(
+    broker_url: str, visibility_timeout: float, consumer_timeout: float = AMQP_CONSUMER_TIMEOUT
+) -> float:
+    """Seconds a worker may hold a message unacked on this broker (patch 6).
+
+    On Redis, `visibility_timeout` as given; on AMQP, no more than RabbitMQ's
+    `consumer_timeout`, after which the broker closes the channel and the worker stops.
+    """
+    if _is_amqp(broker_url):
+        return min(visibility_timeout, consumer_timeout)
+    return visibility_timeout
+
+
 def _is_plain_redis(url: str) -> bool:
     return url.startswith(("redis://", "rediss://"))
 
@@ -712,6 +741,7 @@ def install_worker_patches(app: Any) -> None:
 
 
 __all__ = [
+    "AMQP_CONSUMER_TIMEOUT",
     "CONSUMER",
     "DEAD_LETTER_SUFFIX",
     "DEFAULT_HEARTBEAT_TIMEOUT",
@@ -720,5 +750,6 @@ __all__ = [
     "RedisChannel",
     "RedisTransport",
     "held_count",
+    "holding_limit",
     "install_worker_patches",
 ]

@@ -48,7 +48,7 @@ try:
     from kombu.entity import Queue as _KombuQueue
     from kombu.exceptions import DecodeError as _KombuDecodeError
 
-    from ._celery_patches import install_worker_patches  # jobs_core: issue 18
+    from ._celery_patches import holding_limit, install_worker_patches  # jobs_core: issue 18
 except ImportError as exc:  # pragma: no cover - exercised by the C24 test
     raise missing_extra("celery", "celery", getattr(exc, "name", None) or "celery") from exc
 
@@ -163,7 +163,8 @@ class CeleryDispatcher(BaseDispatcher):
     ) -> None:
         self.broker_url = broker_url
         self.queue = queue
-        self.visibility_timeout = visibility_timeout
+        # jobs_core: issue 18 (RabbitMQ's consumer_timeout bounds how long a message is held)
+        self.visibility_timeout = holding_limit(broker_url, visibility_timeout)
         self._redis: Any = None
         if idempotency is None:
             idempotency = self._default_idempotency(idempotency_url or broker_url, timeout)
@@ -481,6 +482,7 @@ def create_celery_app(
     conf["broker_transport_options"].update(extra_transport)
     conf.update(celery_conf)
     vt = float(conf["broker_transport_options"].get("visibility_timeout", vt))
+    vt = holding_limit(broker_url, vt)  # jobs_core: issue 18
 
     instrumentation = with_logging(instrumentation)
     app = Celery("jobs_core.worker", set_as_current=False)
