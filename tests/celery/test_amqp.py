@@ -43,6 +43,7 @@ def test_one_job_through_rabbitmq(rabbitmq: Any) -> None:
         instrumentation=events,
         worker_hijack_root_logger=False,
         worker_enable_remote_control=False,
+        broker_heartbeat=2,  # wakes the in-process worker's loop: it stops within 1 s, not 10
     )
     dispatcher = CeleryDispatcher(url, queue, instrumentation=events)
     assert "guest@" not in repr(dispatcher), "no password in the repr (C23)"

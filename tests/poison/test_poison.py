@@ -154,6 +154,9 @@ class CeleryBackend:
             worker_hijack_root_logger=False,
             worker_enable_remote_control=False,
             worker_send_task_events=False,
+            # An in-process worker sees a stop request when its event loop next wakes up; on
+            # AMQP nothing else wakes it for up to 10 s (its shutdown timeout): a heartbeat does.
+            broker_heartbeat=2,
         )
         self.dispatcher = CeleryDispatcher(url, self.queue)
         self.job = jobs[JOB]
