@@ -721,15 +721,35 @@ def _is_plain_redis(url: str) -> bool:
     return url.startswith(("redis://", "rediss://"))
 
 
+TESTED_KOMBU = (5, 7)
+"""The kombu minor version whose Redis transport internals the patches were verified on."""
+
+
+def _kombu_minor() -> tuple[int, ...]:
+    import kombu
+
+    return tuple(int(part) for part in str(kombu.__version__).split(".")[:2])
+
+
 def install_worker_patches(app: Any) -> None:
     """Put the patches on a worker's Celery `app` (after its configuration is complete).
 
     On a `redis://` or `rediss://` broker the app gets the patched transport (unless it names
-    its own `broker_transport`); on any broker, Celery's consumer with patch 5.
+    its own `broker_transport`); on any broker, Celery's consumer with patch 5. With a kombu
+    other than the one the transport patch was verified on, the worker keeps kombu's own
+    transport and says so.
     """
     conf = app.conf
     url = str(conf.broker_url or "")
-    if _is_plain_redis(url) and not conf.broker_transport:
+    if _is_plain_redis(url) and not conf.broker_transport and _kombu_minor() != TESTED_KOMBU:
+        logger.warning(
+            "kombu %s is not the version the Redis transport patch was verified on (%s): this "
+            "worker keeps kombu's own transport, which can lose a job when a worker is killed "
+            "or Redis restarts (docs/reliability-celery.md)",
+            ".".join(map(str, _kombu_minor())),
+            ".".join(map(str, TESTED_KOMBU)),
+        )
+    elif _is_plain_redis(url) and not conf.broker_transport:
         conf.broker_transport = REDIS_TRANSPORT
         if url.startswith("rediss://") and not conf.broker_use_ssl:
             # What kombu does for `rediss://` without `broker_use_ssl` (it warns; so do we):

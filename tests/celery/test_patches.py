@@ -252,3 +252,27 @@ def test_no_sweep_until_live_consumers_could_beat_again(tmp_path: Any) -> None:
                 _Keeper(channel).beat(client)  # a keeper with no excuse: the holder is late
                 assert client.hlen(channel.held_key) == 0 and client.llen(QUEUE) == 1
             held[0].ack()
+
+
+def test_workers_keep_kombus_transport_on_an_untested_kombu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The transport patch relies on kombu 5.7's internals: on another kombu the worker keeps
+    kombu's own transport (it works, without the guarantees) and logs a warning."""
+    import kombu
+    from celery import Celery
+
+    from jobs_core.backends._celery_patches import CONSUMER, install_worker_patches
+
+    def app() -> Any:
+        made = Celery("patch-test", set_as_current=False)
+        made.conf.broker_url = "redis://127.0.0.1:1/0"
+        install_worker_patches(made)
+        return made
+
+    assert app().conf.broker_transport == REDIS_TRANSPORT
+    monkeypatch.setattr(kombu, "__version__", "5.8.0")
+    untested = app()
+    assert not untested.conf.broker_transport
+    assert untested.conf.worker_consumer == CONSUMER
+    assert "kombu 5.8 is not the version" in caplog.text
