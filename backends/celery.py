@@ -35,7 +35,7 @@ try:
     from celery.exceptions import Ignore, Reject, Retry
     from kombu.entity import Queue as _Queue
 
-    from ._celery_patches import STRATEGY
+    from ._celery_patches import STRATEGY, holding_limit, install_worker_patches
 except ImportError as exc:  # pragma: no cover - exercised by the C24 test
     raise missing_extra("celery", "celery", getattr(exc, "name", None) or "celery") from exc
 
@@ -114,7 +114,8 @@ class CeleryDispatcher(BaseDispatcher):
         super().__init__(idempotency=idempotency, **options)
         self.broker_url = broker_url
         self.queue = queue
-        self.max_delay = timedelta(seconds=visibility_timeout * MAX_DELAY_FRACTION)
+        held_for = holding_limit(broker_url, visibility_timeout)  # RabbitMQ: consumer_timeout
+        self.max_delay = timedelta(seconds=held_for * MAX_DELAY_FRACTION)
         if idempotency is None:
             url = idempotency_url or broker_url
             self.idempotency = idempotency_store_for(url, self.timeout, what="celery")
@@ -302,9 +303,11 @@ def create_celery_app(
     conf["broker_transport_options"].update(celery_conf.pop("broker_transport_options", None) or {})
     conf.update(celery_conf)
     vt = float(conf["broker_transport_options"].get("visibility_timeout", vt))
+    vt = holding_limit(broker_url, vt)  # RabbitMQ: consumer_timeout
 
     app = Celery("jobs_core.worker", set_as_current=False)
     app.conf.update(conf)
+    install_worker_patches(app)  # once its configuration is final
     worker = JobWorker(registry, context=context, backend=BACKEND, instrumentation=instrumentation)
     worker.flow = redis_flow_limiter(registry, BACKEND, broker_url=broker_url)  # C25-C26, C28
     for job in registry:

@@ -1,5 +1,6 @@
 """Shared fixtures: one private redis-server for the whole test session (started on demand),
-and the databases of the outbox tests (SQLite, and a PostgreSQL the tests bring themselves).
+the databases of the outbox tests (SQLite, and a PostgreSQL the tests bring themselves), and
+one private RabbitMQ node for the session (started by the first test that asks for it).
 
 Also the soak's option: the short soak (1,000 jobs per backend) runs with the suite; the full one
 (10,000 per backend, marker `soak_full`) only with `pytest -m soak_full --run-soak-full`, and the
@@ -136,3 +137,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def postgres_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty PostgreSQL database."""
     yield from _database("postgresql", tmp_path, request)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[Any]:
+    """A private RabbitMQ node (its own ports, data and cookie) for the session's AMQP tests."""
+    from tests.support.rabbitmq_server import RabbitMQServer
+
+    with RabbitMQServer() as server:
+        yield server

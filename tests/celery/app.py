@@ -1,8 +1,10 @@
 """The test app the Celery worker subprocesses run (C20, C21, worker CLI).
 
-Each job records its start (`HSET started n pid`) and its completion (`SADD done n`) in a
-"store" Redis, apart from the broker, so that restarting the broker keeps the record.
-`JOBS_BROKER_URL`, `JOBS_QUEUE` and `CELERY_TEST_STORE_URL` come from the environment.
+Each job records its start (`HSET started n pid`, `RPUSH starts n:pid:time`) and its completion
+(`SADD done n`, `HINCRBY completions n 1`) in a "store" Redis, apart from the broker, so that
+restarting the broker keeps the record. `JOBS_BROKER_URL`, `JOBS_QUEUE` and
+`CELERY_TEST_STORE_URL` come from the environment. The app is the recommended configuration:
+the adapter's defaults, nothing tuned for the tests.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from jobs_core import JobRegistry, Retry
 from jobs_core.backends.celery import create_celery_app
 
 STARTED = "celery-test:started"
+STARTS = "celery-test:starts"
 DONE = "celery-test:done"
+COMPLETIONS = "celery-test:completions"
 
 jobs = JobRegistry[Any]()
 
@@ -49,16 +53,25 @@ def create_context() -> redis.Redis:
     ),
 )
 def work(payload: Work, ctx: redis.Redis) -> None:
-    ctx.hset(STARTED, str(payload.n), os.getpid())
+    pipe = ctx.pipeline(transaction=False)
+    pipe.hset(STARTED, str(payload.n), os.getpid())
+    pipe.rpush(STARTS, f"{payload.n}:{os.getpid()}:{time.time():.3f}")
+    pipe.execute()
     if payload.seconds:
         time.sleep(payload.seconds)
-    ctx.sadd(DONE, payload.n)
+    pipe = ctx.pipeline(transaction=False)
+    pipe.sadd(DONE, payload.n)
+    pipe.hincrby(COMPLETIONS, str(payload.n), 1)
+    pipe.execute()
 
 
-celery_app = create_celery_app(
-    jobs,
-    context=create_context,
-    visibility_timeout=float(os.environ.get("CELERY_TEST_VISIBILITY_TIMEOUT", "3")),
-    broker_transport_options={"unacked_restore_interval": 1, "unacked_restore_throttle": 1},
-)
+celery_app = create_celery_app(jobs, context=create_context)
+if os.environ.get("CELERY_TEST_STOCK_KOMBU"):
+    # The baseline of tests/celery/runs.py --stock: kombu's own transport and Celery's own
+    # consumer, with a 3 s visibility timeout so that a killed worker's jobs come back at all.
+    celery_app.conf.broker_transport = None
+    celery_app.conf.worker_consumer = "celery.worker.consumer:Consumer"
+    celery_app.conf.broker_transport_options.update(
+        visibility_timeout=3, unacked_restore_interval=1, unacked_restore_throttle=1
+    )
 """For the native CLI: `celery -A tests.celery.app:celery_app worker`."""

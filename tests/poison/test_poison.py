@@ -24,6 +24,7 @@ worker).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -122,7 +123,7 @@ def poison_payload(case: str) -> tuple[str, list[Any]]:
 
 
 class CeleryBackend:
-    """An in-process Celery worker (threads pool) made by `create_celery_app`."""
+    """An in-process Celery worker (threads pool) made by `create_celery_app`, on Redis or AMQP."""
 
     name = "celery"
 
@@ -140,14 +141,20 @@ class CeleryBackend:
             worker_hijack_root_logger=False,
             worker_enable_remote_control=False,
             worker_send_task_events=False,
+            # An in-process worker sees a stop request when its event loop next wakes up; on
+            # AMQP nothing else wakes it for up to 10 s (its shutdown timeout): a heartbeat does.
+            broker_heartbeat=2,
         )
         self.dispatcher = CeleryDispatcher(url, self.queue)
         self.job = jobs[JOB]
+        self._amqp_dead: list[tuple[dict[str, Any], bytes]] = []
+
+    @property
+    def is_amqp(self) -> bool:
+        return self.url.startswith("amqp://")
 
     def send_poison(self, case: str) -> str:
         """Publish a hand-made Celery message (kombu, not the dispatcher); return its task id."""
-        from kombu import Connection
-
         task_id = str(uuid.uuid4())
         name = JOB
         if case == "not-json":
@@ -158,6 +165,13 @@ class CeleryBackend:
             name, args = poison_payload(case)
             body = json.dumps([args, {}, {}]).encode()
         headers = {"lang": "py", "task": name, "id": task_id, "root_id": task_id, "retries": 0}
+        self.publish(body, headers)
+        return task_id
+
+    def publish(self, body: bytes, headers: dict[str, Any]) -> None:
+        """Publish `body` to the job queue as it is, declared the way Celery declares it."""
+        from kombu import Connection
+
         with Connection(self.url) as connection:
             connection.Producer().publish(
                 body,
@@ -166,9 +180,8 @@ class CeleryBackend:
                 headers=headers,
                 content_type="application/json",
                 content_encoding="utf-8",
-                declare=[],
+                declare=[self.app.amqp.queues[self.queue]],
             )
-        return task_id
 
     def dispatch(self, text: str) -> None:
         self.dispatcher.dispatch_sync(self.job, {"text": text})
@@ -187,28 +200,40 @@ class CeleryBackend:
         ):
             yield
 
-    def dead_letter_ids(self) -> set[str]:
+    def dead_letters(self) -> list[tuple[dict[str, Any], bytes]]:
+        """(headers, body as it came) of each message kept in `<queue>.dead`."""
         from jobs_core.backends.celery import dead_letter_queue
 
+        dead = dead_letter_queue(self.queue)
+        if self.is_amqp:
+            from kombu import Connection, Queue
+
+            with Connection(self.url) as connection:
+                channel = connection.default_channel
+                Queue(dead, routing_key=dead)(channel).declare()  # as the worker declares it
+                while (message := channel.basic_get(dead, no_ack=True)) is not None:
+                    body = message.body  # py-amqp hands a utf-8 body over as str
+                    body = body.encode() if isinstance(body, str) else bytes(body)
+                    self._amqp_dead.append((dict(message.headers or {}), body))
+            return list(self._amqp_dead)
         client = self._client()
         try:
-            raw: list[bytes] = client.lrange(dead_letter_queue(self.queue), 0, -1)  # type: ignore[assignment]
+            raw: list[bytes] = client.lrange(dead, 0, -1)  # type: ignore[assignment]
         finally:
             client.close()
-        return {str(json.loads(item)["headers"]["id"]) for item in raw}
+        letters = []
+        for envelope in map(json.loads, raw):
+            body = envelope["body"]
+            if envelope["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            letters.append((envelope.get("headers") or {}, body))
+        return letters
+
+    def dead_letter_ids(self) -> set[str]:
+        return {str(h["id"]) for h, _ in self.dead_letters() if h.get("id") is not None}
 
     def dead_letter_bodies(self) -> dict[str, bytes]:
-        from jobs_core.backends.celery import dead_letter_queue
-
-        client = self._client()
-        try:
-            raw: list[bytes] = client.lrange(dead_letter_queue(self.queue), 0, -1)  # type: ignore[assignment]
-        finally:
-            client.close()
-        return {
-            str(envelope["headers"]["id"]): base64.b64decode(envelope["body"])
-            for envelope in map(json.loads, raw)
-        }
+        return {str(h["id"]): body for h, body in self.dead_letters() if h.get("id") is not None}
 
     def _client(self) -> Any:
         import redis
@@ -307,8 +332,15 @@ class DramatiqBackend:
 Backend = CeleryBackend | DramatiqBackend
 BACKENDS: dict[str, Callable[..., Backend]] = {
     "celery": CeleryBackend,
+    "celery-amqp": CeleryBackend,
     "dramatiq": DramatiqBackend,
 }
+
+
+def broker_url(backend_name: str, request: pytest.FixtureRequest) -> str:
+    """The private RabbitMQ node for `celery-amqp`, else a private redis-server."""
+    fixture = "rabbitmq" if backend_name == "celery-amqp" else "redis_server"
+    return str(request.getfixturevalue(fixture).url)
 
 
 # -- the test -----------------------------------------------------------------------------
@@ -329,17 +361,18 @@ def _logged(caplog: pytest.LogCaptureFixture, *needles: str) -> list[logging.Log
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("backend_name", list(BACKENDS))
 def test_poison_message_is_logged_kept_and_skipped(
-    backend_name: str, case: str, redis_server: Any, caplog: pytest.LogCaptureFixture
+    backend_name: str, case: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
     expected = CASES[case]
+    is_celery = backend_name.startswith("celery")
     # On Celery a known job that gives up on bad input ends as FAILURE (no dead letter).
-    expects_dead = expected.kept_in_dead_letters and not (
-        backend_name == "celery" and expected.on_failure
-    )
+    expects_dead = expected.kept_in_dead_letters and not (is_celery and expected.on_failure)
     record = Record()
     events = RecordingInstrumentation()
     caplog.set_level(logging.INFO)
-    backend = BACKENDS[backend_name](redis_server.url, make_registry(record), events)
+    backend = BACKENDS[backend_name](
+        broker_url(backend_name, request), make_registry(record), events
+    )
     try:
         message_id = backend.send_poison(case)
         for text in GOOD_BEFORE:  # behind it in the queue: the same prefetched batch
@@ -387,7 +420,7 @@ def test_poison_message_is_logged_kept_and_skipped(
             assert message_id in dead
             if case == "not-json":  # kept as it came, for an operator to read
                 assert backend.dead_letter_bodies()[message_id] == b"\x00{not json"
-        elif backend_name == "celery" and expected.on_failure:
+        elif is_celery and expected.on_failure:
             # A known job with bad input gives up in the core; the task ends as FAILURE.
             assert _logged(caplog, f"Task {JOB}[{message_id}]", "JobPayloadError")
         if not expects_dead:
@@ -413,26 +446,122 @@ def test_poison_message_is_logged_kept_and_skipped(
         backend.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit, not fixed: a list item that is not a kombu message at all (not JSON) "
-    "makes kombu's Redis transport raise in BRPOP handling, and the Celery worker stops "
-    "('Unrecoverable error: JSONDecodeError'); the item is lost. Fixing it needs a kombu "
-    "transport subclass, which a redis:// broker URL cannot select.",
-)
-def test_celery_non_json_list_item_does_not_stop_the_worker(
-    redis_server: Any, caplog: pytest.LogCaptureFixture
+# -- Celery: items that are not Celery messages at all ------------------------------------
+
+
+def raw_item(case: str, queue: str, task_id: str) -> bytes:
+    """An item written straight onto the queue's Redis list, bypassing kombu."""
+    if case == "raw-not-json":
+        return b"\x00{not json"
+    if case == "raw-wrong-shape":  # JSON, but no kombu envelope (`properties`)
+        return json.dumps({"payload": {"text": "hi"}}).encode()
+    if case == "raw-bad-body":  # a kombu envelope whose base64 body does not decode
+        return json.dumps(
+            {
+                "body": "abc",
+                "content-type": "application/json",
+                "content-encoding": "utf-8",
+                "headers": {"lang": "py", "task": JOB, "id": task_id},
+                "properties": {
+                    "body_encoding": "base64",
+                    "delivery_tag": task_id,
+                    "delivery_info": {"exchange": "", "routing_key": queue},
+                },
+            }
+        ).encode()
+    raise AssertionError(case)
+
+
+HEADERLESS_BODIES = {
+    "undecodable-body": b"\x00{not json",
+    "no-task-name": json.dumps({"payload": {"text": "hi"}}).encode(),
+}
+"""Messages with a kombu envelope but no Celery `task` header (as a foreign producer sends)."""
+
+
+def _check_kept_logged_and_skipped(
+    backend: CeleryBackend,
+    record: Record,
+    put: Callable[[], None],
+    body: bytes,
+    caplog: pytest.LogCaptureFixture,
+    needles: tuple[str, ...],
+) -> list[tuple[dict[str, Any], bytes]]:
+    """Put the bad message first, three good jobs behind it, one more once the worker runs:
+    every good job runs, the bad one is kept in `<queue>.dead` as it came and logged."""
+    caplog.set_level(logging.INFO)
+    put()
+    for text in GOOD_BEFORE:
+        backend.dispatch(text)
+    good = {*GOOD_BEFORE, GOOD_AFTER}
+    with backend.worker():
+        backend.dispatch(GOOD_AFTER)
+        wait_for(
+            lambda: good <= set(record.ran) and any(b == body for _, b in backend.dead_letters()),
+            30,
+            "the good jobs to run and the bad item to be kept",
+            lambda: f"ran={record.ran} dead={backend.dead_letters()}",
+        )
+    assert sorted(record.ran) == sorted(good), "the bad item did not run, the good ones once"
+    assert record.failures == []
+    kept = [(h, b) for h, b in backend.dead_letters() if b == body]
+    assert len(kept) == 1 and len(backend.dead_letters()) == 1, "only the bad item, once"
+    assert _logged(caplog, *needles), f"no log record names {needles}"
+    return kept
+
+
+@pytest.mark.parametrize("case", ["raw-not-json", "raw-wrong-shape", "raw-bad-body"])
+def test_celery_raw_list_item_is_logged_kept_and_skipped(
+    case: str, redis_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An item on Celery's Redis list that kombu cannot read: it stopped the worker (not JSON)
+    or vanished (`KeyError('properties')`) before backends/_celery_patches.py (patch 4)."""
     record = Record()
     backend = CeleryBackend(redis_server.url, make_registry(record), RecordingInstrumentation())
-    try:
+    task_id = str(uuid.uuid4())
+    item = raw_item(case, backend.queue, task_id)
+    digest = hashlib.sha256(item).hexdigest()
+
+    def put() -> None:
         client = backend._client()
         try:
-            client.lpush(backend.queue, b"\x00{not json")  # not even a kombu envelope
+            client.lpush(backend.queue, item)
         finally:
             client.close()
-        with backend.worker():
-            backend.dispatch(GOOD_AFTER)
-            wait_for(lambda: GOOD_AFTER in record.ran, 10, "a good job after the bad item")
+
+    # Logged with the list it was on and its digest; with the job and task id it still names.
+    needles = (repr(backend.queue), digest)
+    if case == "raw-bad-body":
+        needles += (JOB, task_id)
+    try:
+        [(headers, _)] = _check_kept_logged_and_skipped(backend, record, put, item, caplog, needles)
+    finally:
+        backend.close()
+    assert headers["jobs_core_sha256"] == digest
+    assert headers["jobs_core_source"] == backend.queue
+    assert headers["id"] == (task_id if case == "raw-bad-body" else f"poison-{digest[:32]}")
+
+
+@pytest.mark.parametrize("case", list(HEADERLESS_BODIES))
+@pytest.mark.parametrize("backend_name", ["celery", "celery-amqp"])
+def test_celery_message_without_task_name_is_logged_kept_and_skipped(
+    backend_name: str, case: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message without a `task` header: a body Celery cannot decode was acked and dropped
+    before backends/_celery_patches.py (patch 5); one that decodes is rejected as unknown."""
+    record = Record()
+    backend = CeleryBackend(
+        broker_url(backend_name, request), make_registry(record), RecordingInstrumentation()
+    )
+    body = HEADERLESS_BODIES[case]
+    try:
+        _check_kept_logged_and_skipped(
+            backend,
+            record,
+            lambda: backend.publish(body, headers={}),
+            body,
+            caplog,
+            (repr(backend.queue), hashlib.sha256(body).hexdigest()),
+        )
     finally:
         backend.close()

@@ -53,9 +53,13 @@ def find_redis_server_binary() -> str:
 class RedisServer:
     """One redis-server process owned by a test; stop() (or the context manager) ends it."""
 
-    def __init__(self, port: int | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, password: str | None = None, persistent: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.password = password
+        self.persistent = persistent
+        """Append-only file on (fsync every second), as a production broker keeps its data."""
         self.dir = tempfile.mkdtemp(prefix="jobs-core-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         atexit.register(self.stop)
@@ -96,7 +100,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "everysec",
             "--logfile",
             os.path.join(self.dir, "redis.log"),
         ]
