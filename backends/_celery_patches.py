@@ -51,6 +51,13 @@ the upstream behaviour it works around, the upstream issue where there is one, a
    message, rejects it without a retry and sends `task_rejected`, where the adapter keeps it.
    Test: tests/poison/test_poison.py (`not-json`, `wrong-shape` on Celery).
 
+8. **A keyed dispatch claims and pushes in one step** (the producer; jobs_core's own gap). The
+   idempotency key was claimed in one Redis call and the task pushed in another: a producer or
+   outbox relay killed between the two left the key claimed for a task that was never sent, and
+   every resend came back "deduplicated". `ProducerChannel._put` pushes a keyed task with the
+   script that claims its key (`CLAIM_AND_PUSH`). Test: tests/celery/test_dispatcher.py
+   `test_a_keyed_dispatch_killed_before_its_publish_leaves_no_claim`.
+
 7. **RabbitMQ's `consumer_timeout`** (celery/celery#6760, open). A delivery left unacked for
    RabbitMQ's `consumer_timeout` (30 min by default since 3.8.17) closes its channel, and the
    Celery worker stops ("Unrecoverable error: PreconditionFailed"); Celery holds a message
@@ -704,6 +711,60 @@ class RedisTransport(_kombu_redis.Transport):  # type: ignore[misc]
         if keeper is not None:
             keeper.stop()
         super().close_connection(connection)
+
+
+CLAIM_AND_PUSH = """
+local held = redis.call("get", KEYS[2])
+if held then return held end
+redis.call("set", KEYS[2], ARGV[2], "EX", ARGV[3])
+redis.call("lpush", KEYS[1], ARGV[1])
+return false
+"""
+"""A keyed message: claim its idempotency key and push it, in one script run, or return the
+id that holds the key and push nothing."""
+
+_claims = threading.local()
+
+
+def claim_on_publish(dispatch_id: str, scoped_key: str, ttl_seconds: int) -> None:
+    """Have the next publish of the task `dispatch_id` (in this thread) claim `scoped_key`."""
+    _claims.pending = (dispatch_id, scoped_key, ttl_seconds)
+    _claims.held = None
+
+
+def claimed_by() -> str | None:
+    """After a claiming publish: the id that already held the key (nothing was pushed)."""
+    held: str | None = getattr(_claims, "held", None)
+    _claims.pending = _claims.held = None
+    return held
+
+
+class ProducerChannel(_kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel for producers, with patch 8: a keyed task is pushed by the same
+    script run that claims its idempotency key (`claim_on_publish`), so a producer killed
+    between claiming and pushing cannot leave a key claimed for a task never sent (C32), and a
+    keyed dispatch costs one round trip, not two."""
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        pending = getattr(_claims, "pending", None)
+        task_id = (message.get("headers") or {}).get("id")
+        if pending is None or pending[0] != task_id or (self._expires and queue in self._expires):
+            super()._put(queue, message, **kwargs)
+            return
+        dispatch_id, key, ttl = pending  # kept until claimed_by(): a retried publish claims too
+        queue_key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client:
+            held = client.eval(CLAIM_AND_PUSH, 2, queue_key, key, dumps(message), dispatch_id, ttl)
+        _claims.held = held.decode() if isinstance(held, bytes) else None
+
+
+class ProducerRedisTransport(_kombu_redis.Transport):  # type: ignore[misc]
+    """kombu's Redis transport with `ProducerChannel` (`PRODUCER_TRANSPORT`)."""
+
+    Channel = ProducerChannel
+
+
+PRODUCER_TRANSPORT = f"{__name__}:ProducerRedisTransport"
 
 
 AMQP_CONSUMER_TIMEOUT = 1800.0

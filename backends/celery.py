@@ -19,11 +19,17 @@ from datetime import timedelta
 from typing import Any
 
 from jobs_core.config import JobsSettings, load_settings, missing_extra, redact_url
-from jobs_core.dispatcher import BaseDispatcher, PreparedJob
+from jobs_core.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
 from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource
 from jobs_core.flow_redis import redis_flow_limiter
-from jobs_core.idempotency import IdempotencyStore, idempotency_store_for
+from jobs_core.idempotency import (
+    IDEMPOTENCY_TTL_SECONDS,
+    IdempotencyStore,
+    idempotency_store_for,
+    is_redis_url,
+    scoped_key,
+)
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.job import Job
 from jobs_core.payload import PAYLOAD_MASK
@@ -35,7 +41,14 @@ try:
     from celery.exceptions import Ignore, Reject, Retry
     from kombu.entity import Queue as _Queue
 
-    from ._celery_patches import STRATEGY, holding_limit, install_worker_patches
+    from ._celery_patches import (
+        PRODUCER_TRANSPORT,
+        STRATEGY,
+        claim_on_publish,
+        claimed_by,
+        holding_limit,
+        install_worker_patches,
+    )
 except ImportError as exc:  # pragma: no cover - exercised by the C24 test
     raise missing_extra("celery", "celery", getattr(exc, "name", None) or "celery") from exc
 
@@ -127,14 +140,19 @@ class CeleryDispatcher(BaseDispatcher):
             broker_connection_max_retries=1,
             task_publish_retry_policy=dict(PUBLISH_RETRY_POLICY),
         )
+        if idempotency is None and idempotency_url is None and is_redis_url(broker_url):
+            self.app.conf.broker_transport = PRODUCER_TRANSPORT  # keys claimed as tasks are pushed
+            self.claims_when_sending = True
 
-    def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
+    def _send(self, jobs: Sequence[PreparedJob]) -> list[str | AlreadyClaimed]:
         """Publish through Celery's own message layer (`app.amqp`), as `send_task` does, minus
         routing (the queue is known) and the result object (results are ignored). Several jobs
         go in kombu's `Producer.batch()`: one Redis pipeline, flushed at the end."""
-        amqp, batch = self.app.amqp, len(jobs) > 1
-        queue = amqp.queues[self.queue]
+        amqp, queue = self.app.amqp, self.app.amqp.queues[self.queue]
+        claims = self.claims_when_sending and any(p.idempotency_key for p in jobs)
+        batch = len(jobs) > 1 and not claims  # a keyed job's claim answers as it is pushed
         options: dict[str, Any] = {"retry": False, "declare": []} if batch else {}
+        results: list[str | AlreadyClaimed] = []
         with self.app.producer_or_acquire() as producer:
             if batch:
                 producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
@@ -143,8 +161,13 @@ class CeleryDispatcher(BaseDispatcher):
                     message = amqp.create_task_message(
                         p.dispatch_id, p.name, (p.data,), {}, eta=p.eta, **MESSAGE_OPTIONS
                     )
+                    if claims and p.idempotency_key:
+                        key = scoped_key(p.name, p.idempotency_key)
+                        claim_on_publish(p.dispatch_id, key, IDEMPOTENCY_TTL_SECONDS)
                     amqp.send_task_message(producer, p.name, message, queue=queue, **options)
-        return [p.dispatch_id for p in jobs]
+                    held = claimed_by() if claims and p.idempotency_key else None
+                    results.append(AlreadyClaimed(held) if held else p.dispatch_id)
+        return results
 
     def close(self) -> None:
         self.app.close()

@@ -114,3 +114,38 @@ def test_create_dispatcher_reads_settings_and_hides_the_password() -> None:
         assert "hunter2" not in str(caught.value)
     finally:
         dispatcher.close()
+
+
+class _Killed(BaseException):
+    """Stands for the process dying (SIGKILL): no `except Exception` sees it."""
+
+
+def test_a_keyed_dispatch_killed_before_its_publish_leaves_no_claim(
+    broker: tuple[str, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is claimed by the script that pushes the task, so a producer that dies before
+    that push (a relay killed mid-send, C32) leaves nothing claimed and the resend goes out; a
+    repeat after it is deduplicated. Claimed in a call of its own first, the resend came back
+    'deduplicated' and the job never ran."""
+    url, client = broker
+    dispatcher = CeleryDispatcher(url, "killed")
+    try:
+        with monkeypatch.context() as patch:
+
+            def die(*args: Any, **kwargs: Any) -> None:
+                raise _Killed
+
+            patch.setattr(dispatcher.app.amqp, "send_task_message", die)
+            with pytest.raises(_Killed):
+                dispatcher.dispatch_sync(note, {"text": "1"}, idempotency_key="order-1")
+        again = dispatcher.dispatch_sync(note, {"text": "1"}, idempotency_key="order-1")
+        repeat = dispatcher.dispatch_sync(note, {"text": "1"}, idempotency_key="order-1")
+        keyed = note.request({"text": "2"}, idempotency_key="m")
+        many = dispatcher.dispatch_many_sync([keyed, (note, {"text": "3"}), keyed])
+    finally:
+        dispatcher.close()
+    assert not again.deduplicated and repeat.deduplicated
+    assert repeat.dispatch_id == again.dispatch_id
+    assert [r.deduplicated for r in many] == [False, False, True]
+    assert client.llen("killed") == 3
+    assert _calls(client, "eval") + _calls(client, "evalsha") >= 3  # claimed where pushed
