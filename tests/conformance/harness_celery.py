@@ -9,19 +9,19 @@ the worker stops (bounded), the app and the dispatcher close, and the session's 
 from __future__ import annotations
 
 import json
-import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
 
 import redis
 from celery import signals
 from celery.contrib.testing.worker import start_worker
 
-from jobs_core import JobRegistry, JobsSettings
+from jobs_core import JobRegistry
 from jobs_core.backends.celery import CeleryDispatcher, create_celery_app, dead_letter_queue
 from jobs_core.instrumentation import Instrumentation
+
+from .harness_redis import RedisBrokerHarness
 
 REDIS_DB = 3
 WORKER_CONCURRENCY = 2
@@ -97,73 +97,17 @@ class CelerySession:
         return _lpush_calls(self.client)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def _hanging_port() -> Iterator[int]:
-    """A port that accepts connections (from the listen backlog) and never answers."""
-    try:
-        from tests.support.hanging_server import HangingServer  # type: ignore[import-untyped]
-    except ImportError:
-        HangingServer = None
-    if HangingServer is not None:
-        with HangingServer() as server:
-            yield int(server.port)
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield int(sock.getsockname()[1])
-
-
-class CeleryHarness:
+class CeleryHarness(RedisBrokerHarness):
     name = "celery"
-    durable = True
-    has_worker_queue = True
-    reports_unknown_jobs = True
+    redis_db = REDIS_DB
 
-    def __init__(self, resources: Any) -> None:
-        self.resources = resources
+    def make_session(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
+    ) -> CelerySession:
+        return CelerySession(self.url, registry, context, instrumentation)
 
-    @property
-    def url(self) -> str:
-        url: str = self.resources.redis_url(REDIS_DB)
-        return url
-
-    @contextmanager
-    def session(
-        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
-    ) -> Iterator[CelerySession]:
-        session = CelerySession(self.url, registry, context, instrumentation)
-        try:
-            session.start()
-            yield session
-        finally:
-            session.close()
-
-    def settings(self) -> JobsSettings:
-        return JobsSettings(backend="celery", broker_url=self.url, queue="conformance")
-
-    def environment(self) -> dict[str, str]:
-        return {"JOBS_BROKER_URL": self.url, "JOBS_QUEUE": "conformance"}
-
-    @contextmanager
-    def unreachable_dispatcher(
-        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
-    ) -> Iterator[CeleryDispatcher]:
-        def make(port: int) -> CeleryDispatcher:
-            return CeleryDispatcher(f"redis://127.0.0.1:{port}/0", "unreachable", timeout=timeout)
-
-        with ExitStack() as stack:
-            port = stack.enter_context(_hanging_port()) if hanging else _free_port()
-            dispatcher = make(port)
-            stack.callback(dispatcher.close)
-            yield dispatcher
+    def make_dispatcher(self, url: str, queue: str, timeout: float) -> CeleryDispatcher:
+        return CeleryDispatcher(url, queue, timeout=timeout)
 
 
 def make_harness(resources: Any) -> CeleryHarness:

@@ -9,15 +9,12 @@ and the session's keys are deleted.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import dramatiq
 import redis
 
-from jobs_core import JobRegistry, JobsSettings
+from jobs_core import JobRegistry
 from jobs_core.backends.dramatiq import (
     NAMESPACE,
     DramatiqDispatcher,
@@ -27,6 +24,8 @@ from jobs_core.backends.dramatiq import (
 )
 from jobs_core.instrumentation import Instrumentation
 from tests.support.names import new_queue_name
+
+from .harness_redis import RedisBrokerHarness
 
 WORKER_THREADS = 4
 WORKER_TIMEOUT_MS = 50
@@ -97,82 +96,17 @@ class DramatiqSession:
         return _hset_calls(self.client)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def _hanging_port() -> Iterator[int]:
-    """A port that accepts connections (the kernel completes the handshake from the listen
-    backlog) and never answers: what a hung broker looks like to a client."""
-    try:
-        from tests.support.hanging_server import HangingServer  # type: ignore[import-untyped]
-    except ImportError:
-        HangingServer = None
-    if HangingServer is not None:
-        with HangingServer() as server:
-            yield int(server.port)
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield int(sock.getsockname()[1])
-
-
-class DramatiqHarness:
+class DramatiqHarness(RedisBrokerHarness):
     name = "dramatiq"
-    durable = True
-    has_worker_queue = True
-    reports_unknown_jobs = True
+    redis_db = 2
 
-    def __init__(self, resources: Any) -> None:
-        self.resources = resources
+    def make_session(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
+    ) -> DramatiqSession:
+        return DramatiqSession(self.url, registry, context, instrumentation)
 
-    @property
-    def url(self) -> str:
-        url: str = self.resources.redis_url(2)
-        return url
-
-    @contextmanager
-    def session(
-        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
-    ) -> Iterator[DramatiqSession]:
-        session = DramatiqSession(self.url, registry, context, instrumentation)
-        try:
-            session.start()
-            yield session
-        finally:
-            session.close()
-
-    def settings(self) -> JobsSettings:
-        return JobsSettings(backend="dramatiq", broker_url=self.url, queue="conformance")
-
-    def environment(self) -> dict[str, str]:
-        return {"JOBS_BROKER_URL": self.url, "JOBS_QUEUE": "conformance"}
-
-    @contextmanager
-    def unreachable_dispatcher(
-        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
-    ) -> Iterator[DramatiqDispatcher]:
-        def make(port: int) -> DramatiqDispatcher:
-            return DramatiqDispatcher(f"redis://127.0.0.1:{port}/0", "unreachable", timeout=timeout)
-
-        if hanging:
-            with _hanging_port() as port:
-                dispatcher = make(port)
-                try:
-                    yield dispatcher
-                finally:
-                    dispatcher.close()
-        else:
-            dispatcher = make(_free_port())
-            try:
-                yield dispatcher
-            finally:
-                dispatcher.close()
+    def make_dispatcher(self, url: str, queue: str, timeout: float) -> DramatiqDispatcher:
+        return DramatiqDispatcher(url, queue, timeout=timeout)
 
 
 def make_harness(resources: Any) -> DramatiqHarness:

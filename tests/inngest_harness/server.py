@@ -45,7 +45,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -220,12 +219,7 @@ class InngestHarness:
     def __enter__(self) -> InngestHarness:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # ------------------------------------------------------------------ addresses & modes

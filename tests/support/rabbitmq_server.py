@@ -18,7 +18,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 
 from tests.support.redis_server import free_port
 
@@ -147,12 +146,7 @@ class RabbitMQServer:
     def __enter__(self) -> RabbitMQServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -1,0 +1,75 @@
+"""What the Celery and Dramatiq harnesses share: a backend on the session's private Redis.
+
+A subclass names its backend and Redis database and says how to make a session (a worker for
+the test's registry) and a dispatcher; the rest (settings, environment, the unreachable broker
+for C7) is the same for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, Protocol
+
+from jobs_core import JobDispatcherPort, JobRegistry, JobsSettings
+from jobs_core.instrumentation import Instrumentation
+from tests.support.hanging_server import HangingServer
+from tests.support.redis_server import free_port
+
+
+class Session(Protocol):
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RedisBrokerHarness:
+    name: str
+    redis_db: int
+    durable = True
+    has_worker_queue = True
+    reports_unknown_jobs = True
+
+    def __init__(self, resources: Any) -> None:
+        self.resources = resources
+
+    @property
+    def url(self) -> str:
+        url: str = self.resources.redis_url(self.redis_db)
+        return url
+
+    def make_session(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
+    ) -> Session:
+        raise NotImplementedError
+
+    def make_dispatcher(self, url: str, queue: str, timeout: float) -> JobDispatcherPort:
+        raise NotImplementedError
+
+    @contextmanager
+    def session(
+        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
+    ) -> Iterator[Any]:
+        session = self.make_session(registry, context, instrumentation)
+        try:
+            session.start()
+            yield session
+        finally:
+            session.close()
+
+    def settings(self) -> JobsSettings:
+        return JobsSettings(backend=self.name, broker_url=self.url, queue="conformance")
+
+    def environment(self) -> dict[str, str]:
+        return {"JOBS_BROKER_URL": self.url, "JOBS_QUEUE": "conformance"}
+
+    @contextmanager
+    def unreachable_dispatcher(
+        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
+    ) -> Iterator[JobDispatcherPort]:
+        """A dispatcher whose Redis refuses connections, or accepts them and never answers."""
+        with ExitStack() as stack:
+            port = stack.enter_context(HangingServer()).port if hanging else free_port()
+            dispatcher = self.make_dispatcher(f"redis://127.0.0.1:{port}/0", "unreachable", timeout)
+            stack.callback(dispatcher.close)  # type: ignore[attr-defined]
+            yield dispatcher
