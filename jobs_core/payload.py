@@ -8,7 +8,6 @@ and a value that cannot is refused at dispatch (`to_wire`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -42,8 +41,11 @@ MAX_SAFE_INTEGER = 2**53 - 1
 """Largest integer every backend carries exactly: Inngest canonicalises event JSON through
 doubles, so a larger one arrives rounded (2**53 + 1 came back as 2**53)."""
 
-_LONG_NUMBER = re.compile(rb"\d{16}")
-"""Sixteen digits in a row: the JSON may hold an integer beyond MAX_SAFE_INTEGER (16 digits)."""
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 16
+"""Sixteen digits in a row, once every digit reads 0: the JSON may hold an integer beyond
+MAX_SAFE_INTEGER (which has 16 digits). A translation and a substring search are ten times
+quicker than the regular expression `\\d{16}`; only then is the payload walked."""
 
 
 def _shape_error(job_name: str, got: Any, expected: str) -> JobPayloadError:
@@ -106,7 +108,7 @@ def to_wire(job: Job, model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYT
     """
     data = dump_payload(job, model)
     raw = pydantic_core.to_json(data)
-    if _LONG_NUMBER.search(raw):
+    if _LONG_NUMBER in raw.translate(_DIGITS_AS_ZERO):
         unsafe = list(_unsafe_integers(data))
         if unsafe:
             raise JobPayloadError(job.name, unsafe)

@@ -119,6 +119,25 @@ def test_integers_beyond_2_53_are_refused_naming_the_field() -> None:
     assert events.kinds("t.ints") == ["failed"]
 
 
+@pytest.mark.parametrize(
+    "number",
+    [2**53 - 1, 2**53, -(2**53 - 1), -(2**53), 10**15, 10**16 - 1, 10**16, 2**63, -(10**30)],
+)
+def test_the_unsafe_integer_check_is_exact_wherever_the_number_is(number: int) -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.edge", payload=Ledger, handle=lambda p, c: None)
+    top, deep = Ledger(account=number), Ledger(account=1, lines=[{"a": 1}, {"deep": number}])
+    if abs(number) > 2**53 - 1:
+        for payload in (top, deep):
+            with pytest.raises(JobPayloadError, match=str(number)):
+                to_wire(job, payload)
+    else:
+        assert to_wire(job, top)["account"] == number
+        assert to_wire(job, deep)["lines"][1]["deep"] == number
+    digits = Item(sku="1234567890123456789012")  # sixteen digits and more in a str: no number
+    assert to_wire(jobs.define_job("t.digits", payload=Item, handle=lambda p, c: None), digits)
+
+
 def test_errors_say_what_to_change() -> None:
     assert "could not dispatch job 'a'" in str(DispatchError("a", ConnectionError("refused")))
     assert pickle.loads(pickle.dumps(DispatchError("a", "down"))).job_name == "a"
