@@ -36,9 +36,15 @@ try:
     import dramatiq
     import redis
     from dramatiq.brokers.redis import RedisBroker as _RedisBroker
+    from dramatiq.encoder import JSONEncoder
     from dramatiq.middleware import CurrentMessage, Middleware
 
-    from ._dramatiq_patches import ClaimingDispatch, WorkerRedisBroker, hide_payloads
+    from ._dramatiq_patches import (
+        ClaimingDispatch,
+        EncodedMessage,
+        WorkerRedisBroker,
+        hide_payloads,
+    )
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("dramatiq", "dramatiq", getattr(_exc, "name", None) or str(_exc)) from _exc
 
@@ -122,14 +128,13 @@ class DramatiqDispatcher(BaseDispatcher):
             self.idempotency = idempotency_store_for(url, self.timeout, what=BACKEND, client=shared)
 
     def _message(self, prepared: PreparedJob) -> tuple[dramatiq.Message[Any], int | None]:
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=self.queue,
-            actor_name=prepared.name,
-            args=(prepared.data,),
-            kwargs={},
-            options={},
-            message_id=prepared.dispatch_id,
-        )
+        fields: dict[str, Any] = {"queue_name": self.queue, "actor_name": prepared.name}
+        fields.update(kwargs={}, options={}, message_id=prepared.dispatch_id)
+        message: dramatiq.Message[Any]
+        if type(dramatiq.get_encoder()) is JSONEncoder:  # the payload's JSON goes in as it is
+            message = EncodedMessage(args=(), body=prepared.body, **fields)
+        else:
+            message = dramatiq.Message(args=(prepared.data,), **fields)
         wait = prepared.delay_seconds()
         return message, (_millis(wait) if wait > 0 else None)
 

@@ -12,10 +12,11 @@ import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel
 
 from .errors import DispatchArgumentError, DispatchError, JobConfigError, JobPayloadError, JobsError
@@ -29,7 +30,7 @@ from .instrumentation import (
     with_logging,
 )
 from .job import Job, JobRequest, P
-from .payload import DEFAULT_MAX_PAYLOAD_BYTES, to_wire, validate_payload
+from .payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload, validate_payload
 from .port import DispatchItem, DispatchReceipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
@@ -40,24 +41,37 @@ ErrorCallback = Callable[[BaseException, Job[Any, Any]], None]
 logger = logging.getLogger("jobs_core.dispatch")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedJob:
-    """A validated dispatch, ready for a backend: `data` is the JSON-ready payload.
+    """A validated dispatch, ready for a backend: `body` is the payload's JSON, serialised
+    once; an adapter puts it into its message as it is where its library allows, and uses
+    `data` (the same JSON, parsed) where it does not.
 
     `dispatch_id` is chosen here so that it is known before the enqueue (idempotency records
-    it); adapters use it as the task / message id where their library allows.
+    it); adapters use it as the task / message id where their library allows. Treat it as
+    immutable (it is not frozen only because a frozen dataclass takes four times as long to
+    make, on every dispatch).
     """
 
     job: Job[Any, Any]
     payload: BaseModel
-    data: Any
+    body: bytes
     dispatch_id: str
     eta: datetime | None = None
     idempotency_key: str | None = None
+    _data: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.job.name
+
+    @property
+    def data(self) -> Any:
+        """The payload as JSON-ready data (dicts, lists, str, numbers), parsed from `body`
+        on first use."""
+        if self._data is None:
+            self._data = pydantic_core.from_json(self.body)
+        return self._data
 
     def delay_seconds(self, now: datetime | None = None) -> float:
         """Seconds from `now` until the job may start (0 when it has no eta or the eta passed)."""
@@ -159,19 +173,12 @@ def prepare_dispatch(
     ):
         raise DispatchArgumentError("idempotency_key= must be a non-empty str")
     model = validate_payload(job, payload)
-    data = to_wire(job, model, max_payload_bytes)
-    eta = resolve_eta(delay, run_at)
+    body = encode_payload(job, model, max_payload_bytes, fresh=model is not payload)
+    eta = resolve_eta(delay, run_at) if delay is not None or run_at is not None else None
     if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
-        idempotency_key = job.flow.idempotency_key(job.name, model, data)
+        idempotency_key = job.flow.idempotency_key(job.name, model, body)
     dispatch_id = keyed_dispatch_id(job.name, idempotency_key) if idempotency_key else None
-    return PreparedJob(
-        job=job,
-        payload=model,
-        data=data,
-        dispatch_id=dispatch_id or str(uuid.uuid4()),
-        eta=eta,
-        idempotency_key=idempotency_key,
-    )
+    return PreparedJob(job, model, body, dispatch_id or str(uuid.uuid4()), eta, idempotency_key)
 
 
 class BaseDispatcher(ABC):
