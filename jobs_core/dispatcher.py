@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pydantic import BaseModel
 
 from .errors import DispatchArgumentError, DispatchError, JobConfigError, JobPayloadError, JobsError
 from .idempotency import IdempotencyStore, scoped_key
+from .ids import new_dispatch_id
 from .instrumentation import (
     DEFAULT_LOGGING,
     Instrumentation,
@@ -178,7 +178,7 @@ def prepare_dispatch(
     if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
         idempotency_key = job.flow.idempotency_key(job.name, model, body)
     dispatch_id = keyed_dispatch_id(job.name, idempotency_key) if idempotency_key else None
-    return PreparedJob(job, model, body, dispatch_id or str(uuid.uuid4()), eta, idempotency_key)
+    return PreparedJob(job, model, body, dispatch_id or new_dispatch_id(), eta, idempotency_key)
 
 
 class BaseDispatcher(ABC):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import pickle
 import threading
 from collections.abc import Sequence
@@ -136,6 +137,26 @@ def test_the_unsafe_integer_check_is_exact_wherever_the_number_is(number: int) -
         assert to_wire(job, deep)["lines"][1]["deep"] == number
     digits = Item(sku="1234567890123456789012")  # sixteen digits and more in a str: no number
     assert to_wire(jobs.define_job("t.digits", payload=Item, handle=lambda p, c: None), digits)
+
+
+def test_dispatch_ids_are_unique_across_threads_and_forked_processes() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs_core.ids import new_dispatch_id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: new_dispatch_id(), range(20_000)))
+    assert len(ids) == 20_000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new prefix, not the parent's next number
+        os.write(write, new_dispatch_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32 and child[:20] != new_dispatch_id()[:20]
 
 
 def test_errors_say_what_to_change() -> None:
