@@ -26,6 +26,7 @@ from .instrumentation import (
     Instrumentation,
     JobEvent,
     describe_error,
+    interest,
     safe_record,
     with_logging,
 )
@@ -236,6 +237,7 @@ class BaseDispatcher(ABC):
     def instrumentation(self, value: Instrumentation | None) -> None:
         self._instrumentation = value if value is not None else DEFAULT_LOGGING
         self.events = with_logging(value)
+        self._wants = interest(self.events)
 
     # -- what an adapter implements -------------------------------------------------------
 
@@ -389,18 +391,16 @@ class BaseDispatcher(ABC):
         """One receipt per job: `results` are `_send`'s, for the jobs not in `duplicates`."""
         receipts = []
         sent = iter(results)
+        backend, scheduled = self.backend_name, self._wants("scheduled")
         for i, p in enumerate(prepared):
             result = AlreadyClaimed(duplicates[i]) if i in duplicates else next(sent)
             if isinstance(result, AlreadyClaimed):
-                receipts.append(
-                    DispatchReceipt(p.name, result.dispatch_id, self.backend_name, True)
-                )
+                receipts.append(DispatchReceipt(p.name, result.dispatch_id, backend, True))
                 continue
-            receipts.append(DispatchReceipt(p.name, result, self.backend_name))
-            safe_record(
-                self.events,
-                JobEvent("scheduled", "schedule", p.name, result, 0, self.backend_name),
-            )
+            receipts.append(DispatchReceipt(p.name, result, backend))
+            if scheduled:  # built only when something keeps it
+                event = JobEvent("scheduled", "schedule", p.name, result, 0, backend)
+                safe_record(self.events, event)
         return receipts
 
     def _dispatch_prepared(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
