@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_core.dispatcher import BaseDispatcher, PreparedJob, keyed_dispatch_id, resolve_eta
-from jobs_core.execution import _drive_without_loop, needs_event_loop
+from jobs_core.execution import drive_without_loop, needs_event_loop
 from jobs_core.idempotency import scoped_key
 from jobs_core.ids import new_dispatch_id
 from jobs_core.instrumentation import JobEvent, safe_record, with_logging
@@ -274,7 +274,7 @@ def worker_figures(meter: Meter, size: str, stages: bool) -> dict[str, list[floa
     )
     out["stage_needs_loop_us"] = meter.measure(lambda: needs_event_loop(noop, counter))
     out["stage_with_logging_us"] = meter.measure(lambda: with_logging(instrumentation))
-    out["stage_coroutine_us"] = meter.measure(lambda: _drive_without_loop(finished()))  # type: ignore[arg-type]
+    out["stage_coroutine_us"] = meter.measure(lambda: drive_without_loop(finished()))  # type: ignore[arg-type]
     out["stage_two_events_us"] = meter.measure(
         lambda: (
             JobEvent("started", "execute", JOB_NAME, "id", 0, "micro"),

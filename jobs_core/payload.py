@@ -67,7 +67,7 @@ def _shape_error(job_name: str, got: Any, expected: str) -> JobPayloadError:
 def validate_payload(job: Job, payload: Any) -> BaseModel:
     """Return `payload` as an instance of the job's model, or raise `JobPayloadError` (C4, C5)."""
     model: type[BaseModel] = job.payload_model
-    if isinstance(payload, model):
+    if type(payload) is not dict and isinstance(payload, model):
         return payload
     if type(payload) is dict or (
         isinstance(payload, Mapping) and not isinstance(payload, BaseModel)
@@ -148,6 +148,11 @@ def parse_payload(job: Job, raw: Any) -> BaseModel:
     """
     model: type[BaseModel] = job.payload_model
     try:
+        if type(raw) is dict:  # what most backends deliver: no ABC check, no wrapper
+            parsed: BaseModel = model.__pydantic_validator__.validate_python(
+                raw, by_alias=True, by_name=True
+            )
+            return parsed
         if isinstance(raw, (str, bytes, bytearray)):
             return model.model_validate_json(raw, by_alias=True, by_name=True)
         if isinstance(raw, Mapping):
