@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ ErrorCallback = Callable[[BaseException, Job[Any, Any]], None]
 """`on_error(error, job)`: what a backend that runs jobs inside `dispatch` calls on a give-up."""
 
 logger = logging.getLogger("jobs_core.dispatch")
+
+_KEY_OF = operator.attrgetter("idempotency_key")
 
 
 @dataclass(slots=True)
@@ -361,9 +364,9 @@ class BaseDispatcher(ABC):
         self, prepared: Sequence[PreparedJob]
     ) -> tuple[list[PreparedJob], dict[int, str], list[str]]:
         """Split into jobs to send and duplicates (index → earlier id); returns claimed keys."""
-        keyed = [(i, p) for i, p in enumerate(prepared) if p.idempotency_key]
-        if not keyed or self.idempotency is None:
+        if self.idempotency is None or not any(map(_KEY_OF, prepared)):
             return list(prepared), {}, []
+        keyed = [(i, p) for i, p in enumerate(prepared) if p.idempotency_key]
         claims = [(scoped_key(p.name, p.idempotency_key or ""), p.dispatch_id) for _, p in keyed]
         try:
             held = self.idempotency.claim(claims)

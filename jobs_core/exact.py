@@ -12,11 +12,12 @@ types prove it instead, and a dispatch only checks what its types cannot (`exact
   subclass would reach the worker as the parent) and a float that is inf or NaN (JSON has
   neither);
 - a value of the wrong type (set by assignment or `model_construct`) fails serialisation with
-  warnings as errors. A model this dispatch validated from a mapping just now, with no nested
-  model (validation keeps a nested model as it was given), needs no such check: every value
-  is the validator's;
-- a plain model with constraints (`Field(gt=0)`, a `Literal`) not validated just now, or with
-  nested models, has its JSON validated once, to know the values still meet them.
+  warnings as errors. A model this dispatch validated from a mapping just now, holding no
+  nested model instance (validation keeps one as it was given), needs no such check: every
+  value is the validator's;
+- a plain model with constraints (`Field(gt=0)`, a `Literal`) not validated just now, or
+  holding nested model instances, has its JSON validated once, to know the values still meet
+  them.
 
 The shortcut only saves time: whatever it cannot vouch for takes the full check.
 """
@@ -49,17 +50,17 @@ class _NotPlain(Exception):
 class _Flags:
     constrained: bool = False
     nested: bool = False
+    """Set when a type holds a model (read and reset per field by `_model_check`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What a dispatch of a plain model must still check (see the module docstring)."""
 
-    exact: Check
+    exact: _ModelCheck
     """True when a value is exactly of the model's class, every field set, every nested model
     exactly of its field's class and every float finite."""
     constrained: bool
-    nested: bool
 
 
 _PLANS: weakref.WeakKeyDictionary[type[BaseModel], Plan | None] = weakref.WeakKeyDictionary()
@@ -73,10 +74,10 @@ def plan_for(model: type[BaseModel]) -> Plan | None:
         pass
     flags = _Flags()
     try:
-        exact: Check | None = _model_check(model, flags, frozenset())
+        exact: _ModelCheck | None = _model_check(model, flags, frozenset())
     except _NotPlain:
         exact = None
-    plan = None if exact is None else Plan(exact, flags.constrained, flags.nested)
+    plan = None if exact is None else Plan(exact, flags.constrained)
     _PLANS[model] = plan
     return plan
 
@@ -91,14 +92,15 @@ def exact_json(model: BaseModel, plan: Plan, fresh: bool) -> bytes | None:
     except TypeError:  # a float field holding what is not a number: the full check says
         return None
     serializer = cls.__pydantic_serializer__
-    if fresh and not plan.nested:  # every value is the validator's: of its field's type
+    nested = plan.exact.holds_models(model)
+    if fresh and not nested:  # every value is the validator's: of its field's type
         raw: bytes = serializer.to_json(model, round_trip=True)
         return raw
     try:
         raw = serializer.to_json(model, round_trip=True, warnings="error")
     except Exception:  # a value of the wrong type, set by assignment or model_construct
         return None
-    if plan.constrained:
+    if plan.constrained:  # not just validated, or holding models validation kept as given
         try:
             cls.__pydantic_validator__.validate_json(raw, by_alias=True, by_name=True)
         except Exception:
@@ -110,12 +112,25 @@ class _ModelCheck:
     """`Plan.exact` for one model class: exactly that class, every field set, and the checks
     of its fields passed."""
 
-    __slots__ = ("checks", "cls", "count")
+    __slots__ = ("checks", "cls", "count", "model_fields")
 
-    def __init__(self, cls: type[BaseModel], checks: list[tuple[str, Check]]) -> None:
+    def __init__(
+        self, cls: type[BaseModel], checks: list[tuple[str, Check]], model_fields: list[str]
+    ) -> None:
         self.cls = cls
         self.count = len(cls.model_fields)
         self.checks = checks
+        self.model_fields = model_fields
+        """The fields whose type holds a model."""
+
+    def holds_models(self, value: Any) -> bool:
+        """Whether `value` (an instance of `cls`) may hold a nested model instance: a field
+        whose type holds one is not empty (None, [], {})."""
+        values = value.__dict__
+        for name in self.model_fields:
+            if values[name]:
+                return True
+        return False
 
     def __call__(self, value: Any) -> bool:
         if type(value) is not self.cls:
@@ -131,7 +146,7 @@ class _ModelCheck:
     def each(self, values: Collection[Any]) -> bool:
         """`all(map(self, values))`, for a model without checks of its own in C loops (a list
         of thousands of small models is a common large payload)."""
-        if self.checks or not values:
+        if self.checks or len(values) < 16:  # building the sets costs more for a few
             return all(map(self, values))
         return set(map(type, values)) == {self.cls} and set(map(len, map(_VARS, values))) == {
             self.count
@@ -151,12 +166,18 @@ def _model_check(cls: type[BaseModel], flags: _Flags, seen: frozenset[type[Any]]
     fields = cls.model_fields
     names = set(fields)
     checks: list[tuple[str, Check]] = []
+    model_fields: list[str] = []
+    nested, flags.nested = flags.nested, False
     for name, field in fields.items():
         _check_field(name, field, names)
         check = _type_check(field.annotation, list(field.metadata), flags, seen | {cls})
         if check is not None:
             checks.append((name, check))
-    return _ModelCheck(cls, checks)
+        if flags.nested:
+            model_fields.append(name)
+            nested, flags.nested = True, False
+    flags.nested = nested
+    return _ModelCheck(cls, checks, model_fields)
 
 
 def _model_is_plain(cls: type[BaseModel]) -> bool:

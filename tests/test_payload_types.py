@@ -407,6 +407,9 @@ def _shortcut_cases(order: Any, line: Any, sub: Any, same: Any) -> list[tuple[st
             setattr(payload, name, value)
         return payload
 
+    bad_line = line(sku="b")
+    bad_line.qty = "many"  # a value of the wrong type, in an instance a mapping holds
+
     cases = [
         ("plain", order(id=1, lines=[line(sku="a")], meta={"x": 1.5}, parent=line(sku="p"))),
         ("plain-dict", {"id": 2, "lines": [{"sku": "a", "qty": 3}], "meta": {"y": -0.25}}),
@@ -417,6 +420,8 @@ def _shortcut_cases(order: Any, line: Any, sub: Any, same: Any) -> list[tuple[st
         ("subclass-in-dict", {"id": 1, "lines": [sub(sku="a", note="lost")]}),
         ("subclass-optional", mutated(parent=sub(sku="a", note="lost"))),
         ("subclass-without-fields", order(id=1, lines=[same(sku="a")])),
+        ("subclass-without-fields-optional", mutated(parent=same(sku="p"))),
+        ("wrong-type-nested-in-dict", {"id": 1, "lines": [bad_line]}),
         ("other-model-in-field", mutated(parent=order(id=9))),
         ("required-field-missing", order.model_construct(lines=[])),
         ("wrong-type-by-assignment", mutated(id="seven")),
