@@ -414,14 +414,14 @@ def to_rows(document: dict[str, Any]) -> list[Row]:
         )
     )
     for key, level, what in (
-        ("info_line", "INFO", "the `job completed` line"),
-        ("debug_lines", "DEBUG", "the `job started` line (and `scheduled` elsewhere)"),
+        ("info_line", "INFO", "a production worker's level: no line for a job that went well"),
+        ("debug_lines", "DEBUG", "the `job started` and `job completed` lines"),
     ):
         result.append(
             _row(
                 f"core.worker.{key}",
-                f"CPU per job added by {what} with the logger at {level}, formatted as the "
-                "dramatiq command formats it, written to /dev/null",
+                f"CPU per job added with the logger at {level} ({what}), lines formatted as "
+                "the dramatiq command formats them, written to /dev/null",
                 f"at {level} {stages[f'run_{level.lower()}_us']:.1f} µs",
                 f"one level up {stages['run_warning_us' if level == 'INFO' else 'run_info_us']:.1f} µs",
                 worker[f"{key}_us"],

@@ -67,14 +67,18 @@ def interest(instrumentation: Instrumentation) -> Wants:
 _LEVELS: dict[str, int] = {
     "scheduled": logging.DEBUG,
     "started": logging.DEBUG,
-    "completed": logging.INFO,
+    "completed": logging.DEBUG,
     "retrying": logging.WARNING,
     "failed": logging.ERROR,
 }
+"""The level of each kind's line. `completed` is DEBUG: a production worker logs at INFO, and
+a line for every job that went well cost it more than all the rest of the core's work on the
+job, saying nothing an operator acts on (docs/instrumentation.md, docs/performance.md)."""
 
 
 class LoggingInstrumentation:
-    """Logs each event on the `jobs_core` logger: failures at ERROR, retries at WARNING."""
+    """Logs each event on the `jobs_core` logger: failures at ERROR, retries at WARNING, the
+    rest (`scheduled`, `started`, `completed`) at DEBUG."""
 
     def __init__(self, log: logging.Logger | None = None) -> None:
         self.log = log or logger
@@ -113,8 +117,10 @@ class MultiInstrumentation:
         self.targets = targets
 
     def record(self, event: JobEvent) -> None:
+        """Send `event` to each target that wants its kind (every target without `wants`)."""
         for target in self.targets:
-            target.record(event)
+            if interest(target)(event.kind):
+                target.record(event)
 
     def wants(self, kind: EventKind) -> bool:
         return any(interest(target)(kind) for target in self.targets)

@@ -20,6 +20,7 @@ from jobs_core import (
     JobFailedError,
     JobPayloadError,
     JobRegistry,
+    MultiInstrumentation,
     PermanentError,
     Retry,
     RetryLater,
@@ -409,11 +410,55 @@ def test_a_logging_instrumentation_given_is_not_doubled(caplog: pytest.LogCaptur
     dispatcher = InlineDispatcher(
         instrumentation=MultiInstrumentation(LoggingInstrumentation(), events)
     )
-    with caplog.at_level("INFO", logger="jobs_core"):
+    with caplog.at_level("DEBUG", logger="jobs_core"):
         dispatcher.dispatch_sync(job, {"sku": "a"})
     completed = [r for r in caplog.records if "job completed: t.once" in r.getMessage()]
     assert len(completed) == 1
     assert events.kinds("t.once") == ["scheduled", "started", "completed"]
+
+
+def test_a_job_that_went_well_writes_no_line_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """The per-job line a production worker (INFO) would pay for is DEBUG; retries and
+    give-ups stay at WARNING and ERROR."""
+    jobs: JobRegistry[Any] = JobRegistry()
+    calls: list[int] = []
+
+    def flaky(payload: Item, ctx: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RetryLater(0)
+
+    job = jobs.define_job("t.quiet", payload=Item, handle=flaky, retry=Retry(attempts=1))
+    broken = jobs.define_job(
+        "t.broken", payload=Item, handle=lambda p, c: 1 / 0, retry=Retry(attempts=0)
+    )
+    dispatcher = InlineDispatcher(raise_on_failure=False)
+    with caplog.at_level("INFO", logger="jobs_core"):
+        dispatcher.dispatch_sync(job, {"sku": "a"})
+        dispatcher.dispatch_sync(broken, {"sku": "b"})
+    assert len(calls) == 2
+    lines = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert lines == [("WARNING", "job retrying"), ("ERROR", "job failed")], lines
+
+
+def test_an_instrumentation_gets_only_the_kinds_it_wants() -> None:
+    class OnlyFailures(RecordingInstrumentation):
+        def wants(self, kind: str) -> bool:
+            return kind == "failed"
+
+    jobs: JobRegistry[Any] = JobRegistry()
+    ok = jobs.define_job("t.ok", payload=Item, handle=lambda p, c: None)
+    broken = jobs.define_job(
+        "t.no", payload=Item, handle=lambda p, c: 1 / 0, retry=Retry(attempts=1)
+    )
+    events, everything = OnlyFailures(), RecordingInstrumentation()
+    both = MultiInstrumentation(events, everything)
+    dispatcher = InlineDispatcher(instrumentation=both, raise_on_failure=False)
+    dispatcher.dispatch_sync(ok, {"sku": "a"})
+    dispatcher.dispatch_sync(broken, {"sku": "b"})
+    assert [(e.job_name, e.kind) for e in events.events] == [("t.no", "failed")]
+    assert everything.kinds("t.ok") == ["scheduled", "started", "completed"]
+    assert everything.kinds("t.no") == ["scheduled", "started", "retrying", "started", "failed"]
 
 
 class _PartialDispatcher(BaseDispatcher):
