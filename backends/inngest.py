@@ -22,7 +22,6 @@ from jobs_core.errors import DispatchError, JobConfigError, JobPayloadError, Wor
 from jobs_core.execution import ContextSource
 from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
 from jobs_core.job import Job
-from jobs_core.payload import DEFAULT_MAX_PAYLOAD_BYTES
 from jobs_core.registry import JobRegistry
 from jobs_core.worker import Delivery, JobWorker
 
@@ -46,9 +45,10 @@ from ._inngest_serve import serve_flask as serve_flask
 
 BACKEND = "inngest"
 MAX_EVENTS_PER_REQUEST = 5_000
-DEFAULT_MAX_REQUEST_BYTES = DEFAULT_MAX_PAYLOAD_BYTES
-"""Largest request body `dispatch_many` builds (Inngest's smallest plan limit); an event
-larger than this on its own is still sent, alone."""
+DEFAULT_MAX_REQUEST_BYTES = 512_000
+"""Largest request body `dispatch_many` builds: the Event API's per-request limit (512 KB by
+default). Each event's own limit is `max_payload_bytes` (JOBS_MAX_PAYLOAD_BYTES), checked at
+dispatch; an event larger than this on its own is still sent, alone."""
 MAX_NAME = 255
 DEFAULT_MAX_DELAY = timedelta(days=7)
 """The longest `delay` Inngest's Free plan keeps (paid plans: a year); `INNGEST_MAX_DELAY`."""
