@@ -366,16 +366,34 @@ class BaseDispatcher(ABC):
         """Split into jobs to send and duplicates (index → earlier id); returns claimed keys."""
         if self.idempotency is None or not any(map(_KEY_OF, prepared)):
             return list(prepared), {}, []
-        keyed = [(i, p) for i, p in enumerate(prepared) if p.idempotency_key]
-        claims = [(scoped_key(p.name, p.idempotency_key or ""), p.dispatch_id) for _, p in keyed]
+        if len(prepared) == 1:  # one keyed dispatch: the common case, without the bookkeeping
+            p = prepared[0]
+            key = scoped_key(p.name, p.idempotency_key or "")
+            try:
+                [earlier] = self.idempotency.claim([(key, p.dispatch_id)])
+            except Exception as error:
+                self._fail_all(prepared, error)
+            return ([p], {}, [key]) if earlier is None else ([], {0: earlier}, [])
+        where: list[int] = []
+        claims: list[tuple[str, str]] = []
+        for i, p in enumerate(prepared):
+            if p.idempotency_key:
+                where.append(i)
+                claims.append((scoped_key(p.name, p.idempotency_key), p.dispatch_id))
         try:
             held = self.idempotency.claim(claims)
         except Exception as error:
             self._fail_all(prepared, error)
-        duplicates = {i: h for (i, _), h in zip(keyed, held) if h is not None}
-        claimed = [k for (k, _), h in zip(claims, held) if h is None]
-        to_send = [p for i, p in enumerate(prepared) if i not in duplicates]
-        return to_send, duplicates, claimed
+        duplicates: dict[int, str] = {}
+        claimed: list[str] = []
+        for i, (key, _), earlier in zip(where, claims, held):
+            if earlier is None:
+                claimed.append(key)
+            else:
+                duplicates[i] = earlier
+        if not duplicates:
+            return list(prepared), duplicates, claimed
+        return [p for i, p in enumerate(prepared) if i not in duplicates], duplicates, claimed
 
     def _fail_all(self, prepared: Sequence[PreparedJob], error: BaseException) -> Any:
         for p in prepared:
