@@ -7,7 +7,8 @@ types prove it instead, and a dispatch only checks what its types cannot (`exact
 - plain: every field is `str`, `int`, `bool`, `float`, `None`, a `Literal` of those, a `list` or
   `str`-keyed `dict` of plain values, `X | None`, or a plain model; and no model in it has a
   validator, serialiser, computed field, private attribute, `model_post_init`, extra fields, a
-  field left out or an alias that is not the same both ways. Anything else is not plain.
+  field left out, an alias that is not the same both ways or a default that is not a valid
+  value (defaults are not validated). Anything else is not plain.
 - `Plan.exact` refuses a missing field, a nested model of another class than its field's (a
   subclass would reach the worker as the parent) and a float that is inf or NaN (JSON has
   neither);
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 from annotated_types import BaseMetadata
-from pydantic import BaseModel, RootModel
+from pydantic import BaseModel, RootModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
 Check = Callable[[Any], bool]
@@ -203,9 +204,30 @@ def _model_is_plain(cls: type[BaseModel]) -> bool:
 def _check_field(name: str, field: FieldInfo, names: set[str]) -> None:
     if field.exclude or getattr(field, "exclude_if", None) is not None or field.discriminator:
         raise _NotPlain
+    if not _default_is_valid(field):
+        raise _NotPlain  # sent as it is (defaults are not validated): the worker would refuse it
     aliases = {field.alias, field.validation_alias, field.serialization_alias} - {None}
     if len(aliases) > 1 or any(not isinstance(a, str) or a in names - {name} for a in aliases):
         raise _NotPlain  # read back under another name, or under another field's name
+
+
+def _default_is_valid(field: FieldInfo) -> bool:
+    """Whether the field's default (pydantic does not validate it) is a valid value of the
+    field, as JSON too: `x: str = None` or `Field(default=0, ge=1)` would reach a worker that
+    refuses it."""
+    if field.is_required():
+        return True
+    try:
+        default = field.get_default(call_default_factory=True, validated_data={})
+        tp: Any = field.annotation
+        if field.metadata:
+            args = (tp, *field.metadata)
+            tp = Annotated[args]
+        adapter: TypeAdapter[Any] = TypeAdapter(tp)
+        adapter.dump_json(default, warnings="error")
+        return bool(adapter.validate_python(default) == default)
+    except Exception:
+        return False
 
 
 def _type_check(

@@ -469,3 +469,23 @@ def test_the_shortcut_for_plain_models_decides_as_the_full_check(
 def test_models_the_shortcut_cannot_vouch_for_are_not_plain() -> None:
     for model in (Loose, Either, Chained, Serialised, Doubling, Picky, Strict, Aliased, B64):
         assert plan_for(model) is None, model
+
+
+class NoneDefault(BaseModel):
+    text: str = None  # type: ignore[assignment]
+
+
+class ConstrainedDefault(BaseModel):
+    qty: int = Field(default=0, ge=1)
+
+
+@pytest.mark.parametrize("model", [NoneDefault, ConstrainedDefault])
+def test_a_default_that_is_not_a_valid_value_is_refused_at_dispatch(
+    model: type[BaseModel],
+) -> None:
+    """pydantic does not validate defaults: the worker would refuse the value sent."""
+    assert plan_for(model) is None
+    job = JobRegistry[Any]().define_job("types.default", payload=model, handle=lambda p, c: None)
+    with pytest.raises(JobPayloadError) as caught:
+        InlineDispatcher(context=None).dispatch_sync(job, {})
+    assert [e["type"] for e in caught.value.errors] == ["does_not_travel"]
