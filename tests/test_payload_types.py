@@ -426,6 +426,8 @@ def _shortcut_cases(order: Any, line: Any, sub: Any, same: Any) -> list[tuple[st
         ("required-field-missing", order.model_construct(lines=[])),
         ("wrong-type-by-assignment", mutated(id="seven")),
         ("str-in-float-field", mutated(meta={"x": "1.5"})),
+        ("int-key-in-str-keyed-dict", mutated(meta={1: 1.5})),
+        ("tuple-for-list", mutated(lines=(line(sku="a"),))),
         ("bool-in-int", mutated(id=True)),
         ("big-int", order(id=2**60)),
     ]
