@@ -46,9 +46,8 @@ from ._inngest_serve import serve_flask as serve_flask
 BACKEND = "inngest"
 MAX_EVENTS_PER_REQUEST = 5_000
 DEFAULT_MAX_REQUEST_BYTES = 512_000
-"""Largest request body `dispatch_many` builds: the Event API's per-request limit (512 KB by
-default). Each event's own limit is `max_payload_bytes` (JOBS_MAX_PAYLOAD_BYTES), checked at
-dispatch; an event larger than this on its own is still sent, alone."""
+"""Largest request `dispatch_many` builds: the Event API's (512 KB by default); an event's own
+limit is `max_payload_bytes`, checked at dispatch. A larger event is still sent, alone."""
 MAX_NAME = 255
 DEFAULT_MAX_DELAY = timedelta(days=7)
 """The longest `delay` Inngest's Free plan keeps (paid plans: a year); `INNGEST_MAX_DELAY`."""
