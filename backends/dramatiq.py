@@ -36,9 +36,16 @@ try:
     import dramatiq
     import redis
     from dramatiq.brokers.redis import RedisBroker as _RedisBroker
+    from dramatiq.encoder import JSONEncoder
     from dramatiq.middleware import CurrentMessage, Middleware
 
-    from ._dramatiq_patches import ClaimingDispatch, WorkerRedisBroker, hide_payloads
+    from ._dramatiq_patches import (
+        ClaimingDispatch,
+        EncodedMessage,
+        ProducerRedisBroker,
+        WorkerRedisBroker,
+        hide_payloads,
+    )
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("dramatiq", "dramatiq", getattr(_exc, "name", None) or str(_exc)) from _exc
 
@@ -108,7 +115,9 @@ class DramatiqDispatcher(BaseDispatcher):
         self.script: ClaimingDispatch | None = None
         if is_redis_url(broker_url):
             self.client = redis_client(broker_url, self.timeout)
-            self.broker = RedisBroker(client=self.client, middleware=[], maintenance_chance=0)
+            self.broker = ProducerRedisBroker(
+                client=self.client, middleware=[], maintenance_chance=0
+            )
             if idempotency is None and idempotency_url is None:  # keys live beside the queue
                 self.script = ClaimingDispatch(self.broker, IDEMPOTENCY_TTL_SECONDS)
                 self.broker.scripts["dispatch"] = self.script
@@ -122,14 +131,13 @@ class DramatiqDispatcher(BaseDispatcher):
             self.idempotency = idempotency_store_for(url, self.timeout, what=BACKEND, client=shared)
 
     def _message(self, prepared: PreparedJob) -> tuple[dramatiq.Message[Any], int | None]:
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=self.queue,
-            actor_name=prepared.name,
-            args=(prepared.data,),
-            kwargs={},
-            options={},
-            message_id=prepared.dispatch_id,
-        )
+        fields: dict[str, Any] = {"queue_name": self.queue, "actor_name": prepared.name}
+        fields.update(kwargs={}, options={}, message_id=prepared.dispatch_id)
+        message: dramatiq.Message[Any]
+        if type(dramatiq.get_encoder()) is JSONEncoder:  # the payload's JSON goes in as it is
+            message = EncodedMessage(args=(), body=prepared.body, **fields)
+        else:
+            message = dramatiq.Message(args=(prepared.data,), **fields)
         wait = prepared.delay_seconds()
         return message, (_millis(wait) if wait > 0 else None)
 
@@ -157,7 +165,7 @@ class DramatiqDispatcher(BaseDispatcher):
         calls (claiming keys as they enqueue) go to Redis in one round trip, all or none."""
         assert self.client is not None
         pipe = self.client.pipeline(transaction=True)
-        batch = RedisBroker(client=pipe, middleware=[], maintenance_chance=0)
+        batch = ProducerRedisBroker(client=pipe, middleware=[], maintenance_chance=0)
         batch.broker_id = self.broker.broker_id  # one producer in the heartbeats, not one a batch
         batch.scripts["maxstack"] = self.broker.scripts["maxstack"]  # a query, not a write
         if self.script is not None:

@@ -22,7 +22,6 @@ from jobs_core.errors import DispatchError, JobConfigError, JobPayloadError, Wor
 from jobs_core.execution import ContextSource
 from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
 from jobs_core.job import Job
-from jobs_core.payload import DEFAULT_MAX_PAYLOAD_BYTES
 from jobs_core.registry import JobRegistry
 from jobs_core.worker import Delivery, JobWorker
 
@@ -46,9 +45,9 @@ from ._inngest_serve import serve_flask as serve_flask
 
 BACKEND = "inngest"
 MAX_EVENTS_PER_REQUEST = 5_000
-DEFAULT_MAX_REQUEST_BYTES = DEFAULT_MAX_PAYLOAD_BYTES
-"""Largest request body `dispatch_many` builds (Inngest's smallest plan limit); an event
-larger than this on its own is still sent, alone."""
+DEFAULT_MAX_REQUEST_BYTES = 512_000
+"""Largest request `dispatch_many` builds: the Event API's (512 KB by default); an event's own
+limit is `max_payload_bytes`, checked at dispatch. A larger event is still sent, alone."""
 MAX_NAME = 255
 DEFAULT_MAX_DELAY = timedelta(days=7)
 """The longest `delay` Inngest's Free plan keeps (paid plans: a year); `INNGEST_MAX_DELAY`."""
@@ -96,11 +95,12 @@ def _millis(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _event(p: PreparedJob) -> dict[str, Any]:
-    event: dict[str, Any] = {"name": p.name, "data": p.data, "id": p.dispatch_id}
+def _event(p: PreparedJob, data: bytes = b"") -> bytes:
+    """The event's JSON with `data` (the payload's JSON, serialised once at dispatch) as is."""
+    event: dict[str, Any] = {"name": p.name, "id": p.dispatch_id}
     if p.eta is not None and p.eta > datetime.now(timezone.utc):
         event["ts"] = _millis(p.eta)  # a start time that has passed is "now", as elsewhere
-    return event
+    return pydantic_core.to_json(event)[:-1] + b',"data":' + data + b"}"
 
 
 def _chunks(parts: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
@@ -188,7 +188,7 @@ class InngestDispatcher(BaseDispatcher):
         check_job_name(prepared.job)
         if prepared.eta is not None and prepared.eta >= LATEST_TS:
             raise DispatchError(prepared.name, "Inngest refuses an event dated after 2100")
-        size = len(pydantic_core.to_json(_event(prepared)))
+        size = len(_event(prepared)) + len(prepared.body)
         if self.max_payload_bytes and size > self.max_payload_bytes:
             msg = (
                 f"the event is {size} bytes as JSON with its name and id; the limit is "
@@ -199,7 +199,7 @@ class InngestDispatcher(BaseDispatcher):
             )
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
-        parts = [pydantic_core.to_json(_event(p)) for p in jobs]
+        parts = [_event(p, p.body) for p in jobs]
         for start, end in _chunks(parts, self.max_request_bytes):
             try:
                 self.sender.send(parts[start:end])

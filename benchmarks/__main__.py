@@ -30,7 +30,7 @@ from .results import Row, format_table, loadavg
 from .scenario import MODULES, Env, load, missing_requirement
 
 RESULTS = ROOT / "benchmarks" / "results"
-NEEDS_REDIS = {"inline", "celery", "dramatiq", "inngest"}
+NEEDS_REDIS = {"inline", "celery", "dramatiq", "inngest", "flow", "outbox"}
 
 
 def run(

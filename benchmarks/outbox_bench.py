@@ -1,32 +1,30 @@
-"""The outbox's cost: relay throughput against direct `dispatch_many`, and the write it adds to
-the caller's transaction.
+"""The outbox's cost (issue 16), as rows of `python -m benchmarks --only outbox`.
 
-    python -m benchmarks.outbox_bench [--quick] [--rounds N] [--json PATH]
+Backend: Dramatiq on the run's `redis-server` (no worker: the messages are counted, then
+dropped). Databases: a SQLite file, and (in a full run) PostgreSQL where
+tests/support/postgres_server.py can provide one (`JOBS_TEST_POSTGRES_URL`, or the server
+binaries).
 
-Backend: Dramatiq on a private `redis-server` (no worker: the messages are counted, then
-dropped). Databases: a SQLite file, and PostgreSQL where tests/support/postgres_server.py can
-provide one (`JOBS_TEST_POSTGRES_URL`, or the server binaries).
+- `outbox.relay.<db>`: N committed rows sent by `Relay.run_once` (batches of 500, each row with
+  its own idempotency key, marked sent in the database) against
+  `DramatiqDispatcher.dispatch_many_sync` of the same N jobs in batches of 500 without keys
+  (what an app does without the outbox); `outbox.relay.keys.<db>` against the same with keys
+  (the relay's Redis work, without the database).
+- `outbox.write.<db>`: one transaction per job (a web request creating an order), with and
+  without the outbox row written in it: the µs the outbox adds to the caller, per job.
 
-- relay: N committed rows sent by `Relay.run_once` (batches of 500, each row with its own
-  idempotency key, marked sent in the database) against `DramatiqDispatcher.dispatch_many_sync`
-  of the same N jobs in batches of 500, without keys (what an app does today), and with keys
-  (the same Redis work as the relay, without the database). Ratio: relay rows/s over direct.
-- write cost: one transaction per job (a web request creating an order), with and without the
-  outbox row written in it; the difference is what the outbox adds to the caller, per job.
-
-Both sides of each comparison run in the same run, interleaved round by round (see
-`benchmarks.timing.interleave`); figures are medians.
+Both sides of each comparison run in the same run, interleaved round by round.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -37,7 +35,10 @@ from jobs_core import JobRegistry, JobRequest
 from jobs_core.backends.dramatiq import DramatiqDispatcher
 from jobs_core.outbox import Outbox, outbox_table
 
-from .timing import interleave, median, paired_ratio
+from .config import Config
+from .results import MICROS, Row, compare
+from .scenario import Env
+from .timing import interleave, median
 
 BATCH = 500
 
@@ -64,22 +65,29 @@ orders = Table(
 )
 
 
-@contextmanager
-def databases() -> Iterator[list[tuple[str, str]]]:
-    import tempfile
+def _with_postgres(config: Config) -> bool:
+    """Whether a full run measures PostgreSQL too (a server URL or binaries to start one)."""
+    from tests.support.postgres_server import URL_ENV, find_bindir
 
-    from tests.support.postgres_server import Postgres, PostgresUnavailable
+    return not config.quick and bool(os.environ.get(URL_ENV) or find_bindir())
+
+
+def rows(config: Config) -> list[str]:
+    names = ["sqlite", *(["postgresql"] if _with_postgres(config) else [])]
+    return [f"outbox.{what}.{db}" for db in names for what in ("relay", "relay.keys", "write")]
+
+
+@contextmanager
+def databases(config: Config) -> Iterator[list[tuple[str, str]]]:
+    from tests.support.postgres_server import Postgres
 
     found: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         found.append(("sqlite", f"sqlite:///{tmp}/bench.db"))
-        pg: Postgres | None = None
+        pg = Postgres() if _with_postgres(config) else None
         try:
-            pg = Postgres()
-            found.append(("postgresql", pg.new_database()))
-        except PostgresUnavailable as exc:
-            print(f"(no PostgreSQL: {exc})", file=sys.stderr)
-        try:
+            if pg is not None:
+                found.append(("postgresql", pg.new_database()))
             yield found
         finally:
             if pg is not None:
@@ -90,24 +98,23 @@ def _payload(i: int) -> dict[str, Any]:
     return {"order_id": i, "amount_cents": 1000 + i}
 
 
-def relay_scenario(url: str, redis_url: str, n: int, rounds: int) -> dict[str, float]:
+def relay_rows(env: Env, db: str, url: str) -> list[Row]:
     import redis
 
+    config, n = env.config, 1_000 if env.config.quick else 5_000
     engine = create_engine(url)
     outbox = Outbox(engine)
     outbox.create_table()
     queue = f"bench-outbox-{uuid.uuid4().hex[:8]}"
-    dispatcher = DramatiqDispatcher(redis_url, queue)
-    client = redis.Redis.from_url(redis_url)
+    dispatcher = DramatiqDispatcher(env.redis_url, queue)
+    client = redis.Redis.from_url(env.redis_url)
     relay = outbox.relay(dispatcher, jobs, batch_size=BATCH, keep_sent=None)
-    counter = iter(range(10**9))
+    runs = iter(range(10**9))
 
     def drop_messages() -> None:
         client.delete(f"dramatiq:{queue}", f"dramatiq:{queue}.msgs")
 
     def relay_side(count: int) -> float:
-        import time
-
         with Session(engine) as session, session.begin():
             writer = outbox.dispatcher(session)
             for first in range(0, count, BATCH):
@@ -126,9 +133,7 @@ def relay_scenario(url: str, redis_url: str, n: int, rounds: int) -> dict[str, f
 
     def direct_side(keys: bool) -> Callable[[int], float]:
         def side(count: int) -> float:
-            import time
-
-            run = next(counter)
+            run = next(runs)
             items = [
                 JobRequest(
                     charge, _payload(i), idempotency_key=f"direct:{run}:{i}" if keys else None
@@ -144,28 +149,43 @@ def relay_scenario(url: str, redis_url: str, n: int, rounds: int) -> dict[str, f
 
         return side
 
+    env.log(f"outbox: {db} relay, {n:,} rows x {config.rounds}")
     try:
         timings = interleave(
-            {"relay": relay_side, "direct": direct_side(False), "direct_keys": direct_side(True)},
+            {"relay": relay_side, "direct": direct_side(False), "keys": direct_side(True)},
             n,
-            rounds,
+            config.rounds,
             warmup_n=BATCH,
+            progress=env.log,
         )
     finally:
         dispatcher.close()
+        client.close()
         engine.dispose()
-    rate = {name: median([n / s for s in secs]) for name, secs in timings.seconds.items()}
-    per_round = {name: [n / s for s in secs] for name, secs in timings.seconds.items()}
-    return {
-        "relay_rows_per_s": rate["relay"],
-        "direct_jobs_per_s": rate["direct"],
-        "direct_keys_jobs_per_s": rate["direct_keys"],
-        "relay_vs_direct": paired_ratio(per_round["relay"], per_round["direct"]),
-        "relay_vs_direct_keys": paired_ratio(per_round["relay"], per_round["direct_keys"]),
-    }
+    what = f"rows/s sent by Relay.run_once from {db} (batches of {BATCH}, marked sent)"
+    return [
+        compare(
+            f"outbox.relay.{db}",
+            f"{what} vs DramatiqDispatcher.dispatch_many_sync of the same jobs without keys",
+            timings,
+            "relay",
+            "direct",
+            labels=("", "dispatch_many"),
+        ),
+        compare(
+            f"outbox.relay.keys.{db}",
+            f"{what} vs dispatch_many_sync of the same jobs with a key each (the relay's Redis "
+            "work without the database)",
+            timings,
+            "relay",
+            "keys",
+            labels=("", "dispatch_many+keys"),
+        ),
+    ]
 
 
-def write_cost_scenario(url: str, n: int, rounds: int) -> dict[str, float]:
+def write_row(env: Env, db: str, url: str) -> Row:
+    config, n = env.config, 200 if env.config.quick else 1_000
     engine = create_engine(url)
     outbox = Outbox(engine)
     outbox.create_table()
@@ -173,8 +193,6 @@ def write_cost_scenario(url: str, n: int, rounds: int) -> dict[str, float]:
 
     def transactions(with_outbox: bool) -> Callable[[int], float]:
         def side(count: int) -> float:
-            import time
-
             start = time.perf_counter()
             for i in range(count):
                 with Session(engine) as session, session.begin():
@@ -189,61 +207,45 @@ def write_cost_scenario(url: str, n: int, rounds: int) -> dict[str, float]:
 
         return side
 
+    env.log(f"outbox: {db} write cost, {n:,} transactions x {config.rounds}")
     try:
         timings = interleave(
             {"with_outbox": transactions(True), "without": transactions(False)},
             n,
-            rounds,
+            config.rounds,
             warmup_n=50,
             slices=2,
+            progress=env.log,
         )
     finally:
         engine.dispose()
-    us = {name: median(secs) / n * 1e6 for name, secs in timings.seconds.items()}
-    return {
-        "transaction_us_without": us["without"],
-        "transaction_us_with_outbox": us["with_outbox"],
-        "added_us_per_job": us["with_outbox"] - us["without"],
-        "with_vs_without": paired_ratio(timings.seconds["with_outbox"], timings.seconds["without"]),
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.outbox_bench")
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 5)
-    relay_n, tx_n = (1_000, 200) if args.quick else (5_000, 1_000)
-
-    from tests.support.redis_server import RedisServer
-
-    results: dict[str, dict[str, float]] = {}
-    with RedisServer() as server, databases() as found:
-        for name, url in found:
-            print(f"== {name}: relay {relay_n} rows x {rounds} rounds", flush=True)
-            relay = relay_scenario(url, server.url, relay_n, rounds)
-            print(f"== {name}: write cost {tx_n} transactions x {rounds} rounds", flush=True)
-            cost = write_cost_scenario(url, tx_n, rounds)
-            results[name] = {**relay, **cost}
-    print()
-    print(
-        "| database | relay rows/s | direct dispatch_many jobs/s | relay / direct | relay / direct with keys | transaction without outbox | with outbox | added per job |"
+    per_job = {side: [s / n * 1e6 for s in timings.seconds[side]] for side in timings.seconds}
+    added = [w - o for w, o in zip(per_job["with_outbox"], per_job["without"])]
+    return Row.of(
+        added,
+        id=f"outbox.write.{db}",
+        compares=f"wall µs one transaction (insert an order) takes with the outbox row written "
+        f"in it, minus without ({db}): what the outbox adds to the caller per job",
+        ours=f"with outbox {median(per_job['with_outbox']):,.0f} µs",
+        baseline=f"without {median(per_job['without']):,.0f} µs",
+        n=n,
+        unit=MICROS,
+        lower_is_better=True,
+        figures={f"{side}_us": median(values) for side, values in per_job.items()},
+        samples={f"{side}_us": values for side, values in per_job.items()},
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(
-            f"| {name} | {r['relay_rows_per_s']:,.0f} | {r['direct_jobs_per_s']:,.0f} "
-            f"| {r['relay_vs_direct']:.2f} | {r['relay_vs_direct_keys']:.2f} "
-            f"| {r['transaction_us_without']:,.0f} µs | {r['transaction_us_with_outbox']:,.0f} µs "
-            f"| {r['added_us_per_job']:,.0f} µs ({r['with_vs_without']:.2f}x) |"
-        )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0
+
+
+def run(env: Env) -> list[Row]:
+    rows: list[Row] = []
+    with databases(env.config) as found:
+        for db, url in found:
+            rows += relay_rows(env, db, url)
+            rows.append(write_row(env, db, url))
+    return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .__main__ import main
+
+    sys.exit(main(["--only", "outbox", *sys.argv[1:]]))

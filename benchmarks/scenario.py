@@ -7,8 +7,8 @@ A scenario module has two functions:
 - `run(env: Env) -> list[Row]`: measures them.
 
 A module that cannot be imported (a library it needs is not installed) is skipped, and the
-run says why. To add one (say `benchmarks/outbox_bench.py`), give it these two functions and add
-a line to `MODULES`: it then runs with the others, prints its rows in the table, writes its
+run says why. To add one (as `benchmarks/outbox_bench.py` was), give it these two functions and
+add a line to `MODULES`: it then runs with the others, prints its rows in the table, writes its
 samples into the JSON and is checked by `tests/test_benchmarks.py`.
 """
 
@@ -29,6 +29,8 @@ MODULES: dict[str, str] = {
     "celery": "benchmarks.celery_bench",
     "dramatiq": "benchmarks.dramatiq_bench",
     "inngest": "benchmarks.inngest_bench",
+    "flow": "benchmarks.flow_bench",
+    "outbox": "benchmarks.outbox_bench",
 }
 """Scenario name (what `--only` takes) -> module, in the order they run."""
 

@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel
 
 from .errors import DispatchArgumentError, DispatchError, JobConfigError, JobPayloadError, JobsError
 from .idempotency import IdempotencyStore, scoped_key
+from .ids import new_dispatch_id
 from .instrumentation import (
     DEFAULT_LOGGING,
     Instrumentation,
     JobEvent,
     describe_error,
+    interest,
     safe_record,
     with_logging,
 )
 from .job import Job, JobRequest, P
-from .payload import DEFAULT_MAX_PAYLOAD_BYTES, to_wire, validate_payload
+from .payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload, validate_payload
 from .port import DispatchItem, DispatchReceipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
@@ -39,25 +42,40 @@ ErrorCallback = Callable[[BaseException, Job[Any, Any]], None]
 
 logger = logging.getLogger("jobs_core.dispatch")
 
+_KEY_OF = operator.attrgetter("idempotency_key")
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class PreparedJob:
-    """A validated dispatch, ready for a backend: `data` is the JSON-ready payload.
+    """A validated dispatch, ready for a backend: `body` is the payload's JSON, serialised
+    once; an adapter puts it into its message as it is where its library allows, and uses
+    `data` (the same JSON, parsed) where it does not.
 
     `dispatch_id` is chosen here so that it is known before the enqueue (idempotency records
-    it); adapters use it as the task / message id where their library allows.
+    it); adapters use it as the task / message id where their library allows. Treat it as
+    immutable (it is not frozen only because a frozen dataclass takes four times as long to
+    make, on every dispatch).
     """
 
     job: Job[Any, Any]
     payload: BaseModel
-    data: Any
+    body: bytes
     dispatch_id: str
     eta: datetime | None = None
     idempotency_key: str | None = None
+    _data: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.job.name
+
+    @property
+    def data(self) -> Any:
+        """The payload as JSON-ready data (dicts, lists, str, numbers), parsed from `body`
+        on first use."""
+        if self._data is None:
+            self._data = pydantic_core.from_json(self.body)
+        return self._data
 
     def delay_seconds(self, now: datetime | None = None) -> float:
         """Seconds from `now` until the job may start (0 when it has no eta or the eta passed)."""
@@ -159,19 +177,12 @@ def prepare_dispatch(
     ):
         raise DispatchArgumentError("idempotency_key= must be a non-empty str")
     model = validate_payload(job, payload)
-    data = to_wire(job, model, max_payload_bytes)
-    eta = resolve_eta(delay, run_at)
+    body = encode_payload(job, model, max_payload_bytes, fresh=model is not payload)
+    eta = resolve_eta(delay, run_at) if delay is not None or run_at is not None else None
     if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
-        idempotency_key = job.flow.idempotency_key(job.name, model, data)
+        idempotency_key = job.flow.idempotency_key(job.name, model, body)
     dispatch_id = keyed_dispatch_id(job.name, idempotency_key) if idempotency_key else None
-    return PreparedJob(
-        job=job,
-        payload=model,
-        data=data,
-        dispatch_id=dispatch_id or str(uuid.uuid4()),
-        eta=eta,
-        idempotency_key=idempotency_key,
-    )
+    return PreparedJob(job, model, body, dispatch_id or new_dispatch_id(), eta, idempotency_key)
 
 
 class BaseDispatcher(ABC):
@@ -229,6 +240,7 @@ class BaseDispatcher(ABC):
     def instrumentation(self, value: Instrumentation | None) -> None:
         self._instrumentation = value if value is not None else DEFAULT_LOGGING
         self.events = with_logging(value)
+        self._wants = interest(self.events)
 
     # -- what an adapter implements -------------------------------------------------------
 
@@ -352,18 +364,36 @@ class BaseDispatcher(ABC):
         self, prepared: Sequence[PreparedJob]
     ) -> tuple[list[PreparedJob], dict[int, str], list[str]]:
         """Split into jobs to send and duplicates (index → earlier id); returns claimed keys."""
-        keyed = [(i, p) for i, p in enumerate(prepared) if p.idempotency_key]
-        if not keyed or self.idempotency is None:
+        if self.idempotency is None or not any(map(_KEY_OF, prepared)):
             return list(prepared), {}, []
-        claims = [(scoped_key(p.name, p.idempotency_key or ""), p.dispatch_id) for _, p in keyed]
+        if len(prepared) == 1:  # one keyed dispatch: the common case, without the bookkeeping
+            p = prepared[0]
+            key = scoped_key(p.name, p.idempotency_key or "")
+            try:
+                [earlier] = self.idempotency.claim([(key, p.dispatch_id)])
+            except Exception as error:
+                self._fail_all(prepared, error)
+            return ([p], {}, [key]) if earlier is None else ([], {0: earlier}, [])
+        where: list[int] = []
+        claims: list[tuple[str, str]] = []
+        for i, p in enumerate(prepared):
+            if p.idempotency_key:
+                where.append(i)
+                claims.append((scoped_key(p.name, p.idempotency_key), p.dispatch_id))
         try:
             held = self.idempotency.claim(claims)
         except Exception as error:
             self._fail_all(prepared, error)
-        duplicates = {i: h for (i, _), h in zip(keyed, held) if h is not None}
-        claimed = [k for (k, _), h in zip(claims, held) if h is None]
-        to_send = [p for i, p in enumerate(prepared) if i not in duplicates]
-        return to_send, duplicates, claimed
+        duplicates: dict[int, str] = {}
+        claimed: list[str] = []
+        for i, (key, _), earlier in zip(where, claims, held):
+            if earlier is None:
+                claimed.append(key)
+            else:
+                duplicates[i] = earlier
+        if not duplicates:
+            return list(prepared), duplicates, claimed
+        return [p for i, p in enumerate(prepared) if i not in duplicates], duplicates, claimed
 
     def _fail_all(self, prepared: Sequence[PreparedJob], error: BaseException) -> Any:
         for p in prepared:
@@ -382,18 +412,16 @@ class BaseDispatcher(ABC):
         """One receipt per job: `results` are `_send`'s, for the jobs not in `duplicates`."""
         receipts = []
         sent = iter(results)
+        backend, scheduled = self.backend_name, self._wants("scheduled")
         for i, p in enumerate(prepared):
             result = AlreadyClaimed(duplicates[i]) if i in duplicates else next(sent)
             if isinstance(result, AlreadyClaimed):
-                receipts.append(
-                    DispatchReceipt(p.name, result.dispatch_id, self.backend_name, True)
-                )
+                receipts.append(DispatchReceipt(p.name, result.dispatch_id, backend, True))
                 continue
-            receipts.append(DispatchReceipt(p.name, result, self.backend_name))
-            safe_record(
-                self.events,
-                JobEvent("scheduled", "schedule", p.name, result, 0, self.backend_name),
-            )
+            receipts.append(DispatchReceipt(p.name, result, backend))
+            if scheduled:  # built only when something keeps it
+                event = JobEvent("scheduled", "schedule", p.name, result, 0, backend)
+                safe_record(self.events, event)
         return receipts
 
     def _dispatch_prepared(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:

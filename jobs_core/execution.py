@@ -29,9 +29,11 @@ from typing import Any, Literal
 from ._compat import is_async_callable
 from .errors import JobPayloadError, PermanentError, RetryLater
 from .instrumentation import (
+    EventKind,
     Instrumentation,
     JobEvent,
     describe_error,
+    interest,
     safe_record,
     with_logging,
 )
@@ -75,6 +77,60 @@ class JobOutcome:
     @property
     def deferred(self) -> bool:
         return self.status == "deferred"
+
+
+_COMPLETED = tuple(JobOutcome("completed", attempt) for attempt in range(32))
+"""The outcome of a run that went well, made once per attempt number (it is immutable)."""
+
+
+def _completed(attempt: int) -> JobOutcome:
+    if 0 <= attempt < len(_COMPLETED):
+        return _COMPLETED[attempt]
+    return JobOutcome("completed", attempt)
+
+
+class ExecuteEvents:
+    """Where the execute events of runs go: each built only when the instrumentation (the
+    default logging added) wants its kind, so a run nobody watches pays for no event."""
+
+    __slots__ = ("backend", "instrumentation", "wants")
+
+    def __init__(self, instrumentation: Instrumentation | None, backend: str) -> None:
+        self.instrumentation = with_logging(instrumentation)
+        self.wants = interest(self.instrumentation)
+        self.backend = backend
+
+    def record(
+        self,
+        kind: EventKind,
+        job_name: str,
+        dispatch_id: str | None,
+        attempt: int,
+        started: float | None = None,
+        error: BaseException | None = None,
+        retry_in: timedelta | None = None,
+        ended: float | None = None,
+    ) -> None:
+        """Record `kind`; `started` and `ended` (`perf_counter`s, `ended` default now) give
+        the event its duration."""
+        if not self.wants(kind):
+            return
+        duration = None
+        if started is not None:
+            duration = timedelta(seconds=(ended or time.perf_counter()) - started)
+        described = None if error is None else describe_error(error)
+        event = JobEvent(
+            kind,
+            "execute",
+            job_name,
+            dispatch_id,
+            attempt,
+            self.backend,
+            error=described,
+            duration=duration,
+            retry_in=retry_in,
+        )
+        safe_record(self.instrumentation, event)
 
 
 def context_is_async(context: ContextSource) -> bool:
@@ -125,51 +181,50 @@ def classify(
     return JobOutcome("retry", attempt, error, wait)
 
 
-async def _run(
+async def execute(
     job: Job[Any, Any],
     raw_payload: Any,
     context: ContextSource,
     attempt: int,
     dispatch_id: str | None,
-    backend: str,
-    instrumentation: Instrumentation,
+    events: ExecuteEvents,
     max_retry_wait: timedelta | None = None,
 ) -> JobOutcome:
-    def event(kind: Any, **extra: Any) -> None:
-        safe_record(
-            instrumentation,
-            JobEvent(kind, "execute", job.name, dispatch_id, attempt, backend, **extra),
-        )
-
-    event("started")
+    """One run of `job` as a coroutine, its events going to `events`: the body of `run_job`
+    for a worker that keeps its `ExecuteEvents` from run to run."""
+    events.record("started", job.name, dispatch_id, attempt)
     started = time.perf_counter()
     payload: Any = raw_payload
     ctx: Any = None
     have_ctx = False
     try:
         payload = parse_payload(job, raw_payload)
-        ctx = await _build_context(context)
+        if callable(context):
+            ctx = context()
+            if inspect.isawaitable(ctx):
+                ctx = await ctx
+        else:
+            ctx = context
         have_ctx = True
-        await _resolve(job.handler(payload, ctx))
+        result = job.handler(payload, ctx)
+        if result is not None and inspect.isawaitable(result):
+            await result
     except Exception as error:
         outcome = classify(job, error, attempt, max_retry_wait)
     else:
-        event("completed", duration=timedelta(seconds=time.perf_counter() - started))
-        return JobOutcome("completed", attempt)
+        events.record("completed", job.name, dispatch_id, attempt, started)
+        return _completed(attempt)
 
-    duration = timedelta(seconds=time.perf_counter() - started)
     assert outcome.error is not None
     if outcome.should_retry:
-        event(
-            "retrying",
-            error=describe_error(outcome.error),
-            duration=duration,
-            retry_in=outcome.retry_in,
+        events.record(
+            "retrying", job.name, dispatch_id, attempt, started, outcome.error, outcome.retry_in
         )
         return outcome
 
+    ended = time.perf_counter()
     await _call_on_failure(job, outcome.error, payload, context, ctx, have_ctx, dispatch_id)
-    event("failed", error=describe_error(outcome.error), duration=duration)
+    events.record("failed", job.name, dispatch_id, attempt, started, outcome.error, ended=ended)
     return outcome
 
 
@@ -207,16 +262,8 @@ async def run_job(
     max_retry_wait: timedelta | None = None,
 ) -> JobOutcome:
     """Run one delivery of `job` inside a running event loop; see the module docstring."""
-    return await _run(
-        job,
-        raw_payload,
-        context,
-        attempt,
-        dispatch_id,
-        backend,
-        with_logging(instrumentation),
-        max_retry_wait,
-    )
+    events = ExecuteEvents(instrumentation, backend)
+    return await execute(job, raw_payload, context, attempt, dispatch_id, events, max_retry_wait)
 
 
 async def settle_lost_run(
@@ -272,10 +319,10 @@ def run_coroutine_blocking(coro: Coroutine[Any, Any, Any]) -> Any:
     return _thread_loop().run_until_complete(coro)
 
 
-def _drive_without_loop(coro: Coroutine[Any, Any, Any]) -> Any:
-    # Every part of the run is synchronous, so the coroutine finishes on its first step;
-    # skipping the event loop keeps sync handlers free of a running loop (Django's ORM
-    # refuses to run inside one) and costs nothing per job.
+def drive_without_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coro` of a job whose every part is synchronous: it finishes on its first step.
+    Skipping the event loop keeps sync handlers free of a running loop (Django's ORM refuses
+    to run inside one) and costs nothing per job."""
     try:
         coro.send(None)
     except StopIteration as stop:
@@ -296,16 +343,8 @@ def run_job_sync(
     max_retry_wait: timedelta | None = None,
 ) -> JobOutcome:
     """`run_job` for sync worker threads (Celery, Dramatiq): async parts run on a thread loop."""
-    coro = _run(
-        job,
-        raw_payload,
-        context,
-        attempt,
-        dispatch_id,
-        backend,
-        with_logging(instrumentation),
-        max_retry_wait,
-    )
+    events = ExecuteEvents(instrumentation, backend)
+    coro = execute(job, raw_payload, context, attempt, dispatch_id, events, max_retry_wait)
     result: JobOutcome = run_to_end(coro, job, context)
     return result
 
@@ -315,4 +354,4 @@ def run_to_end(coro: Coroutine[Any, Any, Any], job: Job[Any, Any], context: Cont
     is async, else without any loop."""
     if needs_event_loop(job, context):
         return run_coroutine_blocking(coro)
-    return _drive_without_loop(coro)
+    return drive_without_loop(coro)

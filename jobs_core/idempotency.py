@@ -58,7 +58,8 @@ class MemoryIdempotencyStore:
         now = time.monotonic()
         results: list[str | None] = []
         with self._lock:
-            self._expire(now)
+            if self._keys and next(iter(self._keys.values()))[1] <= now:
+                self._expire(now)
             for key, dispatch_id in claims:
                 held = self._keys.get(key)
                 if held is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal, Protocol, runtime_checkable
@@ -39,25 +40,55 @@ class JobEvent:
 
 @runtime_checkable
 class Instrumentation(Protocol):
-    """Receives every `JobEvent`; implementations must be quick and must not raise."""
+    """Receives every `JobEvent`; implementations must be quick and must not raise.
+
+    One may also have `wants(kind) -> bool`: events of a kind it does not want are then not
+    even built (the default logging wants a kind when its logger is enabled for that kind's
+    level). Without `wants`, every event is built and recorded.
+    """
 
     def record(self, event: JobEvent) -> None: ...
+
+
+Wants = Callable[[EventKind], bool]
+"""Whether an instrumentation wants events of a kind (see `Instrumentation`)."""
+
+
+def _every_kind(kind: EventKind) -> bool:
+    return True
+
+
+def interest(instrumentation: Instrumentation) -> Wants:
+    """`instrumentation.wants`, or "every kind" for an instrumentation without it."""
+    wants = getattr(instrumentation, "wants", None)
+    return wants if callable(wants) else _every_kind
 
 
 _LEVELS: dict[str, int] = {
     "scheduled": logging.DEBUG,
     "started": logging.DEBUG,
-    "completed": logging.INFO,
+    "completed": logging.DEBUG,
     "retrying": logging.WARNING,
     "failed": logging.ERROR,
 }
+"""The level of each kind's line. `completed` is DEBUG: a production worker logs at INFO, and
+a line for every job that went well cost it more than all the rest of the core's work on the
+job, saying nothing an operator acts on (docs/instrumentation.md, docs/performance.md)."""
 
 
 class LoggingInstrumentation:
-    """Logs each event on the `jobs_core` logger: failures at ERROR, retries at WARNING."""
+    """Logs each event on the `jobs_core` logger: failures at ERROR, retries at WARNING, the
+    rest (`scheduled`, `started`, `completed`) at DEBUG."""
 
     def __init__(self, log: logging.Logger | None = None) -> None:
         self.log = log or logger
+
+    def wants(self, kind: EventKind) -> bool:
+        """True when the logger is enabled for the level `kind` is logged at (always, for a
+        subclass with a `record` of its own)."""
+        if type(self).record is not LoggingInstrumentation.record:
+            return True
+        return self.log.isEnabledFor(_LEVELS[kind])
 
     def record(self, event: JobEvent) -> None:
         level = _LEVELS[event.kind]
@@ -86,8 +117,13 @@ class MultiInstrumentation:
         self.targets = targets
 
     def record(self, event: JobEvent) -> None:
+        """Send `event` to each target that wants its kind (every target without `wants`)."""
         for target in self.targets:
-            target.record(event)
+            if interest(target)(event.kind):
+                target.record(event)
+
+    def wants(self, kind: EventKind) -> bool:
+        return any(interest(target)(kind) for target in self.targets)
 
     def __repr__(self) -> str:
         return f"MultiInstrumentation{self.targets!r}"

@@ -1,14 +1,14 @@
 """Payload handling: validate at dispatch, serialise to JSON, parse again at the worker.
 
-A payload crosses the wire as `model.model_dump(mode="json", round_trip=True)`, and the worker's
-`Model.model_validate(...)` must give back a model equal to the one dispatched (C10): a model
-with a field that cannot make that trip is refused when its job is defined (`check_travels`),
-and a value that cannot is refused at dispatch (`to_wire`).
+A payload crosses the wire as the JSON of `model.model_dump(mode="json", round_trip=True)`,
+serialised once per dispatch (`encode_payload`), and the worker's `Model.model_validate(...)`
+must give back a model equal to the one dispatched (C10): a model with a field that cannot make
+that trip is refused when its job is defined (`check_travels`), and a value that cannot is
+refused at dispatch (`encode_payload`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from .errors import JobPayloadError
-from .travel import dump_payload, plain_errors
+from .travel import payload_json, plain_errors
 
 
 class Job(Protocol):
@@ -42,8 +42,11 @@ MAX_SAFE_INTEGER = 2**53 - 1
 """Largest integer every backend carries exactly: Inngest canonicalises event JSON through
 doubles, so a larger one arrives rounded (2**53 + 1 came back as 2**53)."""
 
-_LONG_NUMBER = re.compile(rb"\d{16}")
-"""Sixteen digits in a row: the JSON may hold an integer beyond MAX_SAFE_INTEGER (16 digits)."""
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 16
+"""Sixteen digits in a row, once every digit reads 0: the JSON may hold an integer beyond
+MAX_SAFE_INTEGER (which has 16 digits). A translation and a substring search are ten times
+quicker than the regular expression `\\d{16}`; only then is the payload walked."""
 
 
 def _shape_error(job_name: str, got: Any, expected: str) -> JobPayloadError:
@@ -64,11 +67,14 @@ def _shape_error(job_name: str, got: Any, expected: str) -> JobPayloadError:
 def validate_payload(job: Job, payload: Any) -> BaseModel:
     """Return `payload` as an instance of the job's model, or raise `JobPayloadError` (C4, C5)."""
     model: type[BaseModel] = job.payload_model
-    if isinstance(payload, model):
+    if type(payload) is not dict and isinstance(payload, model):
         return payload
-    if isinstance(payload, Mapping) and not isinstance(payload, BaseModel):
+    if type(payload) is dict or (
+        isinstance(payload, Mapping) and not isinstance(payload, BaseModel)
+    ):
         try:
-            return model.model_validate(payload)
+            validated: BaseModel = model.__pydantic_validator__.validate_python(payload)
+            return validated
         except ValidationError as exc:
             raise JobPayloadError(job.name, plain_errors(exc)) from None
         except Exception as exc:  # a validator raising what pydantic does not wrap
@@ -98,34 +104,40 @@ def _unsafe_integers(value: Any, loc: tuple[Any, ...] = ()) -> Iterator[dict[str
             yield from _unsafe_integers(item, (*loc, index))
 
 
-def to_wire(job: Job, model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
-    """The JSON-ready form of a validated payload.
+def encode_payload(
+    job: Job, model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, *, fresh: bool = False
+) -> bytes:
+    """The JSON a dispatch sends: the one serialisation of a validated payload.
 
     Refuses one over `max_bytes` (no truncation), and one holding an integer beyond
     ±(2**53 - 1), naming the field: a job that dispatches on one backend dispatches on all (C10).
+    `fresh`: `model` was validated from a mapping by this dispatch (see `payload_json`).
     """
-    data = dump_payload(job, model)
-    raw = pydantic_core.to_json(data)
-    if _LONG_NUMBER.search(raw):
-        unsafe = list(_unsafe_integers(data))
+    raw = payload_json(job, model, fresh)
+    if _LONG_NUMBER in raw.translate(_DIGITS_AS_ZERO):
+        unsafe = list(_unsafe_integers(model.model_dump(mode="json", round_trip=True)))
         if unsafe:
             raise JobPayloadError(job.name, unsafe)
-    if max_bytes:
+    if max_bytes and len(raw) > max_bytes:
         size = len(raw)
-        if size > max_bytes:
-            raise JobPayloadError(
-                job.name,
-                [
-                    {
-                        "type": "payload_too_large",
-                        "loc": (),
-                        "msg": f"payload is {size} bytes as JSON; the limit is {max_bytes} bytes "
-                        "(JOBS_MAX_PAYLOAD_BYTES): store large data elsewhere and send a reference",
-                        "input": size,
-                    }
-                ],
-            )
-    return data
+        raise JobPayloadError(
+            job.name,
+            [
+                {
+                    "type": "payload_too_large",
+                    "loc": (),
+                    "msg": f"payload is {size} bytes as JSON; the limit is {max_bytes} bytes "
+                    "(JOBS_MAX_PAYLOAD_BYTES): store large data elsewhere and send a reference",
+                    "input": size,
+                }
+            ],
+        )
+    return raw
+
+
+def to_wire(job: Job, model: BaseModel, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Any:
+    """The JSON-ready form (dicts, lists, str, numbers) of what `encode_payload` sends."""
+    return pydantic_core.from_json(encode_payload(job, model, max_bytes))
 
 
 def parse_payload(job: Job, raw: Any) -> BaseModel:
@@ -136,6 +148,11 @@ def parse_payload(job: Job, raw: Any) -> BaseModel:
     """
     model: type[BaseModel] = job.payload_model
     try:
+        if type(raw) is dict:  # what most backends deliver: no ABC check, no wrapper
+            parsed: BaseModel = model.__pydantic_validator__.validate_python(
+                raw, by_alias=True, by_name=True
+            )
+            return parsed
         if isinstance(raw, (str, bytes, bytearray)):
             return model.model_validate_json(raw, by_alias=True, by_name=True)
         if isinstance(raw, Mapping):

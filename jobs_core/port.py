@@ -17,8 +17,9 @@ class DispatchReceipt:
     """Proof that a backend accepted a job.
 
     `dispatch_id` is what the backend traces the job by: the Celery task id, the Dramatiq message
-    id, the Inngest event id, or a uuid inline. `deduplicated` is True when an earlier dispatch
-    with the same idempotency key made this one a no-op (C9).
+    id, the Inngest event id (jobs_core chooses it, see `jobs_core.ids`, or `<job>:<key>` with
+    an idempotency key). `deduplicated` is True when an earlier dispatch with the same
+    idempotency key made this one a no-op (C9).
     """
 
     job_name: str

@@ -4,6 +4,8 @@ Two checks, each as early as it can be: `check_travels` refuses, when a job is d
 payload model with a field whose type cannot make the trip (secrets are masked, `bytes` go as
 UTF-8 text, excluded fields are not sent); `dump_payload` refuses, at dispatch, a value that
 cannot (a failing serialiser, inf or NaN, a value the worker would read back as another).
+`payload_json` is the dispatch's one serialisation: for a model whose types vouch for the trip
+(`jobs_core.exact`) it skips the second validation `dump_payload` makes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import typing
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Protocol, Union
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     PlainSerializer,
@@ -27,6 +30,7 @@ from pydantic import (
 from pydantic.types import EncodedBytes, Secret
 
 from .errors import JobConfigError, JobPayloadError
+from .exact import exact_json, plan_for
 
 
 class Job(Protocol):
@@ -41,6 +45,23 @@ def plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 def _one_error(kind: str, msg: str, loc: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     return [{"type": kind, "loc": loc, "msg": msg[:300]}]
+
+
+def payload_json(job: Job, model: BaseModel, fresh: bool = False) -> bytes:
+    """`model` as the JSON a worker turns back into an equal model (C10), or the
+    `JobPayloadError` of `dump_payload`. `fresh`: the caller validated `model` from a mapping
+    just now (a plain model with constraints then needs no validation of its JSON)."""
+    plan = plan_for(type(model))
+    if plan is not None:
+        raw = exact_json(model, plan, fresh)
+        if raw is not None:
+            return raw
+    data = dump_payload(job, model)
+    try:
+        return pydantic_core.to_json(data)
+    except Exception as exc:  # a str with a lone surrogate: not UTF-8
+        reason = f"cannot be serialised to JSON: {type(exc).__name__}: {exc}"
+        raise JobPayloadError(job.name, _one_error("serialization_error", reason)) from None
 
 
 def dump_payload(job: Job, model: BaseModel) -> Any:

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-REQUIRED = {"micro", "memory", "inline", "celery", "dramatiq"}
+REQUIRED = {"micro", "memory", "inline", "celery", "dramatiq", "flow", "outbox"}
 TIMEOUT = 300.0
 
 

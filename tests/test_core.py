@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import pickle
 import threading
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from jobs_core import (
     JobFailedError,
     JobPayloadError,
     JobRegistry,
+    MultiInstrumentation,
     PermanentError,
     Retry,
     RetryLater,
@@ -117,6 +119,45 @@ def test_integers_beyond_2_53_are_refused_naming_the_field() -> None:
     with pytest.raises(JobPayloadError, match="account"):
         dispatcher.dispatch_sync(job, {"account": 2**53})
     assert events.kinds("t.ints") == ["failed"]
+
+
+@pytest.mark.parametrize(
+    "number",
+    [2**53 - 1, 2**53, -(2**53 - 1), -(2**53), 10**15, 10**16 - 1, 10**16, 2**63, -(10**30)],
+)
+def test_the_unsafe_integer_check_is_exact_wherever_the_number_is(number: int) -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.edge", payload=Ledger, handle=lambda p, c: None)
+    top, deep = Ledger(account=number), Ledger(account=1, lines=[{"a": 1}, {"deep": number}])
+    if abs(number) > 2**53 - 1:
+        for payload in (top, deep):
+            with pytest.raises(JobPayloadError, match=str(number)):
+                to_wire(job, payload)
+    else:
+        assert to_wire(job, top)["account"] == number
+        assert to_wire(job, deep)["lines"][1]["deep"] == number
+    digits = Item(sku="1234567890123456789012")  # sixteen digits and more in a str: no number
+    assert to_wire(jobs.define_job("t.digits", payload=Item, handle=lambda p, c: None), digits)
+
+
+def test_dispatch_ids_are_unique_across_threads_and_forked_processes() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs_core.ids import new_dispatch_id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: new_dispatch_id(), range(20_000)))
+    assert len(ids) == 20_000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new prefix, not the parent's next number
+        os.write(write, new_dispatch_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32 and child[:20] != new_dispatch_id()[:20]
 
 
 def test_errors_say_what_to_change() -> None:
@@ -369,11 +410,55 @@ def test_a_logging_instrumentation_given_is_not_doubled(caplog: pytest.LogCaptur
     dispatcher = InlineDispatcher(
         instrumentation=MultiInstrumentation(LoggingInstrumentation(), events)
     )
-    with caplog.at_level("INFO", logger="jobs_core"):
+    with caplog.at_level("DEBUG", logger="jobs_core"):
         dispatcher.dispatch_sync(job, {"sku": "a"})
     completed = [r for r in caplog.records if "job completed: t.once" in r.getMessage()]
     assert len(completed) == 1
     assert events.kinds("t.once") == ["scheduled", "started", "completed"]
+
+
+def test_a_job_that_went_well_writes_no_line_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """The per-job line a production worker (INFO) would pay for is DEBUG; retries and
+    give-ups stay at WARNING and ERROR."""
+    jobs: JobRegistry[Any] = JobRegistry()
+    calls: list[int] = []
+
+    def flaky(payload: Item, ctx: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RetryLater(0)
+
+    job = jobs.define_job("t.quiet", payload=Item, handle=flaky, retry=Retry(attempts=1))
+    broken = jobs.define_job(
+        "t.broken", payload=Item, handle=lambda p, c: 1 / 0, retry=Retry(attempts=0)
+    )
+    dispatcher = InlineDispatcher(raise_on_failure=False)
+    with caplog.at_level("INFO", logger="jobs_core"):
+        dispatcher.dispatch_sync(job, {"sku": "a"})
+        dispatcher.dispatch_sync(broken, {"sku": "b"})
+    assert len(calls) == 2
+    lines = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert lines == [("WARNING", "job retrying"), ("ERROR", "job failed")], lines
+
+
+def test_an_instrumentation_gets_only_the_kinds_it_wants() -> None:
+    class OnlyFailures(RecordingInstrumentation):
+        def wants(self, kind: str) -> bool:
+            return kind == "failed"
+
+    jobs: JobRegistry[Any] = JobRegistry()
+    ok = jobs.define_job("t.ok", payload=Item, handle=lambda p, c: None)
+    broken = jobs.define_job(
+        "t.no", payload=Item, handle=lambda p, c: 1 / 0, retry=Retry(attempts=1)
+    )
+    events, everything = OnlyFailures(), RecordingInstrumentation()
+    both = MultiInstrumentation(events, everything)
+    dispatcher = InlineDispatcher(instrumentation=both, raise_on_failure=False)
+    dispatcher.dispatch_sync(ok, {"sku": "a"})
+    dispatcher.dispatch_sync(broken, {"sku": "b"})
+    assert [(e.job_name, e.kind) for e in events.events] == [("t.no", "failed")]
+    assert everything.kinds("t.ok") == ["scheduled", "started", "completed"]
+    assert everything.kinds("t.no") == ["scheduled", "started", "retrying", "started", "failed"]
 
 
 class _PartialDispatcher(BaseDispatcher):

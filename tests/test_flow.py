@@ -389,10 +389,10 @@ def _cli(*args: str, **env: str) -> str:
 
 
 def test_the_flow_benchmark_runs(tmp_path: Any) -> None:
-    """`python -m benchmarks.flow_bench` produces its figures (how fast is for its full run to
-    say on a quiet machine, never for a test to assert)."""
+    """The flow scenario of `python -m benchmarks` produces its rows (how fast is for its full
+    run to say on a quiet machine, never for a test to assert)."""
     out = tmp_path / "flow.json"
-    command = ["-m", "benchmarks.flow_bench", "--quick", "--rounds", "1", "--backends", "inline"]
+    command = ["-m", "benchmarks", "--only", "flow", "--quick", "--rounds", "1", "--quiet"]
     result = subprocess.run(
         [sys.executable, *command, "--json", str(out)],
         cwd=Path(__file__).resolve().parents[1],
@@ -401,8 +401,8 @@ def test_the_flow_benchmark_runs(tmp_path: Any) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(out.read_text())
-    scenarios = {(r["scenario"], r["backend"]) for r in figures["results"]}
-    assert scenarios == {("seam", "core"), ("dispatch+run", "inline"), ("limit 4", "inline")}
-    assert all(r["ratio"] > 0 for r in figures["results"])
-    assert figures["admission"]["admit_release_us"] > 0
+    document = json.loads(out.read_text())
+    rows = {r["id"]: r for r in document["rows"]}
+    assert set(rows) == {"flow.seam", "flow.inline", "flow.limit.inline", "flow.admission"}
+    assert all(r["value"] > 0 for r in rows.values())
+    assert rows["flow.admission"]["figures"]["admit_release_us"] > 0

@@ -14,8 +14,9 @@ import json
 import math
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
+import pydantic_core
 import pytest
 from pydantic import (
     Base64Bytes,
@@ -34,8 +35,10 @@ from pydantic.types import Secret
 
 from jobs_core import JobConfigError, JobPayloadError, JobRegistry, JobsError
 from jobs_core.backends.inline import InlineDispatcher
-from jobs_core.payload import parse_payload
+from jobs_core.exact import plan_for
+from jobs_core.payload import parse_payload, validate_payload
 from jobs_core.testing import RecordingInstrumentation
+from jobs_core.travel import dump_payload, payload_json
 
 SECRET_FIX = "use str and keep the secret elsewhere"
 BYTES_FIX = "ConfigDict(ser_json_bytes='base64', val_json_bytes='base64')"
@@ -345,3 +348,146 @@ def test_a_value_error_message_does_not_show_the_value() -> None:
     text = str(caught.value) + repr(caught.value.errors)
     assert "2031" not in text
     assert "datetime comes back as a str" in text
+
+
+# -- the shortcut for plain models decides as the full check does ---------------------------
+
+
+class Line(BaseModel):
+    sku: str
+    qty: int = Field(default=1, ge=1)
+
+
+class SubLine(Line):
+    note: str = ""
+
+
+class SameLine(Line):
+    """A subclass with no field of its own: still another class at the worker."""
+
+    def shout(self) -> str:
+        return self.sku.upper()
+
+
+class Order(BaseModel):
+    id: int
+    kind: Literal["a", "b"] = "a"
+    lines: list[Line] = []
+    meta: dict[str, float] = {}
+    parent: Line | None = None
+
+
+class FreeLine(BaseModel):
+    sku: str
+    qty: int = 1
+
+
+class FreeSubLine(FreeLine):
+    note: str = ""
+
+
+class FreeSameLine(FreeLine):
+    def shout(self) -> str:
+        return self.sku.upper()
+
+
+class FreeOrder(BaseModel):
+    """Order without constraints: nothing is validated back, the types alone decide."""
+
+    id: int
+    lines: list[FreeLine] = []
+    meta: dict[str, float] = {}
+    parent: FreeLine | None = None
+
+
+def _shortcut_cases(order: Any, line: Any, sub: Any, same: Any) -> list[tuple[str, Any]]:
+    def mutated(**changes: Any) -> Any:
+        payload = order(id=1, lines=[line(sku="a")], parent=line(sku="p"))
+        for name, value in changes.items():
+            setattr(payload, name, value)
+        return payload
+
+    bad_line = line(sku="b")
+    bad_line.qty = "many"  # a value of the wrong type, in an instance a mapping holds
+
+    cases = [
+        ("plain", order(id=1, lines=[line(sku="a")], meta={"x": 1.5}, parent=line(sku="p"))),
+        ("plain-dict", {"id": 2, "lines": [{"sku": "a", "qty": 3}], "meta": {"y": -0.25}}),
+        ("words-of-non-finite-floats", order(id=3, lines=[line(sku="null NaN Infinity")])),
+        ("inf", order(id=1, meta={"x": math.inf})),
+        ("nan-in-dict", {"id": 1, "meta": {"x": math.nan}}),
+        ("subclass-nested", order(id=1, lines=[sub(sku="a", note="lost")])),
+        ("subclass-in-dict", {"id": 1, "lines": [sub(sku="a", note="lost")]}),
+        ("subclass-optional", mutated(parent=sub(sku="a", note="lost"))),
+        ("subclass-without-fields", order(id=1, lines=[same(sku="a")])),
+        ("subclass-without-fields-optional", mutated(parent=same(sku="p"))),
+        ("wrong-type-nested-in-dict", {"id": 1, "lines": [bad_line]}),
+        ("other-model-in-field", mutated(parent=order(id=9))),
+        ("required-field-missing", order.model_construct(lines=[])),
+        ("wrong-type-by-assignment", mutated(id="seven")),
+        ("str-in-float-field", mutated(meta={"x": "1.5"})),
+        ("int-key-in-str-keyed-dict", mutated(meta={1: 1.5})),
+        ("tuple-for-list", mutated(lines=(line(sku="a"),))),
+        ("bool-in-int", mutated(id=True)),
+        ("big-int", order(id=2**60)),
+    ]
+    if order is Order:
+        broken = mutated()
+        broken.lines[0].qty = 0  # below ge=1, set after validation
+        cases += [
+            ("literal-broken", mutated(kind="z")),
+            ("constraint-broken-nested", broken),
+            ("constraint-broken-in-dict", {"id": 1, "lines": [broken.lines[0]]}),
+        ]
+    return [(f"{order.__name__}-{name}", order, payload) for name, payload in cases]
+
+
+SHORTCUT_CASES = _shortcut_cases(Order, Line, SubLine, SameLine) + _shortcut_cases(
+    FreeOrder, FreeLine, FreeSubLine, FreeSameLine
+)
+
+
+def _decision(make: Any) -> tuple[str, Any]:
+    try:
+        return "sent", make()
+    except JobPayloadError as error:
+        return "refused", [(e["type"], tuple(e["loc"])) for e in error.errors]
+
+
+@pytest.mark.parametrize(
+    ("model", "payload"), [c[1:] for c in SHORTCUT_CASES], ids=[c[0] for c in SHORTCUT_CASES]
+)
+def test_the_shortcut_for_plain_models_decides_as_the_full_check(
+    model: type[BaseModel], payload: Any
+) -> None:
+    assert plan_for(model) is not None  # the model is plain: the shortcut is what is tested
+    job = JobRegistry[Any]().define_job("types.plain", payload=model, handle=lambda p, c: None)
+    validated = validate_payload(job, payload)
+    full = _decision(lambda: pydantic_core.to_json(dump_payload(job, validated)))
+    fresh = validated is not payload
+    assert _decision(lambda: payload_json(job, validated, fresh)) == full
+
+
+def test_models_the_shortcut_cannot_vouch_for_are_not_plain() -> None:
+    for model in (Loose, Either, Chained, Serialised, Doubling, Picky, Strict, Aliased, B64):
+        assert plan_for(model) is None, model
+
+
+class NoneDefault(BaseModel):
+    text: str = None  # type: ignore[assignment]
+
+
+class ConstrainedDefault(BaseModel):
+    qty: int = Field(default=0, ge=1)
+
+
+@pytest.mark.parametrize("model", [NoneDefault, ConstrainedDefault])
+def test_a_default_that_is_not_a_valid_value_is_refused_at_dispatch(
+    model: type[BaseModel],
+) -> None:
+    """pydantic does not validate defaults: the worker would refuse the value sent."""
+    assert plan_for(model) is None
+    job = JobRegistry[Any]().define_job("types.default", payload=model, handle=lambda p, c: None)
+    with pytest.raises(JobPayloadError) as caught:
+        InlineDispatcher(context=None).dispatch_sync(job, {})
+    assert [e["type"] for e in caught.value.errors] == ["does_not_travel"]

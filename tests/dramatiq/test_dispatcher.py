@@ -72,6 +72,21 @@ def test_messages_are_what_actor_send_makes(url: str) -> None:
     assert abs(message.message_timestamp - time.time() * 1000) < 5_000
 
 
+def test_a_broker_with_another_encoder_gets_the_payload_as_data(url: str) -> None:
+    """The payload's JSON goes into the message as it is only under Dramatiq's JSONEncoder."""
+    saved = dramatiq.get_encoder()
+    dramatiq.set_encoder(dramatiq.PickleEncoder())
+    dispatcher = DramatiqDispatcher(url, "pickled")
+    try:
+        receipt = dispatcher.dispatch_sync(work, {"n": 8})
+        [message] = _messages(redis.Redis.from_url(url), "pickled")
+    finally:
+        dispatcher.close()
+        dramatiq.set_encoder(saved)
+    assert type(message) is dramatiq.Message and message.message_id == receipt.dispatch_id
+    assert message.args == ({"n": 8, "seconds": 0.02},)
+
+
 def test_delay_goes_to_the_delay_queue_with_an_eta(url: str) -> None:
     client = redis.Redis.from_url(url)
     dispatcher = DramatiqDispatcher(url, "later")

@@ -11,7 +11,7 @@ from datetime import timedelta
 import inngest
 import pytest
 
-from jobs_core import DispatchError, JobConfigError, JobsSettings
+from jobs_core import DispatchError, JobConfigError, JobPayloadError, JobsSettings
 from jobs_core.backends.inngest import (
     InngestDispatcher,
     create_dispatcher,
@@ -109,6 +109,24 @@ def test_dispatch_many_sends_one_request_per_size_limited_chunk(
     assert [r.dispatch_id for r in receipts] == [e.id for e in harness.events[:100]]
     assert len(harness.event_api_requests) == chunked_requests + 1  # 1,000 in one request
     assert events.kinds("inngest.greet").count("scheduled") == 1100
+
+
+def test_a_request_holds_up_to_the_event_apis_limit_not_one_events(
+    harness: InngestHarness,
+) -> None:
+    """Requests are cut at the Event API's per-request limit (512 KB); the per-event limit
+    (JOBS_MAX_PAYLOAD_BYTES, 256 KiB) is another, checked on each event."""
+    client = inngest.Inngest(app_id="dispatch-test", **harness.client_kwargs())
+    dispatcher = InngestDispatcher(client)
+    names = [str(i) * 150_000 for i in range(3)]  # three events of about 150 KB
+    try:
+        dispatcher.dispatch_many_sync([(greet, {"name": n}) for n in names])
+        with pytest.raises(JobPayloadError, match="JOBS_MAX_PAYLOAD_BYTES"):
+            dispatcher.dispatch_sync(greet, {"name": "x" * 300_000})
+    finally:
+        dispatcher.close()
+    assert len(harness.event_api_requests) == 1
+    assert [e.data["name"] for e in harness.events] == names
 
 
 @pytest.mark.parametrize(
