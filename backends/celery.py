@@ -3,20 +3,19 @@
 A dispatch is sent by task name with one JSON argument (the payload) and the dispatch id as task
 id. Workers: `create_celery_app(registry, context=...)` and `celery -A module:app worker`, or
 `python -m jobs_core worker`. Defaults chosen for durability: JSON only, `task_acks_late`,
-`task_reject_on_worker_lost`, `worker_prefetch_multiplier=1`; on Redis a message not acked within
-`visibility_timeout` (2 h) is delivered again, even one waiting for its `eta` in a worker, so a
-longer `delay` is refused at dispatch and a longer retry wait is split into hops.
+`task_reject_on_worker_lost`, `worker_prefetch_multiplier=1`, and on Redis the transport patches.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
+
+import pydantic_core
 
 from jobs_core.config import JobsSettings, load_settings, missing_extra, redact_url
 from jobs_core.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
@@ -56,21 +55,18 @@ BACKEND = "celery"
 Queue: Any = _Queue  # untyped constructor
 
 DEFAULT_VISIBILITY_TIMEOUT = 7200.0
-"""Seconds a delivered message may stay unacked on Redis before it is delivered again: above
-the longest default retry wait (`Retry()`'s 1 h), which Celery's own default of 1 h equals."""
+"""Seconds a message may stay unacked on Redis before a worker without jobs_core's transport
+patches (a plain Celery app on the queue) takes it for lost; on RabbitMQ, `holding_limit`."""
 
 MAX_DELAY_FRACTION = 0.9
-"""A delay (or one retry hop) may use this share of the visibility timeout; the rest is left
-for the run itself, since a job is acked only when it ends (acks_late)."""
+"""A delay (or one retry hop) may use this share of how long a message may be held unacked;
+the rest is left for the run itself, since a job is acked only when it ends (acks_late)."""
 
 NOT_BEFORE_KWARG = "jobs_core_not_before"
 """Task kwarg (Unix time) on a retry whose wait is longer than one hop: run no earlier."""
 
-MESSAGE_OPTIONS: dict[str, Any] = {
-    "argsrepr": f"({PAYLOAD_MASK},)",  # what Flower and `celery inspect` show
-    "kwargsrepr": "{}",
-    "ignore_result": True,
-}
+# What Flower and `celery inspect` show of a task's arguments: never the payload (C23).
+MESSAGE_OPTIONS = {"argsrepr": f"({PAYLOAD_MASK},)", "kwargsrepr": "{}", "ignore_result": True}
 
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
 """One retry after a reconnect: with each attempt bounded by a third of the dispatch timeout,
@@ -152,15 +148,14 @@ class CeleryDispatcher(BaseDispatcher):
         claims = self.claims_when_sending and any(p.idempotency_key for p in jobs)
         batch = len(jobs) > 1 and not claims  # a keyed job's claim answers as it is pushed
         options: dict[str, Any] = {"retry": False, "declare": []} if batch else {}
+        options.update(content_type="application/json", content_encoding="utf-8")  # pre-encoded
         results: list[str | AlreadyClaimed] = []
         with self.app.producer_or_acquire() as producer:
             if batch:
                 producer.maybe_declare(queue, retry=True, **PUBLISH_RETRY_POLICY)
             with producer.batch(max_size=len(jobs) + 1) if batch else nullcontext():
                 for p in jobs:
-                    message = amqp.create_task_message(
-                        p.dispatch_id, p.name, (p.data,), {}, eta=p.eta, **MESSAGE_OPTIONS
-                    )
+                    message = _task_message(amqp, p)
                     if claims and p.idempotency_key:
                         key = scoped_key(p.name, p.idempotency_key)
                         claim_on_publish(p.dispatch_id, key, IDEMPOTENCY_TTL_SECONDS)
@@ -175,6 +170,18 @@ class CeleryDispatcher(BaseDispatcher):
 
     def __repr__(self) -> str:
         return f"CeleryDispatcher(broker_url={redact_url(self.broker_url)!r}, queue={self.queue!r})"
+
+
+def _task_message(amqp: Any, prepared: PreparedJob) -> Any:
+    """Celery's task message for `prepared`, its body `[[payload], kwargs, embed]` as JSON bytes
+    around the payload's JSON, which the core made once (kombu serialises a body only when it
+    is not already bytes with a content type)."""
+    message = amqp.create_task_message(
+        prepared.dispatch_id, prepared.name, (), {}, eta=prepared.eta, **MESSAGE_OPTIONS
+    )
+    _, kwargs, embed = message.body
+    rest = pydantic_core.to_json([kwargs, embed])[1:]
+    return message._replace(body=b"[[" + prepared.body + b"]," + rest)
 
 
 def create_dispatcher(
@@ -200,12 +207,8 @@ class _Settlement:
     def retry(self, delivery: Delivery, delay: timedelta) -> None:
         wait = delay.total_seconds()
         kwargs = {NOT_BEFORE_KWARG: time.time() + wait} if wait > self.max_hop else {}
-        raise self.task.retry(
-            args=(delivery.data,),
-            kwargs=kwargs,
-            countdown=min(wait, self.max_hop),
-            max_retries=self.job.retry.attempts,
-        )
+        hop, attempts = min(wait, self.max_hop), self.job.retry.attempts
+        raise self.task.retry((delivery.data,), kwargs, countdown=hop, max_retries=attempts)
 
     def give_up(self, delivery: Delivery, error: BaseException) -> None:
         # Re-raised, the task ends as FAILURE and is acked. Celery would take these three as
@@ -258,17 +261,17 @@ def _register_job(app: Any, job: Job[Any, Any], worker: JobWorker[Any], max_hop:
 def _keep(app: Any, message: Any, queue: str) -> None:
     """Republish `message` as it came to the queue `queue`, for an operator to find."""
     try:
+        as_it_came = {"headers": message.headers, "content_type": message.content_type}
+        as_it_came["content_encoding"] = message.content_encoding
         with app.producer_or_acquire() as producer:
             producer.publish(
                 message.body,
                 exchange="",
                 routing_key=queue,
-                headers=message.headers,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
                 declare=[Queue(queue, routing_key=queue)],  # kept on AMQP too
                 retry=True,
                 retry_policy={"max_retries": 5, "interval_start": 0.1},
+                **as_it_came,
             )
     except Exception:
         logger.exception("could not keep a message in %s", queue)
@@ -286,13 +289,10 @@ def _connect_keepers(app: Any, worker: JobWorker[Any], queue: str) -> None:
     def on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
         if message is not None and getattr(sender, "app", None) is app:
             headers = message.headers if isinstance(message.headers, dict) else {}
-            worker.report_malformed(
-                message_id=headers.get("id"),
-                job_name=headers.get("task"),
-                size=len(message.body or b""),
-                where=dead,
-                error=str(exc) if exc is not None else "not a task message",
-            )
+            reason = str(exc) if exc is not None else "not a task message"
+            size = len(message.body or b"")
+            ids = {"message_id": headers.get("id"), "job_name": headers.get("task")}
+            worker.report_malformed(size=size, where=dead, error=reason, **ids)
             _keep(app, message, dead)
 
     app.jobs_core_unknown_receiver = on_unknown  # signals hold their receivers weakly
@@ -340,39 +340,9 @@ def create_celery_app(
     return app
 
 
-def run_worker(
-    registry: JobRegistry[Any],
-    *,
-    context: ContextSource,
-    settings: JobsSettings,
-    argv: list[str],
-    **_: Any,
-) -> int:
-    """Run a Celery worker for `registry` in the foreground; `argv` goes to `celery worker`.
+def run_worker(registry: JobRegistry[Any], **options: Any) -> int:
+    """Run a Celery worker for `registry` in the foreground (`python -m jobs_core worker`); see
+    `_celery_worker.run_worker` for its options."""
+    from ._celery_worker import run_worker as run_celery
 
-    Besides Celery's own options, `--visibility-timeout SECONDS` sets the Redis transport's
-    visibility timeout, and `--restore-interval SECONDS` how often unacked messages are swept.
-    """
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--visibility-timeout", type=float)
-    parser.add_argument("--restore-interval", type=float)
-    ours, argv = parser.parse_known_args(argv)
-    transport: dict[str, Any] = {}
-    if ours.restore_interval is not None:
-        transport.update(unacked_restore_interval=ours.restore_interval, unacked_restore_throttle=1)
-    app = create_celery_app(
-        registry,
-        context=context,
-        broker_url=settings.broker_url,
-        queue=settings.queue,
-        visibility_timeout=ours.visibility_timeout,
-        broker_transport_options=transport,
-    )
-    if not any(a == "-l" or a.startswith("--loglevel") for a in argv):
-        argv = ["--loglevel", "INFO", *argv]
-    try:
-        app.worker_main(argv=["worker", *argv])
-    except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+    return run_celery(registry, **options)

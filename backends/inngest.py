@@ -46,15 +46,14 @@ from ._inngest_serve import serve_flask as serve_flask
 BACKEND = "inngest"
 MAX_EVENTS_PER_REQUEST = 5_000
 DEFAULT_MAX_REQUEST_BYTES = 512_000
-"""Largest request `dispatch_many` builds: the Event API's (512 KB by default); an event's own
-limit is `max_payload_bytes`, checked at dispatch. A larger event is still sent, alone."""
+"""Largest request `dispatch_many` builds: the Event API's (512 KB by default); one larger event
+(within `max_payload_bytes`, checked at dispatch) is sent alone."""
 MAX_NAME = 255
 DEFAULT_MAX_DELAY = timedelta(days=7)
 """The longest `delay` Inngest's Free plan keeps (paid plans: a year); `INNGEST_MAX_DELAY`."""
 LATEST_TS = datetime(2100, 1, 1, tzinfo=timezone.utc)
 MAX_RETRY_WAIT = timedelta(hours=24) - timedelta(seconds=1)
-"""Inngest cuts a retry's wait to 24 h, and ours are rounded up to the next whole second: a
-longer wait is refused (a retry policy when the function is built, `RetryLater` by giving up)."""
+"""Inngest cuts a retry's wait to 24 h (ours round up to a whole second): longer is refused."""
 GAVE_UP = "jobs_core gave up"
 """Starts the message of the core's own give-up, which the failure function then skips."""
 
