@@ -22,9 +22,8 @@
 
 `EncodedMessage` is a producer's message whose payload is JSON already: its encoding inserts
 the dispatch's bytes instead of serialising the payload a second time (with `json.dumps`, three
-times slower than the pydantic-core serialiser that made them). `ProducerRedisBroker` enqueues
-as upstream does with a Redis message id from `jobs_core.ids` (upstream's `str(uuid4())` and a
-second copy of a delayed message were an eighth of a batched enqueue's CPU).
+times slower than the pydantic-core serialiser that made them). Dramatiq's own
+`RedisBroker.enqueue` sends it.
 
 `HidePayloads` shows a message in Dramatiq's worker log lines as `actor(<payload>) [id]`:
 upstream logs a message's arguments in full ("Failed to process message %s ..."), and payloads
@@ -45,11 +44,10 @@ import dramatiq
 import pydantic_core
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis, dq_name, q_name
+from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed as _ConnectionClosed
 from dramatiq.errors import DecodeError
 
-from jobs_core.ids import new_dispatch_id
 from jobs_core.payload import PAYLOAD_MASK
 from jobs_core.worker import JobWorker
 
@@ -109,28 +107,6 @@ def hide_payloads(log: logging.Logger) -> None:
     """Install `HidePayloads` on `log` (once)."""
     if _HIDE_PAYLOADS not in log.filters:
         log.addFilter(_HIDE_PAYLOADS)
-
-
-class ProducerRedisBroker(RedisBroker):
-    """Dramatiq's `RedisBroker` for a dispatcher; `enqueue` is upstream's (Dramatiq 2.2): a
-    message id of its own in Redis for each enqueue, the delay queue and `eta` for a delay, the
-    middleware around it; the id comes from `new_dispatch_id` and the message is copied once."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)  # type: ignore[no-untyped-call]
-
-    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
-        queue_name = message.queue_name
-        options: dict[str, Any] = {"redis_message_id": new_dispatch_id()}
-        if delay is not None:
-            queue_name = dq_name(queue_name)
-            options["eta"] = current_millis() + delay
-        message = message.copy(queue_name=queue_name, options=options)
-        self.logger.debug("Enqueueing message %r on queue %r.", message.message_id, queue_name)
-        self.emit_before("enqueue", message, delay)
-        self.do_enqueue(queue_name, options["redis_message_id"], message.encode())
-        self.emit_after("enqueue", message, delay)
-        return message
 
 
 class HeldIds:

@@ -42,7 +42,6 @@ try:
     from ._dramatiq_patches import (
         ClaimingDispatch,
         EncodedMessage,
-        ProducerRedisBroker,
         WorkerRedisBroker,
         hide_payloads,
     )
@@ -115,9 +114,7 @@ class DramatiqDispatcher(BaseDispatcher):
         self.script: ClaimingDispatch | None = None
         if is_redis_url(broker_url):
             self.client = redis_client(broker_url, self.timeout)
-            self.broker = ProducerRedisBroker(
-                client=self.client, middleware=[], maintenance_chance=0
-            )
+            self.broker = RedisBroker(client=self.client, middleware=[], maintenance_chance=0)
             if idempotency is None and idempotency_url is None:  # keys live beside the queue
                 self.script = ClaimingDispatch(self.broker, IDEMPOTENCY_TTL_SECONDS)
                 self.broker.scripts["dispatch"] = self.script
@@ -165,7 +162,7 @@ class DramatiqDispatcher(BaseDispatcher):
         calls (claiming keys as they enqueue) go to Redis in one round trip, all or none."""
         assert self.client is not None
         pipe = self.client.pipeline(transaction=True)
-        batch = ProducerRedisBroker(client=pipe, middleware=[], maintenance_chance=0)
+        batch = RedisBroker(client=pipe, middleware=[], maintenance_chance=0)
         batch.broker_id = self.broker.broker_id  # one producer in the heartbeats, not one a batch
         batch.scripts["maxstack"] = self.broker.scripts["maxstack"]  # a query, not a write
         if self.script is not None:
