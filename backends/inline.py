@@ -65,16 +65,14 @@ class InlineDispatcher(BaseDispatcher):
             worker.run_in_process(p.job, p.data, p.dispatch_id, settle, self.wait_backoff)
         return [p.dispatch_id for p in jobs]
 
-    def _dispatch_prepared(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
+    def _submit(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
         # `scheduled` is recorded before the run starts, as on the durable backends.
         to_send, duplicates, _ = self._claim(prepared)
         receipts = self._receipts(prepared, [p.dispatch_id for p in to_send], duplicates)
         self._send(to_send)
         return receipts
 
-    async def _dispatch_prepared_async(
-        self, prepared: Sequence[PreparedJob]
-    ) -> list[DispatchReceipt]:
+    async def _submit_async(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
         to_send, duplicates, _ = self._claim(prepared)
         receipts = self._receipts(prepared, [p.dispatch_id for p in to_send], duplicates)
         worker = self._worker()

@@ -19,17 +19,19 @@ from .instrumentation import (
     LoggingInstrumentation,
     MultiInstrumentation,
 )
-from .job import Job, JobRequest
-from .port import DispatchReceipt, JobDispatcherPort
+from .job import Job, JobOptions, JobRequest
+from .port import BatchOptions, DispatchOptions, DispatchReceipt, JobDispatcherPort
 from .registry import JobRegistry
 from .retry import Retry
 from .schedule import Schedule
 from .scheduler import Scheduler
 
 __all__ = [
+    "BatchOptions",
     "Concurrency",
     "DispatchArgumentError",
     "DispatchError",
+    "DispatchOptions",
     "DispatchReceipt",
     "Instrumentation",
     "Job",
@@ -37,6 +39,7 @@ __all__ = [
     "JobDispatcherPort",
     "JobEvent",
     "JobFailedError",
+    "JobOptions",
     "JobOutcome",
     "JobPayloadError",
     "JobRegistry",

@@ -14,10 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pydantic_core
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
 from .errors import DispatchArgumentError, DispatchError, JobConfigError, JobPayloadError, JobsError
 from .idempotency import IdempotencyStore, scoped_key
@@ -33,7 +34,7 @@ from .instrumentation import (
 )
 from .job import Job, JobRequest, P
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload, validate_payload
-from .port import DispatchItem, DispatchReceipt
+from .port import BatchOptions, DispatchItem, DispatchOptions, DispatchReceipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
 
@@ -130,8 +131,8 @@ def resolve_eta(delay: timedelta | None, run_at: datetime | None) -> datetime | 
     return None
 
 
-Request = tuple[Any, Any, "timedelta | None", "datetime | None", "str | None"]
-"""One dispatch's arguments: (job, payload, delay, run_at, idempotency_key)."""
+Request = tuple[Any, Any, DispatchOptions]
+"""One dispatch's arguments: (job, payload, options)."""
 
 
 def requests_of(
@@ -145,11 +146,14 @@ def requests_of(
         )
     for item in items:
         if isinstance(item, JobRequest):
-            item_delay = item.delay if item.delay is not None else delay
-            item_run_at = item.run_at if item.run_at is not None else run_at
-            yield item.job, item.payload, item_delay, item_run_at, item.idempotency_key
+            options = DispatchOptions(
+                delay=item.delay if item.delay is not None else delay,
+                run_at=item.run_at if item.run_at is not None else run_at,
+                idempotency_key=item.idempotency_key,
+            )
+            yield item.job, item.payload, options
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            yield item[0], item[1], delay, run_at, None
+            yield item[0], item[1], DispatchOptions(delay=delay, run_at=run_at)
         else:
             raise DispatchArgumentError(
                 "dispatch_many expects (job, payload) pairs or job.request(...) items, "
@@ -160,10 +164,10 @@ def requests_of(
 def prepare_dispatch(
     job: Job[Any, Any],
     payload: Any,
-    delay: timedelta | None,
-    run_at: datetime | None,
-    idempotency_key: str | None,
     max_payload_bytes: int,
+    delay: timedelta | None = None,
+    run_at: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> PreparedJob:
     """One dispatch validated and serialised as every dispatcher does it (C4-C6, C10, C27):
     the payload fits the model and can travel, the options are sound, and a job with payload
@@ -185,7 +189,64 @@ def prepare_dispatch(
     return PreparedJob(job, model, body, dispatch_id or new_dispatch_id(), eta, idempotency_key)
 
 
-class BaseDispatcher(ABC):
+Prepared = TypeVar("Prepared")
+
+
+class PortMethods(ABC, Generic[Prepared]):
+    """`JobDispatcherPort`'s four methods, written once over what a dispatcher does: validate
+    one job (`prepare`) and hand validated jobs on (`_submit`, `_submit_async`)."""
+
+    @abstractmethod
+    def prepare(
+        self, job: Job[Any, Any], payload: Any, **options: Unpack[DispatchOptions]
+    ) -> Prepared:
+        """Validate and serialise one dispatch; raise a `JobsError` for what cannot be sent."""
+
+    @abstractmethod
+    def _submit(self, prepared: Sequence[Prepared]) -> list[DispatchReceipt]:
+        """Hand validated jobs on; a receipt for each, in order."""
+
+    @abstractmethod
+    async def _submit_async(self, prepared: Sequence[Prepared]) -> list[DispatchReceipt]:
+        """`_submit` for async callers."""
+
+    def prepare_many(
+        self,
+        items: Iterable[DispatchItem],
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+    ) -> list[Prepared]:
+        """Validate every item (nothing is sent unless every one is valid)."""
+        return [
+            self.prepare(job, data, **opts) for job, data, opts in requests_of(items, delay, run_at)
+        ]
+
+    async def dispatch(
+        self, job: Job[P, Any], payload: P | Mapping[str, Any], **options: Unpack[DispatchOptions]
+    ) -> DispatchReceipt:
+        """Validate `payload` and hand the job on; see `JobDispatcherPort`."""
+        return (await self._submit_async([self.prepare(job, payload, **options)]))[0]
+
+    def dispatch_sync(
+        self, job: Job[P, Any], payload: P | Mapping[str, Any], **options: Unpack[DispatchOptions]
+    ) -> DispatchReceipt:
+        """`dispatch` for sync code (Django views, Flask, scripts)."""
+        return self._submit([self.prepare(job, payload, **options)])[0]
+
+    async def dispatch_many(
+        self, items: Iterable[DispatchItem], **options: Unpack[BatchOptions]
+    ) -> list[DispatchReceipt]:
+        """Validate every item, then hand them all on (one round trip where the backend allows)."""
+        return await self._submit_async(self.prepare_many(items, **options))
+
+    def dispatch_many_sync(
+        self, items: Iterable[DispatchItem], **options: Unpack[BatchOptions]
+    ) -> list[DispatchReceipt]:
+        """`dispatch_many` for sync code."""
+        return self._submit(self.prepare_many(items, **options))
+
+
+class BaseDispatcher(PortMethods[PreparedJob]):
     """The shared dispatch path; an adapter implements `_send` (one round trip per call).
 
     An adapter declares what its backend cannot do, and the core refuses it before anything is
@@ -259,72 +320,15 @@ class BaseDispatcher(ABC):
         a `JobsError` (`JobPayloadError`, `DispatchError`, `JobConfigError`). None by default."""
         return None
 
-    # -- the port -------------------------------------------------------------------------
-
-    async def dispatch(
-        self,
-        job: Job[P, Any],
-        payload: P | Mapping[str, Any],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> DispatchReceipt:
-        """Validate `payload` and hand the job to the backend; see `JobDispatcherPort`."""
-        prepared = [self.prepare(job, payload, delay, run_at, idempotency_key)]
-        return (await self._dispatch_prepared_async(prepared))[0]
-
-    def dispatch_sync(
-        self,
-        job: Job[P, Any],
-        payload: P | Mapping[str, Any],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> DispatchReceipt:
-        """`dispatch` for sync code (Django views, Flask, scripts)."""
-        prepared = [self.prepare(job, payload, delay, run_at, idempotency_key)]
-        return self._dispatch_prepared(prepared)[0]
-
-    async def dispatch_many(
-        self,
-        items: Iterable[DispatchItem],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-    ) -> list[DispatchReceipt]:
-        """Validate every item, then send them all (one round trip where the backend allows)."""
-        prepared = self.prepare_many(items, delay, run_at)
-        return await self._dispatch_prepared_async(prepared)
-
-    def dispatch_many_sync(
-        self,
-        items: Iterable[DispatchItem],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-    ) -> list[DispatchReceipt]:
-        """`dispatch_many` for sync code."""
-        prepared = self.prepare_many(items, delay, run_at)
-        return self._dispatch_prepared(prepared)
-
     # -- shared machinery -----------------------------------------------------------------
 
     def prepare(
-        self,
-        job: Job[Any, Any],
-        payload: Any,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
+        self, job: Job[Any, Any], payload: Any, **options: Unpack[DispatchOptions]
     ) -> PreparedJob:
         """Validate and serialise one dispatch; a bad payload or option is recorded as `failed`
         and raised (C4, C5): every error is a `JobsError`."""
         try:
-            prepared = prepare_dispatch(
-                job, payload, delay, run_at, idempotency_key, self.max_payload_bytes
-            )
+            prepared = prepare_dispatch(job, payload, self.max_payload_bytes, **options)
         except (JobPayloadError, DispatchArgumentError, JobConfigError) as error:
             if isinstance(job, Job):
                 self._record_schedule_failure(job.name, None, error)
@@ -351,14 +355,6 @@ class BaseDispatcher(ABC):
             )
             self._record_schedule_failure(job.name, None, error)
             raise error
-
-    def prepare_many(
-        self,
-        items: Iterable[DispatchItem],
-        delay: timedelta | None,
-        run_at: datetime | None,
-    ) -> list[PreparedJob]:
-        return [self.prepare(*request) for request in requests_of(items, delay, run_at)]
 
     def _claim(
         self, prepared: Sequence[PreparedJob]
@@ -424,7 +420,7 @@ class BaseDispatcher(ABC):
                 safe_record(self.events, event)
         return receipts
 
-    def _dispatch_prepared(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
+    def _submit(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
         duplicates: dict[int, str] = {}
         claimed: list[str] = []
         to_send = list(prepared)
@@ -462,11 +458,9 @@ class BaseDispatcher(ABC):
         error.accepted = tuple(accepted)
         raise error from partial.cause
 
-    async def _dispatch_prepared_async(
-        self, prepared: Sequence[PreparedJob]
-    ) -> list[DispatchReceipt]:
+    async def _submit_async(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
         """Async dispatch: by default the sync path in a worker thread, so the loop never blocks."""
-        return await asyncio.to_thread(self._dispatch_prepared, prepared)
+        return await asyncio.to_thread(self._submit, prepared)
 
     def close(self) -> None:
         """Release what the dispatcher holds (connections); it cannot be used afterwards."""

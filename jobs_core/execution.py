@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from typing_extensions import NotRequired, TypedDict, Unpack
+
 from ._compat import is_async_callable
 from .errors import JobPayloadError, PermanentError, RetryLater
 from .instrumentation import (
@@ -250,32 +252,45 @@ async def _call_on_failure(
         logger.exception("job %r: on_failure raised (dispatch_id=%s)", job.name, dispatch_id)
 
 
-async def run_job(
-    job: Job[Any, Any],
-    raw_payload: Any,
-    *,
-    context: ContextSource,
-    attempt: int,
-    dispatch_id: str | None,
-    backend: str,
-    instrumentation: Instrumentation | None = None,
-    max_retry_wait: timedelta | None = None,
-) -> JobOutcome:
+class RunOptions(TypedDict):
+    """One delivery's circumstances, for `run_job`."""
+
+    context: ContextSource
+    """The handler's context, or a sync or async factory of it called once per run."""
+    attempt: int
+    """Which run this is, from 1."""
+    dispatch_id: str | None
+    """The backend's id of the dispatch, for events and logs."""
+    backend: str
+    """The backend's name, for events."""
+    instrumentation: NotRequired[Instrumentation | None]
+    """Where events go, besides the default logging."""
+    max_retry_wait: NotRequired[timedelta | None]
+    """The longest wait before a retry the backend can keep: a longer one gives up."""
+
+
+def _execution(
+    job: Job[Any, Any], raw_payload: Any, run: RunOptions
+) -> Coroutine[Any, Any, JobOutcome]:
+    events = ExecuteEvents(run.get("instrumentation"), run["backend"])
+    return execute(
+        job,
+        raw_payload,
+        run["context"],
+        run["attempt"],
+        run["dispatch_id"],
+        events,
+        run.get("max_retry_wait"),
+    )
+
+
+async def run_job(job: Job[Any, Any], raw_payload: Any, **run: Unpack[RunOptions]) -> JobOutcome:
     """Run one delivery of `job` inside a running event loop; see the module docstring."""
-    events = ExecuteEvents(instrumentation, backend)
-    return await execute(job, raw_payload, context, attempt, dispatch_id, events, max_retry_wait)
+    return await _execution(job, raw_payload, run)
 
 
 async def settle_lost_run(
-    job: Job[Any, Any],
-    raw_payload: Any,
-    error: BaseException,
-    *,
-    context: ContextSource,
-    attempt: int,
-    dispatch_id: str | None,
-    backend: str,
-    instrumentation: Instrumentation | None = None,
+    job: Job[Any, Any], raw_payload: Any, error: BaseException, **run: Unpack[RunOptions]
 ) -> None:
     """A run the backend gave up on without the worker's answer (see `WorkerLostError`): run
     `on_failure` once with `error` and record `failed`, as a give-up of the core's own would."""
@@ -283,11 +298,18 @@ async def settle_lost_run(
         payload: Any = parse_payload(job, raw_payload)
     except JobPayloadError:
         payload = raw_payload
-    await _call_on_failure(job, error, payload, context, None, False, dispatch_id)
+    dispatch_id = run["dispatch_id"]
+    await _call_on_failure(job, error, payload, run["context"], None, False, dispatch_id)
     event = JobEvent(
-        "failed", "execute", job.name, dispatch_id, attempt, backend, error=describe_error(error)
+        "failed",
+        "execute",
+        job.name,
+        dispatch_id,
+        run["attempt"],
+        run["backend"],
+        error=describe_error(error),
     )
-    safe_record(with_logging(instrumentation), event)
+    safe_record(with_logging(run.get("instrumentation")), event)
 
 
 _thread_loops = threading.local()
@@ -331,21 +353,9 @@ def drive_without_loop(coro: Coroutine[Any, Any, Any]) -> Any:
     raise RuntimeError("a synchronous job suspended: a sync handler returned an awaitable?")
 
 
-def run_job_sync(
-    job: Job[Any, Any],
-    raw_payload: Any,
-    *,
-    context: ContextSource,
-    attempt: int,
-    dispatch_id: str | None,
-    backend: str,
-    instrumentation: Instrumentation | None = None,
-    max_retry_wait: timedelta | None = None,
-) -> JobOutcome:
+def run_job_sync(job: Job[Any, Any], raw_payload: Any, **run: Unpack[RunOptions]) -> JobOutcome:
     """`run_job` for sync worker threads (Celery, Dramatiq): async parts run on a thread loop."""
-    events = ExecuteEvents(instrumentation, backend)
-    coro = execute(job, raw_payload, context, attempt, dispatch_id, events, max_retry_wait)
-    result: JobOutcome = run_to_end(coro, job, context)
+    result: JobOutcome = run_to_end(_execution(job, raw_payload, run), job, run["context"])
     return result
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
+from typing_extensions import TypedDict
 
 from ._compat import callable_name, is_async_callable
 from .errors import JobConfigError
@@ -26,6 +27,21 @@ JOB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
 Handler = Callable[[P, C], "Awaitable[None] | Any | None"]
 FailureHook = Callable[[BaseException, Any, C], "Awaitable[None] | None"]
+
+
+class JobOptions(TypedDict, Generic[C], total=False):
+    """A job's options besides its name, handler and payload model (`JobRegistry.job`)."""
+
+    retry: Retry | None
+    """How often and how far apart it runs again (default `Retry()`: 4 retries)."""
+    on_failure: FailureHook[C] | None
+    """`hook(error, payload, ctx)`, called once when the job gives up, on every backend."""
+    concurrency: Concurrency | None
+    """At most this many runs at once (per key), C25."""
+    throttle: Throttle | None
+    """At most this many starts per period (per key), C26."""
+    idempotency: IdempotencyRule | None
+    """A payload field's name, or a callable of the payload: each dispatch's key (C27)."""
 
 
 class Job(Generic[P, C]):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, TypedDict, runtime_checkable
 
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
 from .job import Job, JobRequest, P
 
@@ -31,6 +32,22 @@ class DispatchReceipt:
 DispatchItem: TypeAlias = JobRequest[Any] | tuple[Job[Any, Any], BaseModel | Mapping[str, Any]]
 
 
+class BatchOptions(TypedDict, total=False):
+    """The options of `dispatch_many`; an item's own (`Job.request`) win over them."""
+
+    delay: timedelta | None
+    """How long to wait before the job runs."""
+    run_at: datetime | None
+    """When the job runs (an aware datetime); not with `delay`."""
+
+
+class DispatchOptions(BatchOptions, total=False):
+    """The options of `dispatch`."""
+
+    idempotency_key: str | None
+    """Two dispatches of a job with the same key within 24 h run it once (C9)."""
+
+
 @runtime_checkable
 class JobDispatcherPort(Protocol):
     """What a use case needs to start background jobs, whatever runs them.
@@ -41,37 +58,22 @@ class JobDispatcherPort(Protocol):
     """
 
     async def dispatch(
-        self,
-        job: Job[P, Any],
-        payload: P | Mapping[str, Any],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> DispatchReceipt: ...
+        self, job: Job[P, Any], payload: P | Mapping[str, Any], **options: Unpack[DispatchOptions]
+    ) -> DispatchReceipt:
+        """Validate `payload` and hand the job to the backend."""
 
     def dispatch_sync(
-        self,
-        job: Job[P, Any],
-        payload: P | Mapping[str, Any],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> DispatchReceipt: ...
+        self, job: Job[P, Any], payload: P | Mapping[str, Any], **options: Unpack[DispatchOptions]
+    ) -> DispatchReceipt:
+        """`dispatch` for sync code (Django views, Flask, scripts)."""
 
     async def dispatch_many(
-        self,
-        items: Iterable[DispatchItem],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-    ) -> list[DispatchReceipt]: ...
+        self, items: Iterable[DispatchItem], **options: Unpack[BatchOptions]
+    ) -> list[DispatchReceipt]:
+        """Validate every item, then send them all (one round trip where the backend allows);
+        nothing is sent unless every item is valid."""
 
     def dispatch_many_sync(
-        self,
-        items: Iterable[DispatchItem],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-    ) -> list[DispatchReceipt]: ...
+        self, items: Iterable[DispatchItem], **options: Unpack[BatchOptions]
+    ) -> list[DispatchReceipt]:
+        """`dispatch_many` for sync code."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, overload
 
+from typing_extensions import Unpack
+
 from ._compat import callable_name
 from .errors import JobConfigError
-from .flow import Concurrency, IdempotencyRule, Throttle
-from .job import C, FailureHook, Job, P, make_job
-from .retry import Retry
+from .job import C, Job, JobOptions, P, make_job
 from .schedule import Schedule, define_schedule
 
 
@@ -22,43 +22,22 @@ class JobRegistry(Generic[C]):
 
     @overload
     def job(
-        self,
-        name: str,
-        *,
-        retry: Retry | None = None,
-        on_failure: FailureHook[C] | None = None,
-        concurrency: Concurrency | None = None,
-        throttle: Throttle | None = None,
-        idempotency: IdempotencyRule | None = None,
+        self, name: str, **options: Unpack[JobOptions[C]]
     ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
 
     @overload
     def job(
-        self,
-        name: str,
-        *,
-        payload: type[P],
-        retry: Retry | None = None,
-        on_failure: FailureHook[C] | None = None,
-        concurrency: Concurrency | None = None,
-        throttle: Throttle | None = None,
-        idempotency: IdempotencyRule | None = None,
+        self, name: str, *, payload: type[P], **options: Unpack[JobOptions[C]]
     ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
 
     def job(
-        self,
-        name: str,
-        *,
-        payload: type[P] | None = None,
-        retry: Retry | None = None,
-        on_failure: FailureHook[C] | None = None,
-        concurrency: Concurrency | None = None,
-        throttle: Throttle | None = None,
-        idempotency: IdempotencyRule | None = None,
+        self, name: str, *, payload: type[P] | None = None, **options: Unpack[JobOptions[C]]
     ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]:
         """Decorator: define a job from `handler(payload, ctx)`; returns the `Job`.
 
-        Flow control (C25–C27): `concurrency=Concurrency(limit, key=None)`,
+        The payload model is the handler's first parameter's annotation unless `payload=` names
+        it. Options (`JobOptions`): `retry=Retry(...)`, `on_failure=hook(error, payload, ctx)`,
+        and flow control (C25–C27): `concurrency=Concurrency(limit, key=None)`,
         `throttle=Throttle(limit, period, key=None)`, and `idempotency=` a payload field's name
         or a callable of the payload giving each dispatch's idempotency key.
         """
@@ -69,17 +48,10 @@ class JobRegistry(Generic[C]):
                 "routes by, so it is never guessed from the function)"
             )
 
+        _check_options(name, options)
+
         def decorate(handler: Callable[[P, C], Any]) -> Job[P, C]:
-            return self.define_job(
-                name,
-                payload=payload,
-                retry=retry,
-                handle=handler,
-                on_failure=on_failure,
-                concurrency=concurrency,
-                throttle=throttle,
-                idempotency=idempotency,
-            )
+            return self.define_job(name, handle=handler, payload=payload, **options)
 
         return decorate
 
@@ -89,25 +61,13 @@ class JobRegistry(Generic[C]):
         *,
         handle: Callable[[P, C], Any],
         payload: type[P] | None = None,
-        retry: Retry | None = None,
-        on_failure: FailureHook[C] | None = None,
-        concurrency: Concurrency | None = None,
-        throttle: Throttle | None = None,
-        idempotency: IdempotencyRule | None = None,
+        **options: Unpack[JobOptions[C]],
     ) -> Job[P, C]:
         """Define and register a job without a decorator; every check runs here, not at a worker."""
         if isinstance(name, str) and name in self._jobs:
             raise JobConfigError(f"job name {name!r} is already defined in this registry")
-        job = make_job(
-            name,
-            handle=handle,
-            payload=payload,
-            retry=retry,
-            on_failure=on_failure,
-            concurrency=concurrency,
-            throttle=throttle,
-            idempotency=idempotency,
-        )
+        _check_options(name, options)
+        job = make_job(name, handle=handle, payload=payload, **options)
         self._jobs[name] = job
         return job
 
@@ -166,3 +126,12 @@ class JobRegistry(Generic[C]):
 
     def __repr__(self) -> str:
         return f"JobRegistry({self.names()!r})"
+
+
+def _check_options(name: str, options: Mapping[str, Any]) -> None:
+    unknown = options.keys() - JobOptions.__annotations__.keys()
+    if unknown:
+        raise JobConfigError(
+            f"job {name!r}: unknown option {', '.join(sorted(unknown))}; a job takes "
+            f"{', '.join(JobOptions.__annotations__)} (and payload=)"
+        )

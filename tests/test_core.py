@@ -365,6 +365,16 @@ def test_handlers_that_can_take_payload_and_ctx_are_accepted() -> None:
     assert len(jobs) == 3
 
 
+def test_an_unknown_job_option_is_refused_naming_those_a_job_takes() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    options: dict[str, Any] = {"retries": 3}
+    with pytest.raises(JobConfigError, match=r"unknown option retries; a job takes retry, "):
+        jobs.job("t.misspelt", **options)
+    with pytest.raises(JobConfigError, match="unknown option retries"):
+        jobs.define_job("t.misspelt", payload=Item, handle=lambda p, c: None, **options)
+    assert "t.misspelt" not in jobs
+
+
 def test_bare_job_decorator_is_refused_naming_the_fix() -> None:
     jobs: JobRegistry[Any] = JobRegistry()
     with pytest.raises(JobConfigError, match=r'@jobs.job\("some.name"\)'):

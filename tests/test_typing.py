@@ -1,4 +1,5 @@
-"""`mypy --strict` checks a dispatch's payload against its job's model, as a user's CI would."""
+"""`mypy --strict` checks a dispatch's payload against its job's model, and its options, as a
+user's CI would."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import jobs_core
 
 USER_FILE = """
 from __future__ import annotations
+
+from datetime import timedelta
 
 from pydantic import BaseModel
 
@@ -40,6 +43,9 @@ async def use_case(dispatcher: JobDispatcherPort) -> None:
     dispatcher.dispatch_sync(send_welcome, Invoice(number=1))  # WRONG-SYNC
     await dispatcher.dispatch(send_welcome, Invoice(number=2))  # WRONG-ASYNC
     dispatcher.dispatch_many_sync([send_welcome.request(Invoice(number=3))])  # WRONG-MANY
+    dispatcher.dispatch_sync(send_welcome, {"email": "c"}, delay=timedelta(1), idempotency_key="k")
+    dispatcher.dispatch_sync(send_welcome, {"email": "d"}, dealy=timedelta(1))  # WRONG-OPTION
+    dispatcher.dispatch_many_sync([], idempotency_key="k")  # WRONG-MANY-OPTION
 """
 
 

@@ -9,20 +9,21 @@ caller's transaction: they are sent by the relay once that transaction has commi
 from __future__ import annotations
 
 import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
 from .. import DispatchReceipt, Job
-from ..dispatcher import prepare_dispatch, requests_of
+from ..dispatcher import PortMethods, prepare_dispatch
 from ..errors import JobsError
 from ..instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
 from ..payload import DEFAULT_MAX_PAYLOAD_BYTES
-from ..port import DispatchItem
+from ..port import DispatchOptions
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -70,7 +71,7 @@ class OutboxMessage:
         return DispatchReceipt(self.job_name, self.key, BACKEND)
 
 
-class OutboxWriter(ABC):
+class OutboxWriter(PortMethods[OutboxMessage]):
     """A dispatcher that writes outbox rows; a subclass says where (`_write`, `_write_async`)."""
 
     backend_name = BACKEND
@@ -91,78 +92,25 @@ class OutboxWriter(ABC):
     async def _write_async(self, messages: Sequence[OutboxMessage]) -> None:
         self._write(messages)
 
-    # -- the port -------------------------------------------------------------------------
+    def _submit(self, prepared: Sequence[OutboxMessage]) -> list[DispatchReceipt]:
+        if prepared:
+            self._write(prepared)
+        return [m.receipt() for m in prepared]
 
-    async def dispatch(
-        self,
-        job: Job[P, Any],
-        payload: P | Mapping[str, Any],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> DispatchReceipt:
-        """Validate `payload` and write its row; it is sent after the transaction commits."""
-        message = self.prepare(job, payload, delay, run_at, idempotency_key)
-        await self._write_async([message])
-        return message.receipt()
-
-    def dispatch_sync(
-        self,
-        job: Job[P, Any],
-        payload: P | Mapping[str, Any],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> DispatchReceipt:
-        """`dispatch` for sync code."""
-        message = self.prepare(job, payload, delay, run_at, idempotency_key)
-        self._write([message])
-        return message.receipt()
-
-    async def dispatch_many(
-        self,
-        items: Iterable[DispatchItem],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-    ) -> list[DispatchReceipt]:
-        """Validate every item, then write them all in one insert."""
-        messages = self.prepare_many(items, delay, run_at)
-        if messages:
-            await self._write_async(messages)
-        return [m.receipt() for m in messages]
-
-    def dispatch_many_sync(
-        self,
-        items: Iterable[DispatchItem],
-        *,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-    ) -> list[DispatchReceipt]:
-        """`dispatch_many` for sync code."""
-        messages = self.prepare_many(items, delay, run_at)
-        if messages:
-            self._write(messages)
-        return [m.receipt() for m in messages]
+    async def _submit_async(self, prepared: Sequence[OutboxMessage]) -> list[DispatchReceipt]:
+        if prepared:
+            await self._write_async(prepared)
+        return [m.receipt() for m in prepared]
 
     # -- validation -----------------------------------------------------------------------
 
     def prepare(
-        self,
-        job: Job[Any, Any],
-        payload: Any,
-        delay: timedelta | None = None,
-        run_at: datetime | None = None,
-        idempotency_key: str | None = None,
+        self, job: Job[Any, Any], payload: Any, **options: Unpack[DispatchOptions]
     ) -> OutboxMessage:
         """Validate one dispatch exactly as every dispatcher does (C4, C5, C27) and make its
         row; a payload-derived idempotency key is stored with it, so the relay sends with it."""
         try:
-            prepared = prepare_dispatch(
-                job, payload, delay, run_at, idempotency_key, self.max_payload_bytes
-            )
+            prepared = prepare_dispatch(job, payload, self.max_payload_bytes, **options)
         except JobsError as error:
             if isinstance(job, Job):
                 event = JobEvent(
@@ -171,8 +119,3 @@ class OutboxWriter(ABC):
                 safe_record(self.instrumentation, event)
             raise
         return OutboxMessage(job.name, prepared.data, prepared.eta, prepared.idempotency_key)
-
-    def prepare_many(
-        self, items: Iterable[DispatchItem], delay: timedelta | None, run_at: datetime | None
-    ) -> list[OutboxMessage]:
-        return [self.prepare(*request) for request in requests_of(items, delay, run_at)]

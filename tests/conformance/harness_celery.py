@@ -21,7 +21,7 @@ from jobs_core import JobRegistry
 from jobs_core.backends.celery import CeleryDispatcher, create_celery_app, dead_letter_queue
 from jobs_core.instrumentation import Instrumentation
 
-from .harness_redis import RedisBrokerHarness
+from .harness_redis import RedisBrokerHarness, forget_queue
 
 REDIS_DB = 3
 WORKER_CONCURRENCY = 2
@@ -77,12 +77,7 @@ class CelerySession:
             signals.task_unknown.disconnect(self.app.jobs_core_unknown_receiver)
             self.app.close()
             self.dispatcher.close()
-            try:
-                keys = list(self.client.scan_iter(match=f"*{self.queue}*", count=500))
-                if keys:
-                    self.client.delete(*keys)
-            finally:
-                self.client.close()
+            forget_queue(self.client, f"*{self.queue}*")
 
     # -- BackendSession -------------------------------------------------------------------
 

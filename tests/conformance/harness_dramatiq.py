@@ -25,7 +25,7 @@ from jobs_core.backends.dramatiq import (
 from jobs_core.instrumentation import Instrumentation
 from tests.support.names import new_queue_name
 
-from .harness_redis import RedisBrokerHarness
+from .harness_redis import RedisBrokerHarness, forget_queue
 
 WORKER_THREADS = 4
 WORKER_TIMEOUT_MS = 50
@@ -72,12 +72,7 @@ class DramatiqSession:
         finally:
             close_broker(self.broker)
             self.dispatcher.close()
-            try:
-                keys = list(self.client.scan_iter(match=f"{NAMESPACE}:*{self.queue}*", count=500))
-                if keys:
-                    self.client.delete(*keys)
-            finally:
-                self.client.close()
+            forget_queue(self.client, f"{NAMESPACE}:*{self.queue}*")
 
     # -- BackendSession -------------------------------------------------------------------
 

@@ -23,6 +23,16 @@ class Session(Protocol):
     def close(self) -> None: ...
 
 
+def forget_queue(client: Any, pattern: str) -> None:
+    """Delete a finished session's keys (those matching `pattern`) and close `client`."""
+    try:
+        keys = list(client.scan_iter(match=pattern, count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 class RedisBrokerHarness:
     name: str
     redis_db: int
