@@ -258,7 +258,7 @@ class RunOptions(TypedDict):
     context: ContextSource
     """The handler's context, or a sync or async factory of it called once per run."""
     attempt: int
-    """Which run this is, from 1."""
+    """Which run this is, counting from 0 (C11)."""
     dispatch_id: str | None
     """The backend's id of the dispatch, for events and logs."""
     backend: str

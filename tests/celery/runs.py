@@ -144,6 +144,8 @@ def kill_run(log_dir: Path, total: int = JOBS) -> RunResult:
             pending: list[tuple[float, set[int]]] = []
             for share in (0.25, 0.60):
                 wait_for(lambda s=share: len(_done(store)) >= total * s, SETTLE, "progress")  # type: ignore[misc]
+                # a kill between two fetches would catch nothing: wait until it holds jobs
+                wait_for(lambda: bool(held_jobs(broker) - _done(store)), SETTLE, "held jobs")
                 workers.kill(worker)  # SIGKILL, process group: the worker and its pool
                 killed_at = time.monotonic()
                 held = held_jobs(broker) - _done(store)
