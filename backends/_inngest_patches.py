@@ -11,6 +11,10 @@
   be replayed forever (C22). These refuse old signatures with 401 before the SDK runs.
 - `mask_event_keys`: the event key travels in the Event API's URL path (`/e/<key>`), which
   httpx logs at INFO (C23). A filter on the `httpx` logger masks it.
+- `retry_failure_function`: the SDK registers a function's `on_failure` function with no
+  retries, so when the only worker died in a job's last attempt, Inngest's call of the failure
+  function, made at once, was refused and the hook never ran (C13). It is registered with
+  Inngest's default retries instead.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import httpx
 import inngest
+from inngest._internal import server_lib
 
 logger = logging.getLogger("jobs_core.backends.inngest")
 
@@ -268,3 +273,28 @@ def reject_stale_signatures_view(view: Callable[..., Any], max_age: timedelta) -
         return view(request, *args, **kwargs)
 
     return checked
+
+
+FAILURE_FUNCTION_RETRIES = 4
+"""Retries of a job's failure function (Inngest's default for a function)."""
+
+
+def retry_failure_function(fn: inngest.Function[Any], retries: int) -> None:
+    """Register `fn`'s failure function with `retries` instead of the SDK's 0.
+
+    The failure function is the `on_failure` safety net for a run Inngest failed without the
+    worker's answer, typically because the worker died in the job's last attempt. Inngest calls
+    it at once, while that worker is still down when it was the only one: with no retries the
+    refused call failed it for good and the hook never ran. The hook's own errors never fail it
+    (the core logs them), so a retry only follows a call that got no answer.
+    """
+    get_config = fn.get_config
+
+    def config_with_retries(app_url: str) -> Any:
+        config = get_config(app_url)
+        if config.on_failure is not None:
+            for step in config.on_failure.steps.values():
+                step.retries = server_lib.Retries(attempts=retries)
+        return config
+
+    fn.get_config = config_with_retries  # type: ignore[method-assign]

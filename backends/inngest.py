@@ -29,7 +29,13 @@ try:
     import inngest
     from inngest._internal import errors as sdk_errors
 
-    from ._inngest_patches import EventApiError, EventSender, mask_event_keys
+    from ._inngest_patches import (
+        FAILURE_FUNCTION_RETRIES,
+        EventApiError,
+        EventSender,
+        mask_event_keys,
+        retry_failure_function,
+    )
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
 
@@ -326,7 +332,7 @@ def create_inngest_job_function(
             if lost is not None:
                 worker.settle_lost(job, *lost)
 
-    return client.create_function(
+    function: inngest.Function[Any] = client.create_function(
         fn_id=job.name,
         name=job.name,
         retries=job.retry.attempts,
@@ -334,6 +340,9 @@ def create_inngest_job_function(
         on_failure=on_failure if job.on_failure is not None else None,
         **flow_options(job),  # C25, C26; a period Inngest cannot take is refused (C28)
     )(handler)
+    if job.on_failure is not None:
+        retry_failure_function(function, FAILURE_FUNCTION_RETRIES)
+    return function
 
 
 def create_inngest_functions(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ import pytest
 from jobs_core.backends.inngest import InngestDispatcher
 from tests.inngest.crash_app import crash
 from tests.inngest.workers import worker_process
-from tests.inngest_harness import InngestHarness
+from tests.inngest_harness import InngestHarness, Run
+from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,9 +38,10 @@ def _wait_for(done: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-def _crash_app(harness: InngestHarness, log: Path) -> Any:
+def _crash_app(harness: InngestHarness, log: Path, port: int | None = None) -> Any:
     env = {"CRASH_LOG": str(log)}
-    return worker_process(harness, "tests.inngest.crash_app:jobs", app_name="crash-app", env=env)
+    registry = "tests.inngest.crash_app:jobs"
+    return worker_process(harness, registry, app_name="crash-app", env=env, port=port)
 
 
 def _lines(log: Path) -> list[str]:
@@ -74,3 +76,37 @@ def test_on_failure_runs_once_when_the_last_attempt_dies_with_its_process(tmp_pa
     assert failure_run.event["data"]["run_id"] == run.run_id
     assert reports == [f"on_failure WorkerLostError doomed pid={second.pid}"]
     assert sum(line.startswith("start") for line in _lines(log)) == 2
+
+
+def test_on_failure_runs_when_the_only_worker_dies_in_the_last_attempt(tmp_path: Path) -> None:
+    """No other replica: the failure function's first call is refused while the worker is
+    down; the server retries it, and the restarted worker (same port) runs the hook once."""
+    log = tmp_path / "crash.log"
+    port = free_port()
+    failure_id = "crash-app-crash.job-failure"
+    with InngestHarness(retry_delay=0.2, retry_backoff=2.0) as harness:
+        with _crash_app(harness, log, port=port) as (url, first):
+            [_, net] = harness.register_app(url)
+            assert net.id == failure_id and net.retries > 0
+            client = inngest.Inngest(app_id="crash-app", **harness.client_kwargs())
+            dispatcher = InngestDispatcher(client)
+            try:
+                dispatcher.dispatch_sync(crash, {"name": "doomed"})
+            finally:
+                dispatcher.close()
+            _wait_for(lambda: any(line.startswith("blocking") for line in _lines(log)), "attempt 1")
+            os.kill(first.pid, signal.SIGKILL)  # the only worker dies in the job's last attempt
+            first.wait(timeout=10)
+
+            def refused(runs: Sequence[Run]) -> bool:
+                calls = [a for r in runs if r.function_id == failure_id for a in r.attempts]
+                return any(a.finished_at for a in calls)
+
+            harness.wait_for_runs(refused, timeout=WAIT)  # called while nobody listens
+        with _crash_app(harness, log, port=port) as (_, second):  # restarted by a supervisor
+            [failure_run] = harness.wait_for_runs(1, timeout=WAIT, function_id=failure_id)
+            reports = [line for line in _lines(log) if line.startswith("on_failure")]
+
+    assert failure_run.status == "completed"
+    assert failure_run.attempts[0].status_code is None  # refused: the worker was down
+    assert reports == [f"on_failure WorkerLostError doomed pid={second.pid}"]

@@ -28,10 +28,11 @@ def worker_process(
     path: str = "/api/inngest",
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Serve `registry` (`module:name`) on a free port, in dev mode against `harness`; yield
-    the serve URL once it answers, and the process. Stopped on exit."""
-    port = free_port()
+    """Serve `registry` (`module:name`) on `port` (default: a free one), in dev mode against
+    `harness`; yield the serve URL once it answers, and the process. Stopped on exit."""
+    port = port or free_port()
     environment = {
         **os.environ,
         "JOBS_BACKEND": "inngest",

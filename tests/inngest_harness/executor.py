@@ -6,12 +6,14 @@ Inngest does: 200 = completed; 206 = step ops (``StepRun``/``StepFailed`` memois
 ``steps``, ``StepError`` retried then memoised, ``StepPlanned`` targeted next via ``stepId``,
 ``Sleep`` waited); anything else = error, retried up to the function's ``retries``
 (``x-inngest-no-retry: true`` stops at once, ``retry-after`` sets the time of the next try,
-clamped as Inngest clamps it, otherwise ``retry_delay``). Attempts are counted per step, as Inngest does: ``ctx.attempt``
+clamped as Inngest clamps it, otherwise ``retry_wait``: a call refused, cut or timed out counts
+as a failed attempt too, as on Inngest). Attempts are counted per step, as Inngest does: ``ctx.attempt``
 goes back to 0 after each step that completes. A function's ``concurrency`` and ``throttle``
 hold a call back until its turn (``flow.FlowGate``).
 
 A scheduler thread waits on a condition for the next due call and hands it to a small thread
-pool; each run has at most one call in flight.
+pool; each run has at most one call in flight. While paused (the server down for a restart) no
+call starts; the runs wait in the schedule.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class ExecutorSettings(Protocol):
     """The knobs the executor reads on every call (tests may change them mid-test)."""
 
     signing_key: str | None
-    retry_delay: float
     signature_offset: float
+
+    def retry_wait(self, attempt: int) -> float: ...
 
     @property
     def server_kind(self) -> Literal["dev", "cloud"]: ...
@@ -109,6 +112,9 @@ class Executor:
         self._seq = 0
         self._flow = FlowGate()
         self._stopping = False
+        self._paused = False
+        self._started_calls = 0
+        """Calls past the pause check and not yet answered (what `pause` waits for)."""
         self._http = httpx.Client(
             timeout=call_timeout,
             limits=httpx.Limits(max_keepalive_connections=0),
@@ -129,6 +135,18 @@ class Executor:
         self._thread.join(timeout)
         self._http.close()
         return not self._thread.is_alive()
+
+    def pause(self, timeout: float) -> bool:
+        """Start no call until `resume`; wait for the calls already made to be answered. True
+        if they were within `timeout`."""
+        with self._lock:
+            self._paused = True
+            return self._wake.wait_for(lambda: self._started_calls == 0, timeout)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._wake.notify_all()
 
     # ------------------------------------------------------------------ runs
 
@@ -172,7 +190,7 @@ class Executor:
     def _scheduler_loop(self) -> None:
         with self._lock:
             while not self._stopping:
-                if not self._heap:
+                if self._paused or not self._heap:
                     self._wake.wait()
                     continue
                 delay = self._heap[0][0] - time.monotonic()
@@ -191,6 +209,9 @@ class Executor:
             if self._stopping:
                 return
             run, state = self.runs[run_id], self._states[run_id]
+            if self._paused:  # handed to the pool before the pause: back to the schedule
+                self._schedule(run_id, state.not_before)
+                return
             if time.time() < state.not_before:  # monotonic and wall clocks disagreed
                 self._schedule(run_id, state.not_before)
                 return
@@ -223,6 +244,7 @@ class Executor:
             self._changed.notify_all()
             url = _with_query(state.fn.url, {Q_STEP_ID: step_id})
             body = canonical_json(request)
+            self._started_calls += 1
 
         headers = {
             "content-type": "application/json",
@@ -253,6 +275,8 @@ class Executor:
 
         with self._lock:
             attempt.finished_at = time.time()
+            self._started_calls -= 1
+            self._wake.notify_all()
             for woken in self._flow.release(run):
                 self._schedule(woken, attempt.finished_at)
             attempt.status_code = status
@@ -281,10 +305,10 @@ class Executor:
         if no_retry or state.attempt >= state.fn.retries:
             self._finish(run, "failed", error=error)
             return
-        state.attempt += 1
         retry_at = parse_retry_after(attempt.headers.get(H_RETRY_AFTER))
         if retry_at is None:
-            retry_at = time.time() + self._settings.retry_delay
+            retry_at = time.time() + self._settings.retry_wait(state.attempt)
+        state.attempt += 1
         self._schedule(run.run_id, retry_at)
 
     def _on_steps(self, run: Run, state: _RunState, attempt: Attempt) -> None:
@@ -323,8 +347,8 @@ class Executor:
                 self._finish(run, "failed", error={"message": f"harness: unsupported op {kind}"})
                 return
         if retry:
+            not_before = max(not_before, time.time() + self._settings.retry_wait(state.attempt))
             state.attempt += 1
-            not_before = max(not_before, time.time() + self._settings.retry_delay)
         self._schedule(run.run_id, not_before)
 
     def _finish(

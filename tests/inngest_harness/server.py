@@ -25,6 +25,10 @@ real serve endpoint the way Inngest does, over loopback HTTP:
   plus one, one over 24 h is cut to 24 h), a function the app no longer serves retried like any
   500, and on final failure, whatever its cause (an error, a refused or dropped call), emits
   ``inngest/function.failed`` so the SDK's ``on_failure`` function (``{fn_id}-failure``) runs.
+  A call refused, cut or timed out is a failed attempt, retried after ``retry_wait`` (a
+  backoff when ``retry_backoff`` > 1), as Inngest retries it.
+* **Restart**: :meth:`InngestHarness.pause` takes the server down with its state kept (the
+  port closed, no call made), :meth:`InngestHarness.resume` brings it back on the same port.
 
 Deliberate simplifications (a real Inngest server differs): one call per run at a time (no
 parallel steps; planned steps are run one by one); ``WaitForEvent``/``InvokeFunction``/AI ops
@@ -113,6 +117,8 @@ class InngestHarness:
         signing_key: str | None = None,
         event_key: str | None = None,
         retry_delay: float = 0.01,
+        retry_backoff: float = 1.0,
+        max_retry_delay: float | None = None,
         call_timeout: float = 30.0,
         dedup_window: float = 24 * 3600.0,
         workers: int = 8,
@@ -124,7 +130,11 @@ class InngestHarness:
         Args:
             signing_key: ``signkey-<env>-<hex>``; set = cloud mode (signed calls), None = dev.
             event_key: when set, ``POST /e/{key}`` with another key gets 401; None = any key.
-            retry_delay: seconds before retrying an ordinary error (no ``retry-after``).
+            retry_delay: seconds before retrying an ordinary error (no ``retry-after``): an
+                error answer, or a call refused, cut or timed out.
+            retry_backoff: each such retry of a run waits this many times longer than the one
+                before (Inngest: 15 s, 30 s, 1 min, 2 min...; 1.0 = always ``retry_delay``).
+            max_retry_delay: the longest such wait (None = no limit).
             call_timeout: seconds for one executor call to the SDK.
             dedup_window: seconds an event id runs a function once (Inngest: 24 h).
             workers: executor calls in flight at once (one per run at a time).
@@ -144,6 +154,8 @@ class InngestHarness:
         self.event_key = event_key
         self.retry_delay = retry_delay
         """Seconds before retrying an ordinary error; may be changed mid-test."""
+        self.retry_backoff = retry_backoff
+        self.max_retry_delay = max_retry_delay
         self.call_timeout = call_timeout
         self.dedup_window = dedup_window
         self.rate_limit = rate_limit
@@ -167,6 +179,7 @@ class InngestHarness:
         self._stopping = False
         self._httpd: _HarnessHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
+        self._port: int | None = None
         self._executor: Executor | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -175,6 +188,8 @@ class InngestHarness:
         """Bind a free loopback port and start the HTTP server and the executor."""
         if self._httpd is not None:
             return self
+        if self._executor is not None and not self._stopping:
+            raise HarnessError("the harness is paused: resume() it")
         self._stopping = False
         self._executor = Executor(
             settings=self,
@@ -184,7 +199,12 @@ class InngestHarness:
             call_timeout=self.call_timeout,
             workers=self._workers,
         )
-        self._httpd = _HarnessHTTPServer((self._host, 0), _Handler, self)
+        self._serve_http(0)
+        return self
+
+    def _serve_http(self, port: int) -> None:
+        self._httpd = _HarnessHTTPServer((self._host, port), _Handler, self)
+        self._port = int(self._httpd.server_address[1])
         self._http_thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -192,7 +212,48 @@ class InngestHarness:
             daemon=True,
         )
         self._http_thread.start()
-        return self
+
+    def _close_http(self, timeout: float) -> bool:
+        """Stop serving and close the port; True when the HTTP thread ended."""
+        stopped = True
+        if self._httpd is not None and self._http_thread is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._http_thread.join(timeout)
+            stopped = not self._http_thread.is_alive()
+        self._httpd = None
+        self._http_thread = None
+        return stopped
+
+    def pause(self, timeout: float = 10.0) -> None:
+        """Go down as a durable Inngest server does for a restart, keeping its state.
+
+        The executor makes no new call (calls already made finish first, as in a graceful
+        shutdown; a server that died would make them again after its restart), and the HTTP
+        port closes: the Event API and registration refuse connections. Events, runs, pending
+        retries and registered functions stay in memory; :meth:`resume` brings it back.
+        """
+        executor = self._require_executor()
+        if self._httpd is None:
+            raise HarnessError("the harness is already paused")
+        stopped = executor.pause(timeout)
+        stopped = self._close_http(timeout) and stopped
+        if not stopped:
+            raise HarnessError(f"the harness did not pause within {timeout}s")
+
+    def resume(self) -> None:
+        """Up again on the same port after :meth:`pause`; calls that fell due meanwhile (retries,
+        future ``ts``) are made now."""
+        executor = self._require_executor()
+        if self._httpd is not None:
+            raise HarnessError("the harness is not paused")
+        assert self._port is not None
+        self._serve_http(self._port)
+        executor.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._executor is not None and self._httpd is None and not self._stopping
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop everything; pending retries and future-``ts`` runs are dropped (left running).
@@ -206,13 +267,7 @@ class InngestHarness:
         # Executor first: a function still running may send events to the Event API.
         if self._executor is not None:
             stopped = self._executor.stop(timeout)
-        if self._httpd is not None and self._http_thread is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._http_thread.join(timeout)
-            stopped = stopped and not self._http_thread.is_alive()
-        self._httpd = None
-        self._http_thread = None
+        stopped = self._close_http(timeout) and stopped
         if not stopped:
             raise HarnessError(f"harness threads did not stop within {timeout}s")
 
@@ -226,9 +281,17 @@ class InngestHarness:
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
+        """The loopback port; the same after :meth:`pause` and :meth:`resume`."""
+        if self._port is None:
             raise HarnessError("harness not started")
-        return int(self._httpd.server_address[1])
+        return self._port
+
+    def retry_wait(self, attempt: int) -> float:
+        """Seconds before the retry of a run whose ``attempt`` (0-based) failed without a
+        ``retry-after``: ``retry_delay`` × ``retry_backoff`` ** attempt, at most
+        ``max_retry_delay``. Inngest's own schedule (15 s, 30 s, 1 min...) also adds jitter."""
+        wait = self.retry_delay * self.retry_backoff**attempt
+        return wait if self.max_retry_delay is None else min(wait, self.max_retry_delay)
 
     @property
     def event_api_url(self) -> str:

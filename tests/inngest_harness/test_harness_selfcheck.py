@@ -7,6 +7,7 @@ Every wait has a deadline; nothing sleeps.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import math
 import threading
@@ -424,3 +425,72 @@ def test_a_function_the_app_no_longer_serves_is_retried(harness: InngestHarness)
     assert run.status == "failed" and run.attempt_numbers == [0, 1, 2]
     assert run.error["code"] == "function_not_found"
     assert run.failure_event_id is not None
+
+
+def test_a_call_without_an_answer_is_a_failed_attempt_retried_with_backoff() -> None:
+    """Refused calls (nobody listens at the registered URL) spend attempts, as on Inngest, and
+    each retry waits `retry_backoff` times longer than the one before."""
+    with InngestHarness(retry_delay=0.05, retry_backoff=2.0, max_retry_delay=0.15) as h:
+        client = dev_client(h, "harness-selfcheck")
+
+        @client.create_function(
+            fn_id="absent", retries=3, trigger=inngest.TriggerEvent(event="selfcheck/absent")
+        )
+        def absent(ctx: inngest.ContextSync) -> None: ...
+
+        with serve_functions(client, [absent]) as url:
+            [fn] = h.register_app(url)
+        # The app is gone; the server keeps calling the URL it registered.
+        client.send_sync(inngest.Event(name="selfcheck/absent"))
+        [run] = h.wait_for_runs(1, timeout=WAIT, function_id=fn.id)
+
+    assert run.status == "failed" and run.attempt_numbers == [0, 1, 2, 3]
+    assert all(a.status_code is None and a.transport_error for a in run.attempts)
+    gaps = [b.started_at - (a.finished_at or 0) for a, b in itertools.pairwise(run.attempts)]
+    for gap, wait in zip(gaps, [0.05, 0.1, 0.15], strict=True):  # the last one capped
+        assert wait - 0.01 <= gap <= wait + 0.5
+    assert run.failure_event_id is not None
+
+
+def test_pause_keeps_the_state_and_resume_serves_the_same_port() -> None:
+    """A restart of the server: the port closed and no call made while it is down; the events,
+    the runs and a retry that fell due meanwhile are all there after it comes back."""
+    with InngestHarness(retry_delay=0.01) as h:
+        client = dev_client(h, "harness-selfcheck")
+
+        @client.create_function(
+            fn_id="echo", retries=1, trigger=inngest.TriggerEvent(event="selfcheck/echo")
+        )
+        def echo(ctx: inngest.ContextSync) -> int:
+            if ctx.event.data.get("later") and ctx.attempt == 0:
+                raise inngest.RetryAfterError("later", retry_after=datetime.timedelta(seconds=1))
+            return int(ctx.event.data["x"])
+
+        with serve_functions(client, [echo]) as url:
+            h.register_app(url)
+            client.send_sync(inngest.Event(name="selfcheck/echo", data={"x": 1}))
+            client.send_sync(inngest.Event(name="selfcheck/echo", data={"x": 2, "later": True}))
+            h.wait_for_runs(lambda runs: sum(len(r.attempts) for r in runs) == 2, timeout=WAIT)
+            port = h.port
+            h.wait_for_runs(lambda runs: all(a.finished_at for r in runs for a in r.attempts), WAIT)
+
+            h.pause()
+            paused_at = time.time()
+            assert h.paused
+            with pytest.raises(httpx.ConnectError):
+                httpx.post(f"{h.event_api_url}/e/key", json={"name": "selfcheck/echo"})
+            with pytest.raises(TimeoutError):  # the retry falls due 1 s on; nothing calls
+                h.wait_for_runs(2, timeout=1.5)
+            h.resume()
+            resumed_at = time.time()
+
+            assert not h.paused and h.port == port
+            client.send_sync(inngest.Event(name="selfcheck/echo", data={"x": 3}))
+            runs = h.wait_for_runs(3, timeout=WAIT)
+
+    by_x = {r.event["data"]["x"]: r for r in runs}
+    assert [by_x[x].output for x in (1, 2, 3)] == [1, 2, 3]
+    assert by_x[2].attempt_numbers == [0, 1]
+    assert (by_x[2].attempts[0].finished_at or 0) < paused_at
+    assert by_x[2].attempts[1].started_at >= resumed_at
+    assert len(h.events) == 3

@@ -1,4 +1,4 @@
-"""The job the soak's worker subprocesses run (Celery and Dramatiq, issue 7).
+"""The job the soak's worker subprocesses run (Celery and Dramatiq, issue 7; Inngest, issue 18).
 
 Started as `python -m jobs_core worker tests.soak.app:jobs --context
 tests.soak.app:create_context` with `JOBS_BACKEND` celery or dramatiq. Each payload carries its
@@ -40,6 +40,16 @@ RETRY = Retry(
     max_backoff=timedelta(milliseconds=50),
 )
 RETRY_LATER = timedelta(milliseconds=20)
+
+INNGEST_ATTEMPTS = 6
+"""`retry.attempts` of the job served on Inngest (`SOAK_INNGEST_ATTEMPTS` overrides it): room for
+the kills beyond ATTEMPTS, since Inngest counts a call its worker never answered (cut by a kill,
+or refused while no worker listens) as a failed attempt."""
+
+
+def inngest_attempts() -> int:
+    return int(os.environ.get("SOAK_INNGEST_ATTEMPTS", INNGEST_ATTEMPTS))
+
 
 Kind = Literal["ok", "flaky", "later", "permanent", "exhaust"]
 SUCCEEDS: frozenset[str] = frozenset({"ok", "flaky", "later"})
