@@ -279,8 +279,11 @@ FAILURE_FUNCTION_RETRIES = 4
 """Retries of a job's failure function (Inngest's default for a function)."""
 
 
-def retry_failure_function(fn: inngest.Function[Any], retries: int) -> None:
-    """Register `fn`'s failure function with `retries` instead of the SDK's 0.
+def retry_failure_function(
+    fn: inngest.Function[Any], retries: int = FAILURE_FUNCTION_RETRIES
+) -> inngest.Function[Any]:
+    """`fn`, its failure function (if it has one) registered with `retries` instead of the
+    SDK's 0.
 
     The failure function is the `on_failure` safety net for a run Inngest failed without the
     worker's answer, typically because the worker died in the job's last attempt. Inngest calls
@@ -298,3 +301,4 @@ def retry_failure_function(fn: inngest.Function[Any], retries: int) -> None:
         return config
 
     fn.get_config = config_with_retries  # type: ignore[method-assign]
+    return fn

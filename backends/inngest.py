@@ -29,13 +29,8 @@ try:
     import inngest
     from inngest._internal import errors as sdk_errors
 
-    from ._inngest_patches import (
-        FAILURE_FUNCTION_RETRIES,
-        EventApiError,
-        EventSender,
-        mask_event_keys,
-        retry_failure_function,
-    )
+    from ._inngest_patches import EventApiError, EventSender, mask_event_keys
+    from ._inngest_patches import retry_failure_function as retry_failure_function
 except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
     raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
 
@@ -67,8 +62,7 @@ mask_event_keys()
 
 
 def create_inngest_client(settings: JobsSettings | None = None, **options: Any) -> inngest.Inngest:
-    """An SDK client for `INNGEST_APP_NAME`; the SDK reads its own `INNGEST_*` variables, and
-    `options` (e.g. `is_production=False`) go to `inngest.Inngest`, overriding them."""
+    """An SDK client for `INNGEST_APP_NAME`; `options` override the SDK's `INNGEST_*` variables."""
     options.setdefault("app_id", (settings or load_settings()).inngest_app_name)
     try:
         return inngest.Inngest(**options)
@@ -90,7 +84,6 @@ def check_job_name(job: Job[Any, Any]) -> None:
 
 
 # -- producer -----------------------------------------------------------------------------
-
 
 event_id_for = keyed_dispatch_id
 """The event `id` of a keyed dispatch: `<job>:<key>`, its dispatch id on every backend."""
@@ -268,8 +261,7 @@ def _delivery(job: Job[Any, Any], ctx: inngest.Context | inngest.ContextSync) ->
 def _lost(
     job: Job[Any, Any], ctx: inngest.Context | inngest.ContextSync
 ) -> tuple[Delivery, WorkerLostError] | None:
-    """From `inngest/function.failed`: the failed run's delivery and why, unless the core's own
-    give-up ended it (it already ran `on_failure`)."""
+    """The failed run's delivery and error, unless the core's own give-up ran `on_failure`."""
     data = ctx.event.data
     error, original = data.get("error"), data.get("event")
     error = error if isinstance(error, dict) else {"message": str(error)}
@@ -332,17 +324,16 @@ def create_inngest_job_function(
             if lost is not None:
                 worker.settle_lost(job, *lost)
 
-    function: inngest.Function[Any] = client.create_function(
-        fn_id=job.name,
-        name=job.name,
-        retries=job.retry.attempts,
-        trigger=inngest.TriggerEvent(event=job.name),
-        on_failure=on_failure if job.on_failure is not None else None,
-        **flow_options(job),  # C25, C26; a period Inngest cannot take is refused (C28)
-    )(handler)
-    if job.on_failure is not None:
-        retry_failure_function(function, FAILURE_FUNCTION_RETRIES)
-    return function
+    return retry_failure_function(  # the safety net is not lost with the only worker (C13)
+        client.create_function(
+            fn_id=job.name,
+            name=job.name,
+            retries=job.retry.attempts,
+            trigger=inngest.TriggerEvent(event=job.name),
+            on_failure=on_failure if job.on_failure is not None else None,
+            **flow_options(job),  # C25, C26; a period Inngest cannot take is refused (C28)
+        )(handler)
+    )
 
 
 def create_inngest_functions(
