@@ -41,12 +41,14 @@ try:
     from kombu.entity import Queue as _Queue
 
     from ._celery_patches import (
+        PATIENT_PUBLISH,
         PRODUCER_TRANSPORT,
         STRATEGY,
         claim_on_publish,
         claimed_by,
         holding_limit,
         install_worker_patches,
+        retry_patiently,
     )
 except ImportError as exc:  # pragma: no cover - exercised by the C24 test
     raise missing_extra("celery", "celery", getattr(exc, "name", None) or "celery") from exc
@@ -59,14 +61,13 @@ DEFAULT_VISIBILITY_TIMEOUT = 7200.0
 patches (a plain Celery app on the queue) takes it for lost; on RabbitMQ, `holding_limit`."""
 
 MAX_DELAY_FRACTION = 0.9
-"""A delay (or one retry hop) may use this share of how long a message may be held unacked;
-the rest is left for the run itself, since a job is acked only when it ends (acks_late)."""
+"""Share of the unacked-hold limit a delay or retry hop may use (the run needs the rest)."""
 
 NOT_BEFORE_KWARG = "jobs_core_not_before"
 """Task kwarg (Unix time) on a retry whose wait is longer than one hop: run no earlier."""
 
-# What Flower and `celery inspect` show of a task's arguments: never the payload (C23).
 MESSAGE_OPTIONS = {"argsrepr": f"({PAYLOAD_MASK},)", "kwargsrepr": "{}", "ignore_result": True}
+"""What Flower and `celery inspect` show of a task's arguments: never the payload (C23)."""
 
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
 """One retry after a reconnect: with each attempt bounded by a third of the dispatch timeout,
@@ -208,7 +209,7 @@ class _Settlement:
         wait = delay.total_seconds()
         kwargs = {NOT_BEFORE_KWARG: time.time() + wait} if wait > self.max_hop else {}
         hop, attempts = min(wait, self.max_hop), self.job.retry.attempts
-        raise self.task.retry((delivery.data,), kwargs, countdown=hop, max_retries=attempts)
+        retry_patiently(self.task, (delivery.data,), kwargs, countdown=hop, max_retries=attempts)
 
     def give_up(self, delivery: Delivery, error: BaseException) -> None:
         # Re-raised, the task ends as FAILURE and is acked. Celery would take these three as
@@ -229,7 +230,7 @@ class _Settlement:
         task, countdown = self.task, min(max(wait, 0.0), self.max_hop)
         task.signature_from_request(
             task.request, (data,), kwargs, countdown=countdown, retries=task.request.retries
-        ).apply_async()
+        ).apply_async(retry_policy=PATIENT_PUBLISH)
 
 
 def _register_job(app: Any, job: Job[Any, Any], worker: JobWorker[Any], max_hop: float) -> None:

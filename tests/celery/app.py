@@ -18,13 +18,16 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from jobs_core import JobRegistry, Retry
+from jobs_core import JobRegistry, Retry, RetryLater
 from jobs_core.backends.celery import create_celery_app
 
 STARTED = "celery-test:started"
 STARTS = "celery-test:starts"
 DONE = "celery-test:done"
 COMPLETIONS = "celery-test:completions"
+RETRIED = "celery-test:retried"
+GO = "celery-test:go"
+RETRYING = "celery-test:retrying"
 
 jobs = JobRegistry[Any]()
 
@@ -63,6 +66,22 @@ def work(payload: Work, ctx: redis.Redis) -> None:
     pipe.sadd(DONE, payload.n)
     pipe.hincrby(COMPLETIONS, str(payload.n), 1)
     pipe.execute()
+
+
+@jobs.job(
+    "celery_test.retry_once",
+    retry=Retry(attempts=2, min_backoff=timedelta(milliseconds=50)),
+)
+def retry_once(payload: Work, ctx: redis.Redis) -> None:
+    """Its first run waits for the test's `GO` (the test stops the broker first), then asks for
+    a retry, which the worker sends while the broker is away; the retry completes."""
+    if ctx.hsetnx(RETRIED, str(payload.n), os.getpid()):
+        deadline = time.monotonic() + 60
+        while not ctx.exists(GO) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ctx.set(RETRYING, payload.n)
+        raise RetryLater(timedelta(milliseconds=50))
+    ctx.sadd(DONE, payload.n)
 
 
 celery_app = create_celery_app(jobs, context=create_context)

@@ -21,7 +21,7 @@ import pytest
 
 from jobs_core.backends._celery_patches import DEFAULT_HEARTBEAT_TIMEOUT
 from jobs_core.backends.celery import CeleryDispatcher
-from tests.celery.app import DONE, STARTED, STARTS, work
+from tests.celery.app import DONE, GO, RETRIED, RETRYING, STARTED, STARTS, retry_once, work
 from tests.celery.runs import held_jobs, kill_run, restart_run
 from tests.celery.workers import wait_for, worker_processes
 
@@ -103,6 +103,29 @@ def test_C20_a_killed_workers_jobs_come_back_within_the_bound(
         wait_for(lambda: held_jobs(broker) == {0}, 10, "the next worker to hold the ETA job")
         assert 0 not in _started(client), "the ETA job waits for its time"
         print(f"killed worker's jobs started again {waited:.1f}s after the kill")
+
+
+def test_C21_a_retry_sent_while_the_broker_is_away_is_not_lost(store: Any, tmp_path: Path) -> None:
+    """A job asks for a retry while Redis is stopped: the retry waits for the broker and runs.
+    Celery's own `Task.retry` gave up on the publish after 0.6 s and dropped the message."""
+    from tests.support.redis_server import RedisServer
+
+    client = store.client()
+    with RedisServer(persistent=True) as broker_server:
+        with worker_processes(broker_server.url, store.url, "away", tmp_path) as workers:
+            dispatcher = CeleryDispatcher(broker_server.url, "away")
+            try:
+                dispatcher.dispatch_sync(retry_once, {"n": 7})
+            finally:
+                dispatcher.close()
+            workers.start_jobs_core_worker("--pool", "threads", "--concurrency", "2")
+            wait_for(lambda: client.hexists(RETRIED, "7"), 60, "the job's first run")
+            broker_server.stop()
+            client.set(GO, 1)
+            wait_for(lambda: client.exists(RETRYING), 30, "the job to ask for its retry")
+            time.sleep(2.0)  # the broker stays away well past Celery's own 0.6 s of retries
+            broker_server.start()
+            wait_for(lambda: 7 in _done(client), 90, "the retried job to complete")
 
 
 def _children(pid: int) -> list[int]:
