@@ -70,7 +70,7 @@ the upstream behaviour it works around, the upstream issue where there is one, a
    published before the old one is acked; when that publish failed (Redis restarting), Celery
    gave up after its default policy's 0.6 s and raised `Reject(requeue=False)`: the old message
    was dropped and the job lost (1 of 2,000 jobs in a Redis restart run). `retry_patiently`
-   waits up to `PATIENT_PUBLISH` (about 2 min) for the broker, and if it is still away puts the
+   waits up to the core's `BROKER_AWAY_SECONDS` (5 min) for the broker, and if it is still away puts the
    message back (`requeue=True`, the same attempt runs again) instead of dropping it. Flow
    control's and long waits' resends wait as long. Test: tests/celery/test_durability.py
    `test_C21_a_retry_sent_while_the_broker_is_away_is_not_lost`.
@@ -105,6 +105,8 @@ from kombu.transport import redis as _redis_transport
 from kombu.transport import virtual as _virtual_transport
 from kombu.utils import encoding as _encoding
 from kombu.utils import json as _json
+
+from jobs_core.worker import BROKER_AWAY_SECONDS
 
 # kombu's and Celery's own names, untyped upstream.
 _kombu_redis: Any = _redis_transport
@@ -897,12 +899,12 @@ def malformed_messages_are_invalid(task: Any, app: Any, consumer: Any, **options
 
 
 PATIENT_PUBLISH = {
-    "max_retries": 60,
+    "max_retries": int(BROKER_AWAY_SECONDS / 2),
     "interval_start": 0.5,
     "interval_step": 0.5,
     "interval_max": 2,
 }
-"""How long a worker's retry or resend waits for the broker: about 2 minutes."""
+"""A worker's retry or resend waits `BROKER_AWAY_SECONDS` for the broker (2 s between tries)."""
 
 
 def retry_patiently(task: Any, args: Any, kwargs: Any, **options: Any) -> None:

@@ -49,15 +49,15 @@ from dramatiq.errors import ConnectionClosed as _ConnectionClosed
 from dramatiq.errors import DecodeError
 
 from jobs_core.payload import PAYLOAD_MASK
-from jobs_core.worker import JobWorker
+from jobs_core.worker import BROKER_AWAY_SECONDS, JobWorker
 
 ConnectionClosed: Any = _ConnectionClosed  # untyped constructor
 
 logger = logging.getLogger("jobs_core.backends.dramatiq")
 
-ENQUEUE_RETRY_SECONDS = 300.0
+ENQUEUE_RETRY_SECONDS = BROKER_AWAY_SECONDS
 """How long a worker keeps trying to enqueue (a retry, a delayed job that is due) while the
-broker cannot be reached, before it gives up on that enqueue."""
+broker cannot be reached, before it gives up on that enqueue (the core's setting)."""
 
 
 IDLE_SWEEP_SECONDS = 30.0

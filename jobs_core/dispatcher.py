@@ -423,13 +423,13 @@ class BaseDispatcher(PortMethods[PreparedJob]):
     def _submit(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
         duplicates: dict[int, str] = {}
         claimed: list[str] = []
-        to_send = list(prepared)
+        to_send: Sequence[PreparedJob] = prepared
         if not self.claims_when_sending:  # else `_send` claims each key as it enqueues its job
             to_send, duplicates, claimed = self._claim(prepared)
-        results: list[str | AlreadyClaimed] = []
+        results: Sequence[str | AlreadyClaimed] = ()
         if to_send:
             try:
-                results = list(self._send(to_send))
+                results = self._send(to_send)
             except PartialSend as partial:
                 self._fail_partly(to_send, partial, claimed)
             except Exception as error:

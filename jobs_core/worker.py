@@ -51,6 +51,10 @@ logger = logging.getLogger("jobs_core.worker")
 C = TypeVar("C")
 
 UNKNOWN_JOB = "<unknown>"
+
+BROKER_AWAY_SECONDS = 300.0
+"""How long a worker keeps trying to send a message its job needs (a retry, a deferral, a
+delayed job that is due) while the broker cannot be reached: the same on every backend."""
 """The job name reported for a message so malformed that it names no job."""
 
 

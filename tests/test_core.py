@@ -153,10 +153,10 @@ def test_dispatch_ids_are_unique_across_threads_and_forked_processes() -> None:
     if pid == 0:  # the child: a new prefix, not the parent's next number
         os.write(write, new_dispatch_id().encode())
         os._exit(0)
+    os.close(write)  # the child's copy is its own: a child that died leaves the read at EOF
     os.waitpid(pid, 0)
     child = os.read(read, 64).decode()
     os.close(read)
-    os.close(write)
     assert len(child) == 32 and child[:20] != new_dispatch_id()[:20]
 
 

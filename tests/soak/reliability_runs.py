@@ -193,7 +193,8 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> bool:
 
 def _drained(backend: str, broker: Any) -> bool:
     if backend == "celery":
-        return int(broker.llen(QUEUE)) == 0 and int(broker.hlen("unacked")) == 0
+        held = ["unacked", *broker.scan_iter("unacked:held:*")]  # kombu's, then each consumer's
+        return int(broker.llen(QUEUE)) == 0 and not any(int(broker.hlen(k)) for k in held)
     if int(broker.llen(f"dramatiq:{QUEUE}")) or int(broker.llen(f"dramatiq:{QUEUE}.DQ")):
         return False
     return all(int(broker.scard(k)) == 0 for k in broker.scan_iter("dramatiq:__acks__.*"))
