@@ -44,7 +44,7 @@ from jobs_core.execution import drive_without_loop, needs_event_loop
 from jobs_core.idempotency import scoped_key
 from jobs_core.ids import new_dispatch_id
 from jobs_core.instrumentation import JobEvent, safe_record, with_logging
-from jobs_core.payload import encode_payload, parse_payload, validate_payload
+from jobs_core.payload import encode_mapping, encode_payload, parse_payload, validate_payload
 from jobs_core.port import DispatchReceipt
 from jobs_core.worker import Delivery, JobWorker, delivery_from_call, settle
 
@@ -182,6 +182,7 @@ def dispatch_figures(meter: Meter, size: str, stages: bool) -> dict[str, list[fl
     out["stage_validate_us"] = meter.measure(lambda: validate_payload(noop, payload))
     out["stage_serialise_us"] = meter.measure(lambda: serializer.to_json(model, round_trip=True))
     out["stage_encode_us"] = meter.measure(lambda: encode_payload(noop, model, fresh=True))
+    out["stage_wire_us"] = meter.measure(lambda: encode_mapping(noop, payload))
     if not stages:
         return out
     events = plain.events
@@ -190,7 +191,7 @@ def dispatch_figures(meter: Meter, size: str, stages: bool) -> dict[str, list[fl
     out["stage_dispatch_id_us"] = meter.measure(new_dispatch_id)
     out["stage_eta_us"] = meter.measure(lambda: resolve_eta(None, None))
     out["stage_prepared_job_us"] = meter.measure(
-        lambda: PreparedJob(job=noop, payload=model, body=body, dispatch_id="id")
+        lambda: PreparedJob(job=noop, model=model, body=body, dispatch_id="id")
     )
     out["stage_prepare_us"] = meter.measure(lambda: plain.prepare(noop, payload))
     out["stage_claim_us"] = meter.measure(lambda: plain._claim([prepared]))

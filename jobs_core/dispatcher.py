@@ -33,7 +33,13 @@ from .instrumentation import (
     with_logging,
 )
 from .job import Job, JobRequest, P
-from .payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload, validate_payload
+from .payload import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    encode_mapping,
+    encode_payload,
+    parse_payload,
+    validate_payload,
+)
 from .port import BatchOptions, DispatchItem, DispatchOptions, DispatchReceipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
@@ -59,7 +65,9 @@ class PreparedJob:
     """
 
     job: Job[Any, Any]
-    payload: BaseModel
+    model: BaseModel | None
+    """The validated payload, or None where it was validated straight into `body`
+    (`payload` then reads it back on first use)."""
     body: bytes
     dispatch_id: str
     eta: datetime | None = None
@@ -69,6 +77,13 @@ class PreparedJob:
     @property
     def name(self) -> str:
         return self.job.name
+
+    @property
+    def payload(self) -> BaseModel:
+        """The validated payload as its model (equal to the one a worker gets, C10)."""
+        if self.model is None:
+            self.model = parse_payload(self.job, self.body)
+        return self.model
 
     @property
     def data(self) -> Any:
@@ -180,13 +195,20 @@ def prepare_dispatch(
         not isinstance(idempotency_key, str) or not idempotency_key
     ):
         raise DispatchArgumentError("idempotency_key= must be a non-empty str")
-    model = validate_payload(job, payload)
-    body = encode_payload(job, model, max_payload_bytes, fresh=model is not payload)
+    model: BaseModel | None = None
+    body = encode_mapping(job, payload, max_payload_bytes) if type(payload) is dict else None
+    if body is None:
+        model = validate_payload(job, payload)
+        body = encode_payload(job, model, max_payload_bytes, fresh=model is not payload)
     eta = resolve_eta(delay, run_at) if delay is not None or run_at is not None else None
+    prepared = PreparedJob(job, model, body, "", eta, idempotency_key)
     if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
-        idempotency_key = job.flow.idempotency_key(job.name, model, body)
-    dispatch_id = keyed_dispatch_id(job.name, idempotency_key) if idempotency_key else None
-    return PreparedJob(job, model, body, dispatch_id or new_dispatch_id(), eta, idempotency_key)
+        idempotency_key = job.flow.idempotency_key(job.name, lambda: prepared.payload, body)
+        prepared.idempotency_key = idempotency_key
+    prepared.dispatch_id = (
+        keyed_dispatch_id(job.name, idempotency_key) if idempotency_key else new_dispatch_id()
+    )
+    return prepared
 
 
 Prepared = TypeVar("Prepared")
@@ -421,6 +443,8 @@ class BaseDispatcher(PortMethods[PreparedJob]):
         return receipts
 
     def _submit(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
+        if len(prepared) == 1 and prepared[0].idempotency_key is None:
+            return self._submit_one(prepared)
         duplicates: dict[int, str] = {}
         claimed: list[str] = []
         to_send: Sequence[PreparedJob] = prepared
@@ -436,6 +460,22 @@ class BaseDispatcher(PortMethods[PreparedJob]):
                 self._release(claimed)
                 self._fail_all(to_send, error)
         return self._receipts(prepared, results, duplicates)
+
+    def _submit_one(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
+        """`_submit` of one job without a key: the common dispatch, without the bookkeeping."""
+        try:
+            [result] = self._send(prepared)
+        except PartialSend as partial:
+            self._fail_partly(prepared, partial, [])
+        except Exception as error:
+            self._fail_all(prepared, error)
+        if isinstance(result, AlreadyClaimed):  # pragma: no cover - only keyed jobs are claimed
+            return self._receipts(prepared, [result], {})
+        name = prepared[0].job.name
+        if self._wants("scheduled"):  # built only when something keeps it
+            event = JobEvent("scheduled", "schedule", name, result, 0, self.backend_name)
+            safe_record(self.events, event)
+        return [DispatchReceipt(name, result, self.backend_name)]
 
     def _fail_partly(
         self, to_send: Sequence[PreparedJob], partial: PartialSend, claimed: list[str]

@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal, Union
 from annotated_types import BaseMetadata
 from pydantic import BaseModel, RootModel, TypeAdapter
 from pydantic.fields import FieldInfo
+from pydantic_core import SchemaValidator
 
 Check = Callable[[Any], bool]
 
@@ -271,3 +272,98 @@ def _type_check(
         flags.nested = True
         return _model_check(tp, flags, seen)
     raise _NotPlain
+
+
+# -- validating a mapping straight into the JSON-ready data of a plain model ------------------
+
+MAX_SAFE_INTEGER = 2**53 - 1
+"""Largest integer every backend carries exactly (see `jobs_core.payload`)."""
+
+_NOT_SCHEMAS = frozenset({"metadata", "config", "default", "serialization", "expected", "cls"})
+"""Keys of a core schema whose values are data, not schemas."""
+
+_WIRE: weakref.WeakKeyDictionary[type[BaseModel], SchemaValidator | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def wire_validator(model: type[BaseModel]) -> SchemaValidator | None:
+    """For a plain model: its own validator, but giving the model's JSON-ready data (a dict
+    where the model gives an instance) instead of instances; None for any other model.
+
+    A plain model's instances hold nothing their dict form does not, so validating a mapping
+    into that dict and serialising it gives the JSON the model path gives, at a third of the
+    cost (no instances to build, and none for the garbage collector to walk). It is stricter,
+    never looser: it refuses a model instance nested in the mapping, an inf or NaN float and an
+    integer beyond ±(2**53 - 1), so that what it accepts needs no further check; a caller
+    takes the model path for whatever it refuses, which then says why (cached per class).
+    """
+    try:
+        return _WIRE[model]
+    except KeyError:
+        pass
+    validator = None
+    if plan_for(model) is not None:
+        try:
+            validator = SchemaValidator(_as_data(model.__pydantic_core_schema__))
+        except _NotPlain:
+            pass
+    _WIRE[model] = validator
+    return validator
+
+
+def _as_data(schema: Any) -> Any:
+    """`schema` (part of a core schema) with every model a typed dict of the same fields and
+    config, every float finite and every integer within ±(2**53 - 1)."""
+    if isinstance(schema, list):
+        return [_as_data(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kind = schema.get("type")
+    if kind == "model":
+        return _typed_dict(schema)
+    out = {k: v if k in _NOT_SCHEMAS else _as_data(v) for k, v in schema.items()}
+    if kind == "float":
+        out["allow_inf_nan"] = False
+    elif kind == "int":
+        out["le"] = min(out.get("le", MAX_SAFE_INTEGER), MAX_SAFE_INTEGER)
+        out["ge"] = max(out.get("ge", -MAX_SAFE_INTEGER), -MAX_SAFE_INTEGER)
+    elif kind == "literal" and any(
+        type(v) is int and abs(v) > MAX_SAFE_INTEGER for v in schema["expected"]
+    ):
+        raise _NotPlain
+    elif kind == "default" and not _is_data(schema.get("default")):
+        raise _NotPlain  # a default model instance: the dict would hold it as it is
+    return out
+
+
+def _typed_dict(schema: dict[str, Any]) -> dict[str, Any]:
+    fields = schema["schema"]
+    if schema.get("root_model") or schema.get("post_init") or fields["type"] != "model-fields":
+        raise _NotPlain
+    typed: dict[str, Any] = {
+        "type": "typed-dict",
+        "fields": {
+            name: {
+                **{k: v for k, v in field.items() if k not in ("type", "frozen", "schema")},
+                "type": "typed-dict-field",
+                "schema": _as_data(field["schema"]),
+                "required": field["schema"]["type"] != "default",
+            }
+            for name, field in fields["fields"].items()
+        },
+    }
+    for key in ("config", "ref", "strict", "extra_behavior"):
+        if key in schema or key in fields:
+            typed[key] = schema.get(key, fields.get(key))
+    return typed
+
+
+def _is_data(value: Any) -> bool:
+    if value is None or type(value) in (str, int, bool, float):
+        return True
+    if type(value) is list:
+        return all(map(_is_data, value))
+    if type(value) is dict:
+        return all(map(_is_data, value.values()))
+    return False

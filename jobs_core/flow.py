@@ -127,13 +127,15 @@ class FlowControl:
             found.append(Resource(kind, name, option.limit, seconds))
         return tuple(found)
 
-    def idempotency_key(self, job_name: str, payload: BaseModel, data: Any) -> str | None:
+    def idempotency_key(
+        self, job_name: str, payload: Callable[[], BaseModel], data: Any
+    ) -> str | None:
         """The dispatch's idempotency key derived from its payload (C27), or None: a field that
         is None or empty, or a callable returning None, means no key for that dispatch."""
         rule = self.idempotency
         if rule is None:
             return None
-        value = _field(data, rule) if isinstance(rule, str) else rule(payload)
+        value = _field(data, rule) if isinstance(rule, str) else rule(payload())
         if value is None or value == "":
             return None
         if callable(rule) and not isinstance(value, str):

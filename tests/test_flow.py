@@ -111,15 +111,15 @@ def test_derived_idempotency_keys() -> None:
     by_field = jobs.define_job("f", payload=Task, handle=lambda p, c: None, idempotency="ref")
     assert by_field.flow is not None and not by_field.flow.limited
     key = by_field.flow.idempotency_key
-    assert key("f", Task(ref="r1"), {"ref": "r1"}) == "r1"
-    assert key("f", Task(), {"ref": None}) is None  # no key: the dispatch runs
-    assert key("f", Task(ref=""), {"ref": ""}) is None
+    assert key("f", lambda: Task(ref="r1"), {"ref": "r1"}) == "r1"
+    assert key("f", lambda: Task(), {"ref": None}) is None  # no key: the dispatch runs
+    assert key("f", lambda: Task(ref=""), {"ref": ""}) is None
     plain = jobs.define_job("p", payload=Task, handle=lambda p, c: None)
     assert plain.flow is None  # nothing to check on the way for a job without options
     bad = jobs.define_job("b", payload=Task, handle=lambda p, c: None, idempotency=lambda p: 7)
     assert bad.flow is not None
     with pytest.raises(JobConfigError, match="must return a str"):
-        bad.flow.idempotency_key("b", Task(), {})
+        bad.flow.idempotency_key("b", Task, {})
 
 
 def test_inline_dispatch_derives_the_key_and_an_explicit_one_wins() -> None:

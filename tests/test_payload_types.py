@@ -35,9 +35,10 @@ from pydantic.types import Secret
 
 from jobs_core import JobConfigError, JobPayloadError, JobRegistry, JobsError
 from jobs_core.backends.inline import InlineDispatcher
+from jobs_core.dispatcher import prepare_dispatch
 from jobs_core.exact import plan_for
-from jobs_core.payload import parse_payload, validate_payload
-from jobs_core.testing import RecordingInstrumentation
+from jobs_core.payload import encode_mapping, encode_payload, parse_payload, validate_payload
+from jobs_core.testing import RecordingDispatcher, RecordingInstrumentation
 from jobs_core.travel import dump_payload, payload_json
 
 SECRET_FIX = "use str and keep the secret elsewhere"
@@ -466,6 +467,65 @@ def test_the_shortcut_for_plain_models_decides_as_the_full_check(
     full = _decision(lambda: pydantic_core.to_json(dump_payload(job, validated)))
     fresh = validated is not payload
     assert _decision(lambda: payload_json(job, validated, fresh)) == full
+
+
+class Tidy(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(alias="name", max_length=5)
+    tags: list[str] = []
+
+
+WIRE_CASES = [
+    # (id, model, mapping, whether it takes the path that builds no model)
+    ("plain", Order, {"id": 2, "lines": [{"sku": "a", "qty": 3}], "meta": {"y": -0.25}}, True),
+    ("coerced", Order, {"id": "7", "meta": {"x": 1}, "parent": {"sku": "p"}}, True),
+    ("extra-key-ignored", FreeOrder, {"id": 1, "unknown": [1, 2]}, True),
+    ("bool-in-int", Order, {"id": True}, True),
+    ("config-kept", Tidy, {"name": " ab ", "tags": ["x"]}, True),
+    ("config-kept-extra-forbidden", Tidy, {"name": "ab", "other": 1}, False),
+    ("constraint", Order, {"id": 1, "lines": [{"sku": "a", "qty": 0}]}, False),
+    ("literal", Order, {"id": 1, "kind": "z"}, False),
+    ("missing", Order, {"kind": "a"}, False),
+    ("inf", Order, {"id": 1, "meta": {"x": math.inf}}, False),
+    ("nan", FreeOrder, {"id": 1, "meta": {"x": math.nan}}, False),
+    ("big-int", Order, {"id": 2**60}, False),
+    ("big-int-nested", FreeOrder, {"id": 1, "lines": [{"sku": "a", "qty": -(2**53)}]}, False),
+    ("model-inside", Order, {"id": 1, "lines": [Line(sku="a")]}, False),
+    ("subclass-inside", FreeOrder, {"id": 1, "lines": [FreeSubLine(sku="a", note="x")]}, False),
+    ("lone-surrogate", FreeOrder, {"id": 1, "lines": [{"sku": "\ud800"}]}, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "payload", "fast"), [c[1:] for c in WIRE_CASES], ids=[c[0] for c in WIRE_CASES]
+)
+def test_a_mapping_validated_straight_into_json_is_sent_as_the_model_path_sends_it(
+    model: type[BaseModel], payload: dict[str, Any], fast: bool
+) -> None:
+    """A dispatch of a mapping to a plain model builds no model (`encode_mapping`): what it
+    sends is byte for byte what the model path sends, and whatever it cannot vouch for (an
+    error, a value only the model path judges) goes the model path, which says why."""
+    job = JobRegistry[Any]().define_job("types.wire", payload=model, handle=lambda p, c: None)
+    full = _decision(lambda: encode_payload(job, validate_payload(job, payload)))
+    wire = encode_mapping(job, payload)
+    assert (wire is not None) == fast
+    if wire is not None:
+        assert full == ("sent", wire)
+        assert parse_payload(job, wire) == validate_payload(job, payload)
+
+
+def test_a_dispatch_that_built_no_model_still_shows_the_validated_payload() -> None:
+    job = JobRegistry[Any]().define_job("types.lazy", payload=Order, handle=lambda p, c: None)
+    prepared = prepare_dispatch(job, {"id": "3", "lines": [{"sku": "a"}]}, 1000)
+    assert prepared.model is None  # validated straight into JSON
+    assert prepared.payload == Order(id=3, lines=[Line(sku="a")])  # read back on first use
+    dispatcher = RecordingDispatcher()
+    dispatcher.dispatch_sync(job, {"id": "3", "lines": [{"sku": "a"}]})
+    assert dispatcher.dispatched[0].payload == Order(id=3, lines=[Line(sku="a")])
+    with pytest.raises(JobPayloadError) as refused:
+        dispatcher.dispatch_sync(job, {"id": 1, "meta": {"x": math.inf}})
+    assert [e["type"] for e in refused.value.errors] == ["float_not_json"]
 
 
 def test_models_the_shortcut_cannot_vouch_for_are_not_plain() -> None:
