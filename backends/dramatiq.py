@@ -27,6 +27,7 @@ from jobs_core.idempotency import (
     redis_client,
     scoped_key,
 )
+from jobs_core.ids import new_dispatch_id
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.job import Job
 from jobs_core.registry import JobRegistry
@@ -36,6 +37,7 @@ try:
     import dramatiq
     import redis
     from dramatiq.brokers.redis import RedisBroker as _RedisBroker
+    from dramatiq.common import current_millis, dq_name
     from dramatiq.encoder import JSONEncoder
     from dramatiq.middleware import CurrentMessage, Middleware
 
@@ -127,25 +129,24 @@ class DramatiqDispatcher(BaseDispatcher):
             url = idempotency_url or broker_url
             self.idempotency = idempotency_store_for(url, self.timeout, what=BACKEND, client=shared)
 
-    def _message(self, prepared: PreparedJob) -> tuple[dramatiq.Message[Any], int | None]:
-        fields: dict[str, Any] = {"queue_name": self.queue, "actor_name": prepared.name}
-        fields.update(kwargs={}, options={}, message_id=prepared.dispatch_id)
-        message: dramatiq.Message[Any]
+    def _message(
+        self, prepared: PreparedJob, queue: str, options: dict[str, Any]
+    ) -> dramatiq.Message[Any]:
+        fields: dict[str, Any] = {"queue_name": queue, "actor_name": prepared.name}
+        fields.update(kwargs={}, options=options, message_id=prepared.dispatch_id)
         if type(dramatiq.get_encoder()) is JSONEncoder:  # the payload's JSON goes in as it is
-            message = EncodedMessage(args=(), body=prepared.body, **fields)
-        else:
-            message = dramatiq.Message(args=(prepared.data,), **fields)
-        wait = prepared.delay_seconds()
-        return message, (_millis(wait) if wait > 0 else None)
+            return EncodedMessage(args=(), body=prepared.body, **fields)
+        return dramatiq.Message(args=(prepared.data,), **fields)
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str | AlreadyClaimed]:
         if len(jobs) > 1 and self.client is not None:
             return self._send_in_one_transaction(jobs)
         results: list[str | AlreadyClaimed] = []
         for prepared in jobs:
-            message, delay = self._message(prepared)
+            wait = prepared.delay_seconds()
             self._claim_with(prepared)
-            self.broker.enqueue(message, delay=delay)
+            message = self._message(prepared, self.queue, {})
+            self.broker.enqueue(message, delay=_millis(wait) if wait > 0 else None)
             held = self.script.held if self.script is not None else None
             results.append(AlreadyClaimed(held) if held else prepared.dispatch_id)
         return results
@@ -158,8 +159,9 @@ class DramatiqDispatcher(BaseDispatcher):
             self.script.claim = claim
 
     def _send_in_one_transaction(self, jobs: Sequence[PreparedJob]) -> list[str | AlreadyClaimed]:
-        """Dramatiq's own `enqueue`, on a broker whose client is a Redis transaction: its script
-        calls (claiming keys as they enqueue) go to Redis in one round trip, all or none."""
+        """Dramatiq's own enqueue script, the call its `enqueue` ends in, on a broker whose client
+        is a Redis transaction: the calls (claiming keys as they enqueue) go to Redis in one
+        round trip, all or none. Each message is made once, as `enqueue` would leave it."""
         assert self.client is not None
         pipe = self.client.pipeline(transaction=True)
         batch = RedisBroker(client=pipe, middleware=[], maintenance_chance=0)
@@ -167,10 +169,15 @@ class DramatiqDispatcher(BaseDispatcher):
         batch.scripts["maxstack"] = self.broker.scripts["maxstack"]  # a query, not a write
         if self.script is not None:
             batch.scripts["dispatch"] = functools.partial(self.script, client=pipe)
+        enqueue = batch.do_enqueue
         for prepared in jobs:
-            message, delay = self._message(prepared)
+            queue, wait = self.queue, prepared.delay_seconds()
+            options: dict[str, Any] = {"redis_message_id": new_dispatch_id()}
+            if wait > 0:
+                options["eta"], queue = current_millis() + _millis(wait), dq_name(queue)
             self._claim_with(prepared)
-            batch.enqueue(message, delay=delay)
+            message = self._message(prepared, queue, options)
+            enqueue(queue, options["redis_message_id"], message.encode())
         replies = pipe.execute()
         return [
             AlreadyClaimed(reply.decode()) if isinstance(reply, bytes) else p.dispatch_id
