@@ -17,7 +17,7 @@ from typing import Any
 
 import pydantic_core
 
-from jobs_core.config import JobsSettings, load_settings, missing_extra, redact_url
+from jobs_core.config import broker_dispatcher_factory, load_settings, missing_extra, redact_url
 from jobs_core.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
 from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource
@@ -185,13 +185,7 @@ def _task_message(amqp: Any, prepared: PreparedJob) -> Any:
     return message._replace(body=b"[[" + prepared.body + b"]," + rest)
 
 
-def create_dispatcher(
-    settings: JobsSettings, *, context: ContextSource = None, **options: Any
-) -> CeleryDispatcher:
-    """The `JOBS_BACKEND=celery` factory used by `jobs_core.create_dispatcher`."""
-    return CeleryDispatcher(
-        settings.broker_url, settings.queue, **settings.dispatcher_options(**options)
-    )
+create_dispatcher = broker_dispatcher_factory(CeleryDispatcher, BACKEND)
 
 
 # -- worker -------------------------------------------------------------------------------

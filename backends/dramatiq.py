@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from jobs_core.config import JobsSettings, load_settings, missing_extra, redact_url
+from jobs_core.config import broker_dispatcher_factory, load_settings, missing_extra, redact_url
 from jobs_core.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
 from jobs_core.errors import JobConfigError
 from jobs_core.execution import ContextSource
@@ -193,13 +193,7 @@ class DramatiqDispatcher(BaseDispatcher):
         return f"DramatiqDispatcher(broker_url={url!r}, queue={self.queue!r})"
 
 
-def create_dispatcher(
-    settings: JobsSettings, *, context: ContextSource = None, **options: Any
-) -> DramatiqDispatcher:
-    """The `JOBS_BACKEND=dramatiq` factory used by `jobs_core.create_dispatcher`."""
-    return DramatiqDispatcher(
-        settings.broker_url, settings.queue, **settings.dispatcher_options(**options)
-    )
+create_dispatcher = broker_dispatcher_factory(DramatiqDispatcher, BACKEND)
 
 
 # -- worker -------------------------------------------------------------------------------

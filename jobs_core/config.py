@@ -6,7 +6,7 @@ import importlib
 import re
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -189,6 +189,37 @@ def resolve_backend_factory(name: str) -> Callable[..., JobDispatcherPort]:
             raise JobConfigError(f"JOBS_BACKEND {name!r} does not name a callable factory")
         return target  # type: ignore[no-any-return]
     raise unknown_backend(name)
+
+
+D_co = TypeVar("D_co", bound=JobDispatcherPort, covariant=True)
+
+
+class DispatcherFactory(Protocol[D_co]):
+    """A backend's `create_dispatcher`: what `create_dispatcher()` calls with the settings."""
+
+    def __call__(
+        self, settings: JobsSettings, *, context: ContextSource = None, **options: Any
+    ) -> D_co: ...
+
+
+def broker_dispatcher_factory(
+    dispatcher: Callable[..., D_co], backend: str
+) -> DispatcherFactory[D_co]:
+    """The `create_dispatcher` of a backend whose dispatcher is made as
+    `dispatcher(broker_url, queue, **options)` (Celery, Dramatiq): one home for how the settings
+    become such a dispatcher, so that the adapters cannot drift apart. `context` is ignored, as
+    the producer side of a broker runs no job."""
+
+    def create_dispatcher(
+        settings: JobsSettings, *, context: ContextSource = None, **options: Any
+    ) -> D_co:
+        options = settings.dispatcher_options(**options)
+        return dispatcher(settings.broker_url, settings.queue, **options)
+
+    create_dispatcher.__doc__ = (
+        f"The `JOBS_BACKEND={backend}` factory used by `jobs_core.create_dispatcher`."
+    )
+    return create_dispatcher
 
 
 def create_dispatcher(

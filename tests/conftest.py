@@ -92,6 +92,16 @@ def redis_server() -> Iterator[Any]:
         yield server
 
 
+@pytest.fixture
+def store() -> Iterator[Any]:
+    """A second private redis-server, apart from the broker, where the jobs of a worker test
+    record their runs: stopping or restarting the broker keeps the record."""
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
 # -- databases (the outbox): SQLite always, PostgreSQL from tests/support/postgres_server.py ------
 # Without a PostgreSQL the PostgreSQL cases skip, saying why, except in CI (`CI=true`), where
 # they fail: CI must run them.

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from pydantic import BaseModel
@@ -65,6 +65,33 @@ def _registry(done: list[str]) -> JobRegistry[Any]:
 def _url(server: RedisServer, password: str | None, port: int | None = None) -> str:
     auth = f":{password}@" if password else ""
     return f"redis://{auth}127.0.0.1:{port or server.port}/0"
+
+
+class _Start(NamedTuple):
+    done: list[str]
+    jobs: JobRegistry[Any]
+    events: RecordingInstrumentation
+    url: str
+    texts: dict[str, str]
+
+
+def _start(backend: str, server: RedisServer, caplog: pytest.LogCaptureFixture) -> _Start:
+    """What each backend's test starts from: DEBUG logs captured, the two jobs (and the list
+    they report to), the events, the broker URL with the password, and the texts to search,
+    first the settings' repr and str."""
+    caplog.set_level(logging.DEBUG)
+    done: list[str] = []
+    url = _url(server, PASSWORD)
+    settings = JobsSettings(backend=backend, broker_url=url, queue="c23")
+    texts = {"settings": f"{settings!r} {settings}"}
+    return _Start(done, _registry(done), RecordingInstrumentation(), url, texts)
+
+
+def _dispatch_both(dispatcher: Any, jobs: JobRegistry[Any], done: list[str]) -> None:
+    """Dispatch the job that completes and the one that gives up; wait until both report."""
+    dispatcher.dispatch_sync(jobs["c23.ok"], {"text": "fine"})
+    dispatcher.dispatch_sync(jobs["c23.broken"], {"text": "bad"})
+    wait_for(lambda: len(done) == 2, 30, "both jobs to finish", lambda: str(done))
 
 
 def _exception_text(error: BaseException) -> str:
@@ -134,25 +161,11 @@ def test_C23_celery_broker_password_never_shown(
     from celery import signals
     from celery.contrib.testing.worker import start_worker
 
-    from jobs_core.backends.celery import CeleryDispatcher, create_celery_app
+    from jobs_core.backends.celery import CeleryDispatcher
+    from tests.celery.embedded import embedded_worker_app
 
-    caplog.set_level(logging.DEBUG)
-    done: list[str] = []
-    jobs = _registry(done)
-    events = RecordingInstrumentation()
-    url = _url(server, PASSWORD)
-    settings = JobsSettings(backend="celery", broker_url=url, queue="c23")
-    texts: dict[str, str] = {"settings": f"{settings!r} {settings}"}
-    app = create_celery_app(
-        jobs,
-        context=None,
-        broker_url=url,
-        queue="c23",
-        instrumentation=events,
-        worker_hijack_root_logger=False,
-        worker_enable_remote_control=False,
-        worker_send_task_events=False,
-    )
+    done, jobs, events, url, texts = _start("celery", server, caplog)
+    app = embedded_worker_app(jobs, url, "c23", events)
     dispatcher = CeleryDispatcher(url, "c23", instrumentation=events)
     try:
         texts["dispatcher"] = f"{dispatcher!r} {dispatcher}"
@@ -160,9 +173,7 @@ def test_C23_celery_broker_password_never_shown(
         with start_worker(
             app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="DEBUG"
         ):
-            dispatcher.dispatch_sync(jobs["c23.ok"], {"text": "fine"})
-            dispatcher.dispatch_sync(jobs["c23.broken"], {"text": "bad"})
-            wait_for(lambda: len(done) == 2, 30, "both jobs to finish", lambda: str(done))
+            _dispatch_both(dispatcher, jobs, done)
         assert sorted(done) == ["fine", "gave up: bad"]
     finally:
         signals.task_unknown.disconnect(app.jobs_core_unknown_receiver)
@@ -210,13 +221,7 @@ def test_C23_dramatiq_broker_password_never_shown(
         register_actors,
     )
 
-    caplog.set_level(logging.DEBUG)
-    done: list[str] = []
-    jobs = _registry(done)
-    events = RecordingInstrumentation()
-    url = _url(server, PASSWORD)
-    settings = JobsSettings(backend="dramatiq", broker_url=url, queue="c23")
-    texts: dict[str, str] = {"settings": f"{settings!r} {settings}"}
+    done, jobs, events, url, texts = _start("dramatiq", server, caplog)
     broker = make_worker_broker(url)
     register_actors(jobs, context=None, broker=broker, instrumentation=events, queue="c23")
     dispatcher = DramatiqDispatcher(url, "c23", instrumentation=events)
@@ -226,9 +231,7 @@ def test_C23_dramatiq_broker_password_never_shown(
         texts["worker broker"] = f"{broker!r} {broker}"
         worker.start()
         try:
-            dispatcher.dispatch_sync(jobs["c23.ok"], {"text": "fine"})
-            dispatcher.dispatch_sync(jobs["c23.broken"], {"text": "bad"})
-            wait_for(lambda: len(done) == 2, 30, "both jobs to finish", lambda: str(done))
+            _dispatch_both(dispatcher, jobs, done)
         finally:
             worker.stop(timeout=10_000)
         assert sorted(done) == ["fine", "gave up: bad"]

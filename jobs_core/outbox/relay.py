@@ -40,6 +40,7 @@ from pydantic import BaseModel
 
 from .. import DispatchReceipt, JobDispatcherPort, JobRegistry, JobRequest
 from ..errors import JobPayloadError
+from ..execution import drive_without_loop
 from ..instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
 from ..payload import validate_payload
 from .writer import BACKEND, utcnow
@@ -522,22 +523,18 @@ def _stored_payload(payload: Any, job_name: str) -> Any:
 
 
 def _drive(plan: Plan, send: Send) -> list[RowResult]:
-    """Run `plan`, sending each batch it asks for with `send` and giving it back the outcome."""
-    try:
-        batch = next(plan)
-        while True:
-            try:
-                receipts = send(batch)
-            except Exception as error:
-                batch = plan.throw(error)
-            else:
-                batch = plan.send(receipts)
-    except StopIteration as done:
-        results: list[RowResult] = done.value
-        return results
+    """`_drive_async` for a sync `send`: wrapped as a coroutine that never suspends, the drive
+    ends on its first step, with no event loop (one copy of the driving logic)."""
+
+    async def send_now(batch: list[JobRequest[Any]]) -> list[DispatchReceipt]:
+        return send(batch)
+
+    results: list[RowResult] = drive_without_loop(_drive_async(plan, send_now))
+    return results
 
 
 async def _drive_async(plan: Plan, send: Callable[[list[JobRequest[Any]]], Any]) -> list[RowResult]:
+    """Run `plan`, sending each batch it asks for with `send` and giving it back the outcome."""
     try:
         batch = next(plan)
         while True:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,6 @@ BOUND = DEFAULT_HEARTBEAT_TIMEOUT * 1.1
 `heartbeat_timeout` old, checked every tenth of it (16.5 s by default)."""
 LOAD_SLACK = 8.0
 """Room for a machine whose 2 cores are shared (the bound is a property of the design)."""
-
-
-@pytest.fixture
-def store() -> Iterator[Any]:
-    from tests.support.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server
 
 
 def _done(client: Any) -> set[int]:

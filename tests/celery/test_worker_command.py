@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,6 @@ from tests.celery.app import DONE, work
 from tests.celery.workers import wait_for, worker_processes
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def store() -> Iterator[Any]:
-    from tests.support.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server
 
 
 def test_the_worker_command_logs_no_line_per_successful_job(

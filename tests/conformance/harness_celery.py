@@ -18,8 +18,9 @@ from celery import signals
 from celery.contrib.testing.worker import start_worker
 
 from jobs_core import JobRegistry
-from jobs_core.backends.celery import CeleryDispatcher, create_celery_app, dead_letter_queue
+from jobs_core.backends.celery import CeleryDispatcher, dead_letter_queue
 from jobs_core.instrumentation import Instrumentation
+from tests.celery.embedded import embedded_worker_app
 
 from .harness_redis import RedisBrokerHarness, forget_queue
 
@@ -45,16 +46,7 @@ class CelerySession:
         self.url = url
         self.queue = f"conf-{uuid.uuid4().hex[:10]}"
         self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
-        self.app = create_celery_app(
-            registry,
-            context=context,
-            broker_url=url,
-            queue=self.queue,
-            instrumentation=instrumentation,
-            worker_hijack_root_logger=False,
-            worker_enable_remote_control=False,
-            worker_send_task_events=False,
-        )
+        self.app = embedded_worker_app(registry, url, self.queue, instrumentation, context=context)
         self.dispatcher = CeleryDispatcher(url, self.queue, instrumentation=instrumentation)
         self._stack = ExitStack()
 
@@ -95,14 +87,8 @@ class CelerySession:
 class CeleryHarness(RedisBrokerHarness):
     name = "celery"
     redis_db = REDIS_DB
-
-    def make_session(
-        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
-    ) -> CelerySession:
-        return CelerySession(self.url, registry, context, instrumentation)
-
-    def make_dispatcher(self, url: str, queue: str, timeout: float) -> CeleryDispatcher:
-        return CeleryDispatcher(url, queue, timeout=timeout)
+    session_type = CelerySession
+    dispatcher_type = CeleryDispatcher
 
 
 def make_harness(resources: Any) -> CeleryHarness:

@@ -94,14 +94,8 @@ class DramatiqSession:
 class DramatiqHarness(RedisBrokerHarness):
     name = "dramatiq"
     redis_db = 2
-
-    def make_session(
-        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
-    ) -> DramatiqSession:
-        return DramatiqSession(self.url, registry, context, instrumentation)
-
-    def make_dispatcher(self, url: str, queue: str, timeout: float) -> DramatiqDispatcher:
-        return DramatiqDispatcher(url, queue, timeout=timeout)
+    session_type = DramatiqSession
+    dispatcher_type = DramatiqDispatcher
 
 
 def make_harness(resources: Any) -> DramatiqHarness:

@@ -1,13 +1,13 @@
 """What the Celery and Dramatiq harnesses share: a backend on the session's private Redis.
 
-A subclass names its backend and Redis database and says how to make a session (a worker for
-the test's registry) and a dispatcher; the rest (settings, environment, the unreachable broker
+A subclass names its backend, Redis database, session class (a worker for the test's
+registry) and dispatcher class; the rest (settings, environment, the unreachable broker
 for C7) is the same for both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 
@@ -48,13 +48,18 @@ class RedisBrokerHarness:
         url: str = self.resources.redis_url(self.redis_db)
         return url
 
+    session_type: Callable[[str, JobRegistry[Any], Any, Instrumentation], Session]
+    """Makes a session (a worker for the test's registry) on the broker at a URL."""
+    dispatcher_type: Callable[..., JobDispatcherPort]
+    """The backend's dispatcher, made as `dispatcher_type(url, queue, timeout=...)`."""
+
     def make_session(
         self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
     ) -> Session:
-        raise NotImplementedError
+        return self.session_type(self.url, registry, context, instrumentation)
 
     def make_dispatcher(self, url: str, queue: str, timeout: float) -> JobDispatcherPort:
-        raise NotImplementedError
+        return self.dispatcher_type(url, queue, timeout=timeout)
 
     @contextmanager
     def session(

@@ -13,6 +13,8 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from jobs_core import JobRegistry
+
 
 class Note(BaseModel):
     text: str
@@ -78,3 +80,14 @@ class Runs:
         with self._lock:
             times = [t for t, _ in self.calls]
         return [b - a for a, b in itertools.pairwise(times)]
+
+
+def recording_job(jobs: JobRegistry[Any], name: str, runs: Runs, **options: Any) -> Any:
+    """Define in `jobs` a job `name` (a `Note` payload, the job options `options`) that only
+    records each payload it runs with in `runs`: the job of most contract tests."""
+
+    @jobs.job(name, **options)
+    def handler(payload: Note, ctx: Any) -> None:
+        runs.add(payload)
+
+    return handler

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -12,23 +14,25 @@ from jobs_core import DispatchError, JobPayloadError, JobRegistry
 from jobs_core.testing import RecordingInstrumentation
 
 from .harness import BackendHarness, stays_false, wait_until
-from .models import Note, Runs
+from .models import Note, Runs, recording_job
 
 
-def _define(jobs: JobRegistry[Any], name: str, runs: Runs) -> Any:
-    @jobs.job(name)
-    def handler(payload: Note, ctx: Any) -> None:
-        runs.add(payload)
-
-    return handler
+@contextmanager
+def _recording(
+    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, name: str
+) -> Iterator[tuple[Any, Any, Runs]]:
+    """A session of `harness` with a job `name` that records in the yielded `Runs` each payload
+    it runs with: what most dispatching tests start from."""
+    runs = Runs()
+    job = recording_job(jobs, name, runs)
+    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+        yield s, job, runs
 
 
 def test_C4_invalid_payload_raises_and_enqueues_nothing(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
-    runs = Runs()
-    job = _define(jobs, f"c4.{unique}", runs)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+    with _recording(harness, jobs, events, f"c4.{unique}") as (s, job, runs):
         before = s.enqueued_count()
         with pytest.raises(JobPayloadError) as caught:
             s.dispatcher.dispatch_sync(job, {"text": 123, "n": "not a number"})
@@ -56,9 +60,7 @@ def test_C5_payload_must_be_own_model_or_mapping(
 
     if bad == "model-of-another-class":
         bad = Address(street="s", city="c")
-    runs = Runs()
-    job = _define(jobs, f"c5.{unique}", runs)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+    with _recording(harness, jobs, events, f"c5.{unique}") as (s, job, runs):
         with pytest.raises(JobPayloadError, match=job.name):
             s.dispatcher.dispatch_sync(job, bad)
         receipt = s.dispatcher.dispatch_sync(job, Note(text="model ok"))
@@ -70,9 +72,7 @@ def test_C5_payload_must_be_own_model_or_mapping(
 async def test_C5_async_dispatch_validates_the_same(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
-    runs = Runs()
-    job = _define(jobs, f"c5a.{unique}", runs)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+    with _recording(harness, jobs, events, f"c5a.{unique}") as (s, job, runs):
         with pytest.raises(JobPayloadError):
             await s.dispatcher.dispatch(job, ["not", "a", "mapping"])  # type: ignore[arg-type]
         receipt = await s.dispatcher.dispatch(job, {"text": "async ok"})
@@ -83,9 +83,7 @@ async def test_C5_async_dispatch_validates_the_same(
 def test_C6_dispatch_many_sends_none_when_one_is_bad(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
-    runs = Runs()
-    job = _define(jobs, f"c6.{unique}", runs)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+    with _recording(harness, jobs, events, f"c6.{unique}") as (s, job, runs):
         before = s.enqueued_count()
         batch = [(job, {"text": "a"}), (job, {"text": "b"}), (job, {"n": "bad"})]
         with pytest.raises(JobPayloadError):
@@ -106,7 +104,7 @@ def test_C7_unreachable_backend_raises_dispatch_error_within_timeout(
     harness: BackendHarness, jobs: JobRegistry[Any], unique: str, hanging: bool
 ) -> None:
     runs = Runs()
-    job = _define(jobs, f"c7.{unique}", runs)
+    job = recording_job(jobs, f"c7.{unique}", runs)
     timeout = 1.5
     dispatcher_cm = harness.unreachable_dispatcher(jobs, timeout=timeout, hanging=hanging)
     if dispatcher_cm is None:
@@ -128,10 +126,8 @@ def test_C7_unreachable_backend_raises_dispatch_error_within_timeout(
 def test_C8_delay_is_honoured(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
-    runs = Runs()
-    job = _define(jobs, f"c8.{unique}", runs)
     delay = timedelta(seconds=1.5)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+    with _recording(harness, jobs, events, f"c8.{unique}") as (s, job, runs):
         sent = time.monotonic()
         s.dispatcher.dispatch_sync(job, {"text": "delayed"}, delay=delay)
         at = datetime.now(timezone.utc) + delay
@@ -152,9 +148,7 @@ def test_C8_delay_is_honoured(
 def test_C8_naive_run_at_and_negative_delay_are_refused(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
-    runs = Runs()
-    job = _define(jobs, f"c8b.{unique}", runs)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+    with _recording(harness, jobs, events, f"c8b.{unique}") as (s, job, runs):
         with pytest.raises(ValueError, match="timezone-aware"):
             s.dispatcher.dispatch_sync(job, {"text": "x"}, run_at=datetime.now())
         with pytest.raises(ValueError, match="negative"):
@@ -165,9 +159,7 @@ def test_C8_naive_run_at_and_negative_delay_are_refused(
 def test_C9_same_idempotency_key_runs_once(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
-    runs = Runs()
-    job = _define(jobs, f"c9.{unique}", runs)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+    with _recording(harness, jobs, events, f"c9.{unique}") as (s, job, runs):
         first = s.dispatcher.dispatch_sync(job, {"text": "one"}, idempotency_key=f"k-{unique}")
         second = s.dispatcher.dispatch_sync(job, {"text": "two"}, idempotency_key=f"k-{unique}")
         other = s.dispatcher.dispatch_sync(job, {"text": "three"}, idempotency_key=f"o-{unique}")

@@ -14,7 +14,7 @@ from jobs_core import JobPayloadError, JobRegistry, PermanentError, Retry, Retry
 from jobs_core.testing import RecordingInstrumentation
 
 from .harness import BackendHarness, stays_false, wait_until
-from .models import Address, Colour, Note, Rich, Runs
+from .models import Address, Colour, Note, Rich, Runs, recording_job
 
 FAST = dict(min_backoff=timedelta(milliseconds=20), max_backoff=timedelta(milliseconds=50))
 
@@ -71,11 +71,7 @@ def test_C10_integers_beyond_2_53_are_refused_at_dispatch(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
     runs = Runs()
-
-    @jobs.job(f"c10i.{unique}")
-    def handler(payload: Note, ctx: Any) -> None:
-        runs.add(payload)
-
+    handler = recording_job(jobs, f"c10i.{unique}", runs)
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
         before = s.enqueued_count()
         for unsafe in (2**53, -(2**53), 2**53 + 1):
@@ -255,11 +251,10 @@ def test_C16_payload_that_no_longer_fits_is_not_retried(
 ) -> None:
     runs = Runs()
     name = f"c16.{unique}"
-
-    @jobs.job(name, retry=Retry(attempts=3, **FAST), on_failure=lambda e, p, c: runs.fail(e, p))
-    def handler(payload: Note, ctx: Any) -> None:
-        runs.add(payload)
-
+    retry = Retry(attempts=3, **FAST)
+    handler = recording_job(
+        jobs, name, runs, retry=retry, on_failure=lambda e, p, c: runs.fail(e, p)
+    )
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
         s.send_raw(name, {"text": ["not", "a", "str"], "n": "x"})
         wait_until(lambda: _finished(events, name), what="the bad message to fail")
@@ -285,11 +280,7 @@ def test_C17_unknown_job_name_is_logged_kept_and_skipped(
     runs = Runs()
     known = f"c17.{unique}"
     unknown = f"c17.unknown.{unique}"
-
-    @jobs.job(known)
-    def handler(payload: Note, ctx: Any) -> None:
-        runs.add(payload)
-
+    handler = recording_job(jobs, known, runs)
     caplog.set_level(logging.ERROR)
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
         s.send_raw(unknown, {"text": "who?"})

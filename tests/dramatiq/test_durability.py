@@ -7,7 +7,6 @@ from the broker, so that restarting the broker does not touch the record.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,14 +20,6 @@ pytestmark = pytest.mark.timeout(240)
 # Fast crash recovery for the test: a worker silent for 3 s is dead, and every broker command
 # may run maintenance (production defaults: 15 s and 5 %, see backends/dramatiq.py).
 CRASH_OPTIONS = ("--heartbeat-timeout", "3000", "--maintenance-chance", "1000000")
-
-
-@pytest.fixture
-def store() -> Iterator[Any]:
-    from tests.support.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server
 
 
 def _done(store_client: Any) -> set[int]:

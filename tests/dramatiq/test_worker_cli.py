@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,14 +14,6 @@ from tests.dramatiq.app import DONE, work
 from tests.dramatiq.workers import wait_for, worker_processes
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def store() -> Iterator[Any]:
-    from tests.support.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server
 
 
 def _run_jobs(broker_url: str, queue: str, count: int) -> None:

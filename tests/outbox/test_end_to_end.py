@@ -43,14 +43,6 @@ WORKER = [
 
 
 @pytest.fixture
-def store() -> Iterator[Any]:
-    from tests.support.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
 def procs(redis_server: Any, store: Any) -> Iterator[WorkerProcesses]:
     with worker_processes(redis_server.url, store.url, QUEUE) as workers:
         yield workers

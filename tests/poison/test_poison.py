@@ -128,19 +128,16 @@ class CeleryBackend:
     name = "celery"
 
     def __init__(self, url: str, jobs: JobRegistry[Any], events: RecordingInstrumentation) -> None:
-        from jobs_core.backends.celery import CeleryDispatcher, create_celery_app
+        from jobs_core.backends.celery import CeleryDispatcher
+        from tests.celery.embedded import embedded_worker_app
 
         self.url = url
         self.queue = f"poison-{uuid.uuid4().hex[:8]}"
-        self.app = create_celery_app(
+        self.app = embedded_worker_app(
             jobs,
-            context=None,
-            broker_url=url,
-            queue=self.queue,
-            instrumentation=events,
-            worker_hijack_root_logger=False,
-            worker_enable_remote_control=False,
-            worker_send_task_events=False,
+            url,
+            self.queue,
+            events,
             # An in-process worker sees a stop request when its event loop next wakes up; on
             # AMQP nothing else wakes it for up to 10 s (its shutdown timeout): a heartbeat does.
             broker_heartbeat=2,
