@@ -135,12 +135,22 @@ class JobWorker(Generic[C]):
         max_retry_wait: timedelta | None = None,
     ) -> None:
         self.registry = registry
+        self._needs_loop: dict[Job[Any, Any], bool] = {}
         self.context = context
         self.backend = backend
         self.instrumentation = instrumentation
         self.flow = flow
         self.max_retry_wait = max_retry_wait
-        self._needs_loop: dict[Job[Any, Any], bool] = {}
+
+    @property
+    def context(self) -> ContextSource:
+        """What each run's `ctx` is made from; a new one is asked again whether it is async."""
+        return self._context
+
+    @context.setter
+    def context(self, value: ContextSource) -> None:
+        self._context = value
+        self._needs_loop.clear()
 
     @property
     def instrumentation(self) -> Instrumentation:

@@ -29,7 +29,7 @@ from jobs_core import (
 )
 from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.config import load_settings, redact_url
-from jobs_core.dispatcher import BaseDispatcher, PartialSend, PreparedJob
+from jobs_core.dispatcher import BaseDispatcher, PartialSend, PreparedJob, prepare_dispatch
 from jobs_core.errors import WorkerLostError
 from jobs_core.payload import parse_payload, to_wire, validate_payload
 from jobs_core.testing import RecordingInstrumentation
@@ -107,7 +107,8 @@ def test_integers_beyond_2_53_are_refused_naming_the_field() -> None:
         "amount": 0.0,
     }
     assert to_wire(job, Ledger(account=1, amount=2.0**60))["amount"] == 2.0**60  # floats pass
-    assert to_wire(job, Ledger(account=1, lines=[{"id": 1234567890123456}]))  # 16 digits, safe
+    sixteen = to_wire(job, Ledger(account=1, lines=[{"id": 1234567890123456}]))  # 16 digits
+    assert sixteen["lines"] == [{"id": 1234567890123456}]
     with pytest.raises(JobPayloadError) as caught:
         to_wire(job, Ledger(account=2**53 + 1, lines=[{"ok": 1, "big": -(2**64)}]))
     assert [e["loc"] for e in caught.value.errors] == [("account",), ("lines", 0, "big")]
@@ -137,7 +138,15 @@ def test_the_unsafe_integer_check_is_exact_wherever_the_number_is(number: int) -
         assert to_wire(job, top)["account"] == number
         assert to_wire(job, deep)["lines"][1]["deep"] == number
     digits = Item(sku="1234567890123456789012")  # sixteen digits and more in a str: no number
-    assert to_wire(jobs.define_job("t.digits", payload=Item, handle=lambda p, c: None), digits)
+    as_text = jobs.define_job("t.digits", payload=Item, handle=lambda p, c: None)
+    assert to_wire(as_text, digits)["sku"] == "1234567890123456789012"
+    for payload in (top, deep):  # a mapping, validated straight into JSON (encode_mapping)
+        if abs(number) > 2**53 - 1:
+            with pytest.raises(JobPayloadError, match=str(number)):
+                prepare_dispatch(job, payload.model_dump(), 10**6)
+        else:
+            assert prepare_dispatch(job, payload.model_dump(), 10**6).model is None
+            assert prepare_dispatch(job, payload.model_dump(), 10**6).payload == payload
 
 
 def test_dispatch_ids_are_unique_across_threads_and_forked_processes() -> None:
@@ -205,6 +214,19 @@ def test_sync_job_runs_without_an_event_loop() -> None:
     job = jobs.define_job("t.noloop", handle=handler)
     outcome = run_job_sync(job, {"sku": "a"}, context=None, attempt=0, dispatch_id="d", backend="t")
     assert outcome.completed and loops == [False]
+
+
+def test_a_worker_given_another_context_asks_again_whether_runs_need_a_loop() -> None:
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.ctx", payload=Item, handle=lambda p, c: None)
+
+    async def async_context() -> str:
+        return "ctx"
+
+    worker: JobWorker[Any] = JobWorker(jobs, context=None, backend="t")
+    assert worker.needs_event_loop(job) is False
+    worker.context = async_context  # an async factory: its runs need a loop from now on
+    assert worker.needs_event_loop(job) is True
 
 
 def test_async_jobs_reuse_one_loop_per_thread() -> None:
