@@ -303,9 +303,11 @@ def wire_validator(model: type[BaseModel]) -> SchemaValidator | None:
     except KeyError:
         pass
     validator = None
-    if plan_for(model) is not None:
+    schema = model.__pydantic_core_schema__
+    top = schema["schema"] if schema["type"] == "definitions" else schema
+    if plan_for(model) is not None and top["type"] == "model" and top["cls"] is model:
         try:
-            validator = SchemaValidator(_as_data(model.__pydantic_core_schema__))
+            validator = SchemaValidator(_as_data(schema))
         except _NotPlain:
             pass
     _WIRE[model] = validator
@@ -322,6 +324,8 @@ def _as_data(schema: Any) -> Any:
     kind = schema.get("type")
     if kind == "model":
         return _typed_dict(schema)
+    if isinstance(kind, str) and kind.startswith("function"):
+        raise _NotPlain  # a validator of its own: only the model path runs it
     out = {k: v if k in _NOT_SCHEMAS else _as_data(v) for k, v in schema.items()}
     if kind == "float":
         out["allow_inf_nan"] = False
@@ -339,7 +343,12 @@ def _as_data(schema: Any) -> Any:
 
 def _typed_dict(schema: dict[str, Any]) -> dict[str, Any]:
     fields = schema["schema"]
-    if schema.get("root_model") or schema.get("post_init") or fields["type"] != "model-fields":
+    if (
+        schema.get("root_model")
+        or schema.get("post_init")
+        or schema.get("custom_init")  # an __init__ of its own: only the model path calls it
+        or fields["type"] != "model-fields"
+    ):
         raise _NotPlain
     typed: dict[str, Any] = {
         "type": "typed-dict",

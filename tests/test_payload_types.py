@@ -476,6 +476,15 @@ class Tidy(BaseModel):
     tags: list[str] = []
 
 
+class Shouting(BaseModel):
+    """Plain fields, but an `__init__` of its own that validation calls."""
+
+    text: str
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**{**data, "text": str(data.get("text", "")).upper()})
+
+
 WIRE_CASES = [
     # (id, model, mapping, whether it takes the path that builds no model)
     ("plain", Order, {"id": 2, "lines": [{"sku": "a", "qty": 3}], "meta": {"y": -0.25}}, True),
@@ -494,6 +503,7 @@ WIRE_CASES = [
     ("model-inside", Order, {"id": 1, "lines": [Line(sku="a")]}, False),
     ("subclass-inside", FreeOrder, {"id": 1, "lines": [FreeSubLine(sku="a", note="x")]}, False),
     ("lone-surrogate", FreeOrder, {"id": 1, "lines": [{"sku": "\ud800"}]}, False),
+    ("custom-init", Shouting, {"text": "quiet"}, False),
 ]
 
 
