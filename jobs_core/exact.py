@@ -308,7 +308,7 @@ def wire_validator(model: type[BaseModel]) -> SchemaValidator | None:
     if plan_for(model) is not None and top["type"] == "model" and top["cls"] is model:
         try:
             validator = SchemaValidator(_as_data(schema))
-        except _NotPlain:
+        except Exception:  # not plain, or a schema this conversion does not know: model path
             pass
     _WIRE[model] = validator
     return validator

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic.types import Secret
 
-from jobs_core import JobConfigError, JobPayloadError, JobRegistry, JobsError
+from jobs_core import JobConfigError, JobPayloadError, JobRegistry, JobsError, exact
 from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.dispatcher import prepare_dispatch
 from jobs_core.exact import plan_for
@@ -561,3 +561,18 @@ def test_a_default_that_is_not_a_valid_value_is_refused_at_dispatch(
     with pytest.raises(JobPayloadError) as caught:
         InlineDispatcher(context=None).dispatch_sync(job, {})
     assert [e["type"] for e in caught.value.errors] == ["does_not_travel"]
+
+
+def test_a_schema_the_wire_path_cannot_build_falls_back_to_the_model_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A core schema the conversion does not know (a later pydantic) costs speed, not a dispatch."""
+
+    class Counted(BaseModel):
+        n: int
+
+    monkeypatch.setattr(exact, "_as_data", lambda schema: {"type": "no-such-schema"})
+    assert exact.wire_validator(Counted) is None
+    job = JobRegistry[Any]().define_job("types.unknown", payload=Counted, handle=lambda p, c: None)
+    prepared = prepare_dispatch(job, {"n": "3"}, 1000)
+    assert prepared.model == Counted(n=3) and prepared.body == b'{"n":3}'
