@@ -430,17 +430,20 @@ class BaseDispatcher(PortMethods[PreparedJob]):
         """One receipt per job: `results` are `_send`'s, for the jobs not in `duplicates`."""
         receipts = []
         sent = iter(results)
-        backend, scheduled = self.backend_name, self._wants("scheduled")
         for i, p in enumerate(prepared):
             result = AlreadyClaimed(duplicates[i]) if i in duplicates else next(sent)
-            if isinstance(result, AlreadyClaimed):
-                receipts.append(DispatchReceipt(p.name, result.dispatch_id, backend, True))
-                continue
-            receipts.append(DispatchReceipt(p.name, result, backend))
-            if scheduled:  # built only when something keeps it
-                event = JobEvent("scheduled", "schedule", p.name, result, 0, backend)
-                safe_record(self.events, event)
+            receipts.append(self._receipt(p.name, result))
         return receipts
+
+    def _receipt(self, name: str, result: str | AlreadyClaimed) -> DispatchReceipt:
+        """The receipt of one job `_send` gave `result` for, with its `scheduled` event when
+        it was sent."""
+        if isinstance(result, AlreadyClaimed):
+            return DispatchReceipt(name, result.dispatch_id, self.backend_name, True)
+        if self._wants("scheduled"):  # built only when something keeps it
+            event = JobEvent("scheduled", "schedule", name, result, 0, self.backend_name)
+            safe_record(self.events, event)
+        return DispatchReceipt(name, result, self.backend_name)
 
     def _submit(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
         if len(prepared) == 1 and prepared[0].idempotency_key is None:
@@ -469,13 +472,7 @@ class BaseDispatcher(PortMethods[PreparedJob]):
             self._fail_partly(prepared, partial, [])
         except Exception as error:
             self._fail_all(prepared, error)
-        if isinstance(result, AlreadyClaimed):  # pragma: no cover - only keyed jobs are claimed
-            return self._receipts(prepared, [result], {})
-        name = prepared[0].job.name
-        if self._wants("scheduled"):  # built only when something keeps it
-            event = JobEvent("scheduled", "schedule", name, result, 0, self.backend_name)
-            safe_record(self.events, event)
-        return [DispatchReceipt(name, result, self.backend_name)]
+        return [self._receipt(prepared[0].job.name, result)]
 
     def _fail_partly(
         self, to_send: Sequence[PreparedJob], partial: PartialSend, claimed: list[str]

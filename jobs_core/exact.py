@@ -277,7 +277,8 @@ def _type_check(
 # -- validating a mapping straight into the JSON-ready data of a plain model ------------------
 
 MAX_SAFE_INTEGER = 2**53 - 1
-"""Largest integer every backend carries exactly (see `jobs_core.payload`)."""
+"""Largest integer every backend carries exactly: Inngest canonicalises event JSON through
+doubles, so a larger one arrives rounded (2**53 + 1 came back as 2**53)."""
 
 _NOT_SCHEMAS = frozenset({"metadata", "config", "default", "serialization", "expected", "cls"})
 """Keys of a core schema whose values are data, not schemas."""

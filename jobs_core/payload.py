@@ -16,7 +16,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from .errors import JobPayloadError
-from .exact import wire_validator
+from .exact import MAX_SAFE_INTEGER, wire_validator
 from .travel import payload_json, plain_errors
 
 
@@ -38,10 +38,6 @@ DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 """Largest JSON payload accepted at dispatch: Inngest's smallest event limit, so that a job
 that dispatches on one backend dispatches on all of them."""
 
-
-MAX_SAFE_INTEGER = 2**53 - 1
-"""Largest integer every backend carries exactly: Inngest canonicalises event JSON through
-doubles, so a larger one arrives rounded (2**53 + 1 came back as 2**53)."""
 
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 16

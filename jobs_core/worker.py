@@ -51,11 +51,11 @@ logger = logging.getLogger("jobs_core.worker")
 C = TypeVar("C")
 
 UNKNOWN_JOB = "<unknown>"
+"""The job name reported for a message so malformed that it names no job."""
 
 BROKER_AWAY_SECONDS = 300.0
 """How long a worker keeps trying to send a message its job needs (a retry, a deferral, a
 delayed job that is due) while the broker cannot be reached: the same on every backend."""
-"""The job name reported for a message so malformed that it names no job."""
 
 
 @dataclass(slots=True)
