@@ -40,7 +40,7 @@ from .payload import (
     parse_payload,
     validate_payload,
 )
-from .port import BatchOptions, DispatchItem, DispatchOptions, DispatchReceipt
+from .port import BatchOptions, DispatchItem, DispatchOptions, DispatchReceipt, new_receipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
 
@@ -439,11 +439,11 @@ class BaseDispatcher(PortMethods[PreparedJob]):
         """The receipt of one job `_send` gave `result` for, with its `scheduled` event when
         it was sent."""
         if isinstance(result, AlreadyClaimed):
-            return DispatchReceipt(name, result.dispatch_id, self.backend_name, True)
+            return new_receipt(name, result.dispatch_id, self.backend_name, True)
         if self._wants("scheduled"):  # built only when something keeps it
             event = JobEvent("scheduled", "schedule", name, result, 0, self.backend_name)
             safe_record(self.events, event)
-        return DispatchReceipt(name, result, self.backend_name)
+        return new_receipt(name, result, self.backend_name)
 
     def _submit(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
         if len(prepared) == 1 and prepared[0].idempotency_key is None:

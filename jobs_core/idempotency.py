@@ -6,6 +6,7 @@ Keys are scoped by job name, so one key string can serve two different jobs.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -52,23 +53,29 @@ class MemoryIdempotencyStore:
         self.max_keys = max_keys
         self.evicted = 0
         self._keys: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._next_expiry = math.inf
+        """No key expires before this (the oldest key's expiry when last looked at)."""
         self._lock = threading.Lock()
 
     def claim(self, claims: Sequence[tuple[str, str]]) -> list[str | None]:
         now = time.monotonic()
+        expires = now + self.ttl_seconds
         results: list[str | None] = []
         with self._lock:
-            if self._keys and next(iter(self._keys.values()))[1] <= now:
+            if now >= self._next_expiry:
                 self._expire(now)
+            keys = self._keys
             for key, dispatch_id in claims:
-                held = self._keys.get(key)
+                held = keys.get(key)
                 if held is not None:
                     results.append(held[0])
                     continue
-                if len(self._keys) >= self.max_keys:
+                if len(keys) >= self.max_keys:
                     self._evict_oldest()
-                self._keys[key] = (dispatch_id, now + self.ttl_seconds)
+                keys[key] = (dispatch_id, expires)
                 results.append(None)
+            if expires < self._next_expiry:
+                self._next_expiry = expires
         return results
 
     def release(self, keys: Sequence[str]) -> None:
@@ -83,9 +90,12 @@ class MemoryIdempotencyStore:
         keys = self._keys
         while keys:
             oldest = next(iter(keys))
-            if keys[oldest][1] > now:
+            expires = keys[oldest][1]
+            if expires > now:
+                self._next_expiry = expires
                 return
             del keys[oldest]
+        self._next_expiry = math.inf
 
     def _evict_oldest(self) -> None:
         key, _ = self._keys.popitem(last=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import pickle
@@ -32,6 +33,7 @@ from jobs_core.config import load_settings, redact_url
 from jobs_core.dispatcher import BaseDispatcher, PartialSend, PreparedJob, prepare_dispatch
 from jobs_core.errors import WorkerLostError
 from jobs_core.payload import parse_payload, to_wire, validate_payload
+from jobs_core.port import DispatchReceipt, new_receipt
 from jobs_core.testing import RecordingInstrumentation
 from jobs_core.worker import Delivery, JobWorker
 
@@ -607,3 +609,19 @@ class _NoSettlement:
     def retry(self, delivery: Delivery, delay: timedelta) -> None: ...
 
     def give_up(self, delivery: Delivery, error: BaseException) -> None: ...
+
+
+@pytest.mark.parametrize("deduplicated", [False, True])
+def test_the_fast_receipt_is_a_whole_frozen_receipt(deduplicated: bool) -> None:
+    fast = new_receipt("t.job", "id-1", "inline", deduplicated)
+    assert fast == DispatchReceipt("t.job", "id-1", "inline", deduplicated)
+    assert repr(fast) == repr(DispatchReceipt("t.job", "id-1", "inline", deduplicated))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.dispatch_id = "other"  # type: ignore[misc]
+    # a field added to the receipt must be set by `new_receipt` too
+    assert [f.name for f in dataclasses.fields(DispatchReceipt)] == [
+        "job_name",
+        "dispatch_id",
+        "backend",
+        "deduplicated",
+    ]

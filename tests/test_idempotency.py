@@ -69,3 +69,20 @@ def test_release_lets_a_failed_dispatch_be_sent_again(clock: FakeClock) -> None:
     store.claim([("a", "d1")])
     store.release(["a"])
     assert store.claim([("a", "d2")]) == [None]
+
+
+def test_expiry_follows_the_oldest_live_key_after_releases_and_an_empty_store(
+    clock: FakeClock,
+) -> None:
+    store = MemoryIdempotencyStore(ttl_seconds=60)
+    store.claim([("a", "d1")])
+    store.release(["a"])
+    clock.now += 30
+    store.claim([("b", "d2")])  # expires at +90: the released key's +60 must not expire it
+    clock.now += 31
+    assert store.claim([("b", "d3")]) == ["d2"]
+    clock.now += 30  # +91: b is gone, and the store is empty
+    assert store.claim([("c", "d4")]) == [None]
+    assert len(store) == 1
+    clock.now += 61  # a key claimed into an emptied store still expires
+    assert store.claim([("c", "d5")]) == [None]
