@@ -38,24 +38,18 @@ def deadline(n: int) -> float:
     return 60.0 + n / 50.0
 
 
+@dataclass(eq=False)
 class Completions:
     """Times n completions of one side, counted by `counter`; with a worker process, also
     records its CPU seconds and log bytes per call (the first call is the warm-up)."""
 
-    def __init__(
-        self,
-        counter: SharedCounter,
-        what: str,
-        check: Callable[[], str | None] | None = None,
-        worker: WorkerProcess | None = None,
-    ) -> None:
-        self.counter = counter
-        self.what = what
-        self.check = check
-        self.worker = worker
-        self.calls = 0
-        self.worker_cpu: list[float] = []
-        self.log_bytes: list[int] = []
+    counter: SharedCounter
+    what: str
+    check: Callable[[], str | None] | None = None
+    worker: WorkerProcess | None = None
+    calls: int = field(default=0, init=False)
+    worker_cpu: list[float] = field(default_factory=list, init=False)
+    log_bytes: list[int] = field(default_factory=list, init=False)
 
     def _wait(self, before: int, count: int, timeout: float) -> float:
         total = self.counter.total

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import JobPayloadError
 from .exact import MAX_SAFE_INTEGER, wire_validator
-from .travel import payload_json, plain_errors
+from .travel import find_values, payload_json, plain_errors
 
 
 class Job(Protocol):
@@ -83,22 +83,19 @@ def validate_payload(job: Job, payload: Any) -> BaseModel:
     )
 
 
-def _unsafe_integers(value: Any, loc: tuple[Any, ...] = ()) -> Iterator[dict[str, Any]]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if abs(value) > MAX_SAFE_INTEGER:
-            yield {
-                "type": "int_unsafe",
-                "loc": loc,
-                "msg": f"integer {value} is beyond ±(2**53 - 1), which not every backend carries "
-                "exactly (Inngest rounds it): send it as a string",
-                "input": value,
-            }
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _unsafe_integers(item, (*loc, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _unsafe_integers(item, (*loc, index))
+def _unsafe_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER
+
+
+def _unsafe_integers(value: Any) -> Iterator[dict[str, Any]]:
+    for loc, number in find_values(value, _unsafe_integer):
+        yield {
+            "type": "int_unsafe",
+            "loc": loc,
+            "msg": f"integer {number} is beyond ±(2**53 - 1), which not every backend carries "
+            "exactly (Inngest rounds it): send it as a string",
+            "input": number,
+        }
 
 
 def encode_payload(

@@ -15,7 +15,7 @@ import inspect
 import math
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, Protocol, Union
 
 import pydantic_core
@@ -78,7 +78,7 @@ def dump_payload(job: Job, model: BaseModel) -> Any:
     except Exception as exc:  # PydanticSerializationError, UnicodeDecodeError, RecursionError...
         reason = f"cannot be serialised to JSON: {type(exc).__name__}: {exc}"
         raise JobPayloadError(job.name, _one_error("serialization_error", reason)) from None
-    for loc in _non_finite_floats(data):
+    for loc, _ in find_values(data, _non_finite_float):
         msg = (
             "inf and NaN are not JSON: send them as strings or refuse them with allow_inf_nan=False"
         )
@@ -105,16 +105,23 @@ def dump_payload(job: Job, model: BaseModel) -> Any:
     return data
 
 
-def _non_finite_floats(value: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            yield loc
-    elif isinstance(value, dict):
+def find_values(
+    value: Any, wanted: Callable[[Any], bool], loc: tuple[Any, ...] = ()
+) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """The values in JSON-ready `value` (dicts and lists, nested) that are `wanted`, each with
+    its location, depth first."""
+    if isinstance(value, dict):
         for key, item in value.items():
-            yield from _non_finite_floats(item, (*loc, key))
+            yield from find_values(item, wanted, (*loc, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _non_finite_floats(item, (*loc, index))
+            yield from find_values(item, wanted, (*loc, index))
+    elif wanted(value):
+        yield loc, value
+
+
+def _non_finite_float(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _first_change(sent: Any, back: Any, loc: tuple[Any, ...] = ()) -> tuple[tuple[Any, ...], str]:
