@@ -9,11 +9,9 @@ the worker stops (bounded), the app and the dispatcher close, and the session's 
 from __future__ import annotations
 
 import json
-import uuid
 from contextlib import ExitStack
 from typing import Any
 
-import redis
 from celery import signals
 from celery.contrib.testing.worker import start_worker
 
@@ -22,32 +20,23 @@ from jobs_core.backends.celery import CeleryDispatcher, dead_letter_queue
 from jobs_core.instrumentation import Instrumentation
 from tests.celery.embedded import embedded_worker_app
 
-from .harness_redis import RedisBrokerHarness, forget_queue
+from .harness_redis import RedisBrokerHarness, RedisSession, forget_queue
 
 REDIS_DB = 3
 WORKER_CONCURRENCY = 2
 SHUTDOWN_TIMEOUT = 10.0
 
 
-def _lpush_calls(client: redis.Redis) -> int:
-    """Server-wide count of LPUSH commands (kombu's Redis transport sends one per message)."""
-    stats: dict[str, Any] = client.info("commandstats")
-    return int(stats.get("cmdstat_lpush", {}).get("calls", 0))
+class CelerySession(RedisSession):
+    dispatcher_type = CeleryDispatcher
+    enqueue_command = "lpush"  # kombu's Redis transport sends one LPUSH per message
 
-
-class CelerySession:
-    def __init__(
-        self,
-        url: str,
-        registry: JobRegistry[Any],
-        context: Any,
-        instrumentation: Instrumentation,
+    def serve(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
     ) -> None:
-        self.url = url
-        self.queue = f"conf-{uuid.uuid4().hex[:10]}"
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
-        self.app = embedded_worker_app(registry, url, self.queue, instrumentation, context=context)
-        self.dispatcher = CeleryDispatcher(url, self.queue, instrumentation=instrumentation)
+        self.app = embedded_worker_app(
+            registry, self.url, self.queue, instrumentation, context=context
+        )
         self._stack = ExitStack()
 
     def start(self) -> None:
@@ -79,9 +68,6 @@ class CelerySession:
     def dead_letters(self) -> list[str]:
         raw: list[bytes] = self.client.lrange(dead_letter_queue(self.queue), 0, -1)  # type: ignore[assignment]
         return [str(json.loads(item)["headers"]["task"]) for item in raw]
-
-    def enqueued_count(self) -> int:
-        return _lpush_calls(self.client)
 
 
 class CeleryHarness(RedisBrokerHarness):

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
-import redis
 
 from jobs_core import JobRegistry
 from jobs_core.backends.dramatiq import (
@@ -23,33 +22,22 @@ from jobs_core.backends.dramatiq import (
     register_actors,
 )
 from jobs_core.instrumentation import Instrumentation
-from tests.support.names import new_queue_name
 
-from .harness_redis import RedisBrokerHarness, forget_queue
+from .harness_redis import RedisBrokerHarness, RedisSession, forget_queue
 
 WORKER_THREADS = 4
 WORKER_TIMEOUT_MS = 50
 STOP_TIMEOUT_MS = 5_000
 
 
-def _hset_calls(client: redis.Redis) -> int:
-    """Server-wide count of HSET commands (Dramatiq's enqueue script runs one per message)."""
-    stats: dict[str, Any] = client.info("commandstats")
-    return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_hset",))
+class DramatiqSession(RedisSession):
+    dispatcher_type = DramatiqDispatcher
+    enqueue_command = "hset"  # Dramatiq's enqueue script runs one HSET per message
 
-
-class DramatiqSession:
-    def __init__(
-        self,
-        url: str,
-        registry: JobRegistry[Any],
-        context: Any,
-        instrumentation: Instrumentation,
+    def serve(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
     ) -> None:
-        self.url = url
-        self.queue = new_queue_name("conf")
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
-        self.broker = make_worker_broker(url)
+        self.broker = make_worker_broker(self.url)
         self.broker.declare_queue(self.queue)
         register_actors(
             registry,
@@ -58,7 +46,6 @@ class DramatiqSession:
             instrumentation=instrumentation,
             queue=self.queue,
         )
-        self.dispatcher = DramatiqDispatcher(url, self.queue, instrumentation=instrumentation)
         self.worker = dramatiq.Worker(
             self.broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
         )
@@ -86,9 +73,6 @@ class DramatiqSession:
         decode = dramatiq.get_encoder().decode
         raw: list[bytes] = self.client.hvals(f"{NAMESPACE}:{self.queue}.XQ.msgs")  # type: ignore[assignment]
         return [str(decode(data)["actor_name"]) for data in raw]
-
-    def enqueued_count(self) -> int:
-        return _hset_calls(self.client)
 
 
 class DramatiqHarness(RedisBrokerHarness):

@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
 
+import redis
+
 from jobs_core import JobDispatcherPort, JobRegistry, JobsSettings
 from jobs_core.instrumentation import Instrumentation
 from tests.support.hanging_server import HangingServer
+from tests.support.names import new_queue_name
 from tests.support.redis_server import free_port
 
 
@@ -31,6 +34,40 @@ def forget_queue(client: Any, pattern: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+class RedisSession:
+    """A session on the private Redis: a queue of its own, a client, the backend's dispatcher
+    for that queue, and (`serve`, the subclass's) a worker for the test's registry."""
+
+    dispatcher_type: Callable[..., Any]
+    """The backend's dispatcher, made as `dispatcher_type(url, queue, instrumentation=...)`."""
+    enqueue_command: str
+    """The Redis command the backend's enqueue sends once per message (INFO commandstats)."""
+
+    def __init__(
+        self,
+        url: str,
+        registry: JobRegistry[Any],
+        context: Any,
+        instrumentation: Instrumentation,
+    ) -> None:
+        self.url = url
+        self.queue = new_queue_name("conf")
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        self.serve(registry, context, instrumentation)
+        self.dispatcher = self.dispatcher_type(url, self.queue, instrumentation=instrumentation)
+
+    def serve(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
+    ) -> None:
+        """Make (not start) the worker that runs `registry` from `self.queue`."""
+        raise NotImplementedError
+
+    def enqueued_count(self) -> int:
+        """Server-wide count of `enqueue_command` calls: one per message the backend sent."""
+        stats: dict[str, Any] = self.client.info("commandstats")
+        return int(stats.get(f"cmdstat_{self.enqueue_command}", {}).get("calls", 0))
 
 
 class RedisBrokerHarness:

@@ -82,12 +82,32 @@ class Runs:
         return [b - a for a, b in itertools.pairwise(times)]
 
 
-def recording_job(jobs: JobRegistry[Any], name: str, runs: Runs, **options: Any) -> Any:
-    """Define in `jobs` a job `name` (a `Note` payload, the job options `options`) that only
+def recording_job(
+    jobs: JobRegistry[Any],
+    name: str,
+    runs: Runs,
+    *,
+    payload: type[BaseModel] = Note,
+    **options: Any,
+) -> Any:
+    """Define in `jobs` a job `name` (a `payload` model, the job options `options`) that only
     records each payload it runs with in `runs`: the job of most contract tests."""
+
+    def handler(data: Any, ctx: Any) -> None:
+        runs.add(data)
+
+    return jobs.define_job(name, handle=handler, payload=payload, **options)
+
+
+def failing_job(
+    jobs: JobRegistry[Any], name: str, runs: Runs, error: Exception, **options: Any
+) -> Any:
+    """Define in `jobs` a job `name` (a `Note` payload, the job options `options`) that records
+    each run in `runs` and raises `error` on every one."""
 
     @jobs.job(name, **options)
     def handler(payload: Note, ctx: Any) -> None:
-        runs.add(payload)
+        runs.add()
+        raise error
 
     return handler

@@ -31,7 +31,7 @@ from jobs_core import (
 from jobs_core.testing import RecordingInstrumentation
 
 from .harness import BackendHarness, stays_false, wait_until
-from .models import Note, Runs
+from .models import Note, Runs, recording_job
 
 
 class Loose(BaseModel):
@@ -136,11 +136,7 @@ def test_every_dispatch_error_is_a_jobs_error_and_sends_nothing(
     call, error_class, builtin, names_job = CASES[case]
     runs = Runs()
     name = f"errors.{unique}"
-
-    @jobs.job(name)
-    def handler(payload: Loose, ctx: Any) -> None:
-        runs.add(payload)
-
+    handler = recording_job(jobs, name, runs, payload=Loose)
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
         before = s.enqueued_count()
         with pytest.raises(JobsError) as caught:
@@ -157,11 +153,7 @@ async def test_async_dispatch_raises_the_same_errors(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
     runs = Runs()
-
-    @jobs.job(f"errors_async.{unique}")
-    def handler(payload: Loose, ctx: Any) -> None:
-        runs.add(payload)
-
+    handler = recording_job(jobs, f"errors_async.{unique}", runs, payload=Loose)
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
         with pytest.raises(DispatchArgumentError):
             await s.dispatcher.dispatch(handler, {"text": "x"}, run_at=datetime.now())

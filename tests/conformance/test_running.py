@@ -14,7 +14,7 @@ from jobs_core import JobPayloadError, JobRegistry, PermanentError, Retry, Retry
 from jobs_core.testing import RecordingInstrumentation
 
 from .harness import BackendHarness, stays_false, wait_until
-from .models import Address, Colour, Note, Rich, Runs, recording_job
+from .models import Address, Colour, Note, Rich, Runs, failing_job, recording_job
 
 FAST = dict(min_backoff=timedelta(milliseconds=20), max_backoff=timedelta(milliseconds=50))
 
@@ -33,15 +33,21 @@ def _finished(events: RecordingInstrumentation, name: str, count: int = 1) -> bo
     return sum(e.kind in ("completed", "failed") for e in events.for_job(name)) >= count
 
 
+def _run_to_the_end(
+    session: Any, events: RecordingInstrumentation, handler: Any, payload: dict[str, Any]
+) -> None:
+    """Dispatch `handler` once and wait until it has completed or given up."""
+    session.dispatcher.dispatch_sync(handler, payload)
+    wait_until(
+        lambda: _finished(events, handler.name), what=f"{handler.name} to complete or give up"
+    )
+
+
 def test_C10_payload_survives_the_trip_unchanged(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
     runs = Runs()
-
-    @jobs.job(f"c10.{unique}")
-    def handler(payload: Rich, ctx: Any) -> None:
-        runs.add(payload)
-
+    handler = recording_job(jobs, f"c10.{unique}", runs, payload=Rich)
     original = {
         "when": datetime(
             2026, 3, 4, 5, 6, 7, 891011, tzinfo=timezone(timedelta(hours=5, minutes=30))
@@ -99,8 +105,7 @@ def test_C11_always_failing_runs_attempts_plus_one_then_on_failure_once(
         raise RuntimeError(f"boom {n}")
 
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        s.dispatcher.dispatch_sync(handler, {"text": "fail"})
-        wait_until(lambda: _finished(events, name), what="the job to give up")
+        _run_to_the_end(s, events, handler, {"text": "fail"})
         assert stays_false(lambda: runs.count > 4, 0.3 if harness.durable else 0.0)
     assert runs.count == 4
     assert _attempts(events, name) == [0, 1, 2, 3]
@@ -125,15 +130,10 @@ def test_C11_small_attempt_counts(
 ) -> None:
     runs = Runs()
     name = f"c11s.{unique}"
-
-    @jobs.job(name, retry=Retry(attempts=attempts, **FAST))
-    def handler(payload: Note, ctx: Any) -> None:
-        runs.add()
-        raise ValueError("always")
-
+    retry = Retry(attempts=attempts, **FAST)
+    handler = failing_job(jobs, name, runs, ValueError("always"), retry=retry)
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        s.dispatcher.dispatch_sync(handler, {"text": "x"})
-        wait_until(lambda: _finished(events, name), what="the job to give up")
+        _run_to_the_end(s, events, handler, {"text": "x"})
         assert stays_false(lambda: runs.count > attempts + 1, 0.3 if harness.durable else 0.0)
     assert runs.count == attempts + 1
     assert _attempts(events, name) == list(range(attempts + 1))
@@ -151,8 +151,7 @@ def test_C12_fails_k_times_then_succeeds(
             raise ConnectionError("flaky")
 
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        s.dispatcher.dispatch_sync(handler, {"text": "flaky"})
-        wait_until(lambda: _finished(events, name), what="the job to complete")
+        _run_to_the_end(s, events, handler, {"text": "flaky"})
     assert runs.count == 3
     assert runs.failures == []
     assert _executed(events, name)[-1] == "completed"
@@ -171,8 +170,7 @@ def test_C13_permanent_error_runs_once(
         raise PermanentError("card declined")
 
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        s.dispatcher.dispatch_sync(handler, {"text": "x"})
-        wait_until(lambda: _finished(events, name), what="the job to give up")
+        _run_to_the_end(s, events, handler, {"text": "x"})
         assert stays_false(lambda: runs.count > 1, 0.4 if harness.durable else 0.0)
     assert runs.count == 1
     assert len(runs.failures) == 1 and isinstance(runs.failures[0][0], PermanentError)
@@ -193,8 +191,7 @@ def test_C14_retry_later_waits_and_counts_as_an_attempt(
         raise RetryLater(timedelta(seconds=wait))
 
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        s.dispatcher.dispatch_sync(handler, {"text": "later"})
-        wait_until(lambda: _finished(events, name), what="the job to give up")
+        _run_to_the_end(s, events, handler, {"text": "later"})
     assert runs.count == 2, "RetryLater counts against attempts=1: two runs, then give up"
     assert len(runs.failures) == 1 and isinstance(runs.failures[0][0], RetryLater)
     retrying = [e for e in events.for_job(name) if e.kind == "retrying"]
@@ -215,14 +212,9 @@ def test_C15_backoff_schedule_is_honoured(
         jitter=False,
     )
 
-    @jobs.job(name, retry=retry)
-    def handler(payload: Note, ctx: Any) -> None:
-        runs.add()
-        raise RuntimeError("again")
-
+    handler = failing_job(jobs, name, runs, RuntimeError("again"), retry=retry)
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        s.dispatcher.dispatch_sync(handler, {"text": "x"})
-        wait_until(lambda: _finished(events, name), what="the job to give up")
+        _run_to_the_end(s, events, handler, {"text": "x"})
     expected = [0.25, 0.5, 0.6]  # min(max, min * 2**(k-1)) for k = 1, 2, 3
     announced = [e.retry_in for e in events.for_job(name) if e.kind == "retrying"]
     assert announced == [timedelta(seconds=s) for s in expected]

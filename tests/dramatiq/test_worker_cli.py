@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from typing import Any
 
@@ -11,33 +12,38 @@ import pytest
 
 from jobs_core.backends.dramatiq import DramatiqDispatcher
 from tests.dramatiq.app import DONE, work
-from tests.dramatiq.workers import wait_for, worker_processes
+from tests.dramatiq.workers import WorkerProcesses, wait_for, worker_processes
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _run_jobs(broker_url: str, queue: str, count: int) -> None:
-    dispatcher = DramatiqDispatcher(broker_url, queue)
+def _run_jobs(
+    workers: WorkerProcesses, worker: subprocess.Popen[bytes], store: Any, count: int, by: str
+) -> None:
+    """Dispatch `count` jobs to the workers' queue; wait until `store` records them all done
+    by `worker` (started by the command `by`)."""
+    dispatcher = DramatiqDispatcher(workers.broker_url, workers.queue)
     try:
         dispatcher.dispatch_many_sync([(work, {"n": n, "seconds": 0.0}) for n in range(count)])
     finally:
         dispatcher.close()
+    store_client = store.client()
+    wait_for(
+        lambda: store_client.scard(DONE) == count,
+        60,
+        f"{count} jobs run by `{by}`",
+        lambda: workers.output(worker)[-3000:],
+    )
 
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_jobs_core_worker_command(redis_server: Any, store: Any, processes: int) -> None:
-    broker_url, store_client = redis_server.url_for_db(0), store.client()
+    broker_url = redis_server.url_for_db(0)
     with worker_processes(broker_url, store.url, "cli") as workers:
         worker = workers.start_jobs_core_worker(
             "--processes", str(processes), "--threads", "2", "--worker-timeout", "100"
         )
-        _run_jobs(broker_url, "cli", 40)
-        wait_for(
-            lambda: store_client.scard(DONE) == 40,
-            60,
-            "40 jobs run by `python -m jobs_core worker`",
-            lambda: workers.output(worker)[-3000:],
-        )
+        _run_jobs(workers, worker, store, 40, by="python -m jobs_core worker")
         assert workers.terminate(worker) == 0, workers.output(worker)
         output = workers.output(worker)  # Dramatiq's own command ran the worker processes
         assert "is booting up" in output
@@ -45,7 +51,7 @@ def test_jobs_core_worker_command(redis_server: Any, store: Any, processes: int)
 
 
 def test_native_dramatiq_cli(redis_server: Any, store: Any) -> None:
-    broker_url, store_client = redis_server.url_for_db(0), store.client()
+    broker_url = redis_server.url_for_db(0)
     with worker_processes(broker_url, store.url, "native") as workers:
         worker = workers.start(
             [
@@ -59,11 +65,5 @@ def test_native_dramatiq_cli(redis_server: Any, store: Any) -> None:
                 "2",
             ]
         )
-        _run_jobs(broker_url, "native", 20)
-        wait_for(
-            lambda: store_client.scard(DONE) == 20,
-            60,
-            "20 jobs run by `dramatiq tests.dramatiq.cli_app`",
-            lambda: workers.output(worker)[-3000:],
-        )
+        _run_jobs(workers, worker, store, 20, by="dramatiq tests.dramatiq.cli_app")
         assert workers.terminate(worker, timeout=30) == 0, workers.output(worker)

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,8 @@ def test_on_failure_runs_once_when_the_last_attempt_dies_with_its_process(tmp_pa
     with InngestHarness() as harness, _crash_app(harness, log) as (first_url, first):
         harness.register_app(first_url)
         client = inngest.Inngest(app_id="crash-app", **harness.client_kwargs())
-        dispatcher = InngestDispatcher(client)
-        try:
+        with closing(InngestDispatcher(client)) as dispatcher:
             receipt = dispatcher.dispatch_sync(crash, {"name": "doomed"})
-        finally:
-            dispatcher.close()
         _wait_for(lambda: any(line.startswith("blocking") for line in _lines(log)), "attempt 1")
 
         with _crash_app(harness, log) as (second_url, second):
@@ -89,11 +87,8 @@ def test_on_failure_runs_when_the_only_worker_dies_in_the_last_attempt(tmp_path:
             [_, net] = harness.register_app(url)
             assert net.id == failure_id and net.retries > 0
             client = inngest.Inngest(app_id="crash-app", **harness.client_kwargs())
-            dispatcher = InngestDispatcher(client)
-            try:
+            with closing(InngestDispatcher(client)) as dispatcher:
                 dispatcher.dispatch_sync(crash, {"name": "doomed"})
-            finally:
-                dispatcher.close()
             _wait_for(lambda: any(line.startswith("blocking") for line in _lines(log)), "attempt 1")
             os.kill(first.pid, signal.SIGKILL)  # the only worker dies in the job's last attempt
             first.wait(timeout=10)

@@ -114,11 +114,8 @@ def test_each_framework_serves_sync_and_async_jobs(framework: str, kind: str) ->
         with served(framework, client, registry) as url:
             [fn] = harness.register_app(url)
             assert fn.id == f"web-{framework}-web.greet"
-            dispatcher = InngestDispatcher(client)
-            try:
+            with contextlib.closing(InngestDispatcher(client)) as dispatcher:
                 receipt = dispatcher.dispatch_sync(registry.get("web.greet"), {"name": kind})
-            finally:
-                dispatcher.close()
             [run] = harness.wait_for_runs(1, timeout=WAIT)
     assert run.status == "completed", run
     assert run.event["id"] == receipt.dispatch_id
@@ -133,11 +130,8 @@ def test_each_framework_refuses_replayed_calls_in_production(framework: str) -> 
         client = inngest.Inngest(app_id=f"prod-{framework}", **harness.client_kwargs())
         with served(framework, client, registry) as url:
             [fn] = harness.register_app(url)
-            dispatcher = InngestDispatcher(client)
-            try:
+            with contextlib.closing(InngestDispatcher(client)) as dispatcher:
                 dispatcher.dispatch_sync(registry.get("web.greet"), {"name": "signed"})
-            finally:
-                dispatcher.close()
             [run] = harness.wait_for_runs(1, timeout=WAIT)
             assert run.status == "completed" and all(a.signature_valid for a in run.attempts)
 

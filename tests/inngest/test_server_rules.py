@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -260,11 +261,8 @@ def test_waits_inngest_would_cut_are_refused() -> None:
         app = create_inngest_app(served, context=None, client=client, instrumentation=events)
         with run_asgi_app(app) as url:
             harness.register_app(url + "/api/inngest")
-            dispatcher = InngestDispatcher(client)
-            try:
+            with closing(InngestDispatcher(client)) as dispatcher:
                 dispatcher.dispatch_sync(later, {"name": "tomorrow"})
-            finally:
-                dispatcher.close()
             [run] = harness.wait_for_runs(1, timeout=WAIT, function_id="rules-rules.later")
             harness.wait_for_runs(1, timeout=WAIT, function_id="rules-rules.later-failure")
     assert run.status == "failed" and run.attempt_numbers == [0]

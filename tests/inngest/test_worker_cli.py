@@ -3,6 +3,8 @@ uvicorn, and a job dispatched to the stand-in Event API runs in that process."""
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import inngest
 import pytest
 
@@ -27,11 +29,8 @@ def test_worker_command_serves_the_jobs_and_runs_them() -> None:
             assert fn.id == "cli-app-inngest.greet" and fn.retries == 0
 
             client = inngest.Inngest(app_id="cli-app", **harness.client_kwargs())
-            dispatcher = InngestDispatcher(client)
-            try:
+            with closing(InngestDispatcher(client)) as dispatcher:
                 receipt = dispatcher.dispatch_sync(greet, {"name": "from the cli"})
-            finally:
-                dispatcher.close()
             [run] = harness.wait_for_runs(1, timeout=WAIT)
             assert run.status == "completed", run
             assert run.event["id"] == receipt.dispatch_id

@@ -59,6 +59,18 @@ def dev_client(h: InngestHarness, app_id: str) -> inngest.Inngest:
     )
 
 
+def idle_function(client: inngest.Inngest, fn_id: str, retries: int) -> inngest.Function[None]:
+    """A function that does nothing, triggered by `selfcheck/<fn_id>`: for the tests of what
+    the server does when the app that registered it does not answer."""
+
+    @client.create_function(
+        fn_id=fn_id, retries=retries, trigger=inngest.TriggerEvent(event=f"selfcheck/{fn_id}")
+    )
+    def idle(ctx: inngest.ContextSync) -> None: ...
+
+    return idle
+
+
 def test_event_runs_function_once_and_completes(harness: InngestHarness) -> None:
     client = dev_client(harness, "harness-selfcheck")
 
@@ -404,12 +416,7 @@ def test_rate_limit_answers_429_with_whole_seconds_to_wait() -> None:
 
 def test_a_function_the_app_no_longer_serves_is_retried(harness: InngestHarness) -> None:
     client = dev_client(harness, "harness-selfcheck")
-
-    @client.create_function(
-        fn_id="kept", retries=2, trigger=inngest.TriggerEvent(event="selfcheck/kept")
-    )
-    def kept(ctx: inngest.ContextSync) -> None: ...
-
+    kept = idle_function(client, "kept", retries=2)
     with serve_functions(client, [kept]) as url:
         [fn] = harness.register_app(url)
         gone = json.loads(json.dumps(fn.raw).replace(fn.id, "harness-selfcheck-gone"))
@@ -432,12 +439,7 @@ def test_a_call_without_an_answer_is_a_failed_attempt_retried_with_backoff() -> 
     each retry waits `retry_backoff` times longer than the one before."""
     with InngestHarness(retry_delay=0.05, retry_backoff=2.0, max_retry_delay=0.15) as h:
         client = dev_client(h, "harness-selfcheck")
-
-        @client.create_function(
-            fn_id="absent", retries=3, trigger=inngest.TriggerEvent(event="selfcheck/absent")
-        )
-        def absent(ctx: inngest.ContextSync) -> None: ...
-
+        absent = idle_function(client, "absent", retries=3)
         with serve_functions(client, [absent]) as url:
             [fn] = h.register_app(url)
         # The app is gone; the server keeps calling the URL it registered.

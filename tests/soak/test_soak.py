@@ -124,8 +124,11 @@ class SoakBackend(Protocol):
 CONSUMERS = "unacked:consumers"
 """The patched Celery transport's consumers, by heartbeat (backends/_celery_patches.py)."""
 
-SOAK_WORKER = ("-m", "jobs_core", "worker", "tests.soak.app:jobs", "--context")
-SOAK_CONTEXT = "tests.soak.app:create_context"
+
+def soak_worker_command(*options: str) -> list[str]:
+    """`python -m jobs_core worker` for the soak app (tests/soak/app.py), with `options`."""
+    app = ("tests.soak.app:jobs", "--context", "tests.soak.app:create_context")
+    return [sys.executable, "-m", "jobs_core", "worker", *app, *options]
 
 
 class _CeleryWorkers:
@@ -133,17 +136,8 @@ class _CeleryWorkers:
         self.processes = processes
 
     def start(self) -> subprocess.Popen[bytes]:
-        process: subprocess.Popen[bytes] = self.processes.start(
-            sys.executable,
-            *SOAK_WORKER,
-            SOAK_CONTEXT,
-            "--pool",
-            "threads",
-            "--concurrency",
-            WORKER_THREADS,
-            "--loglevel",
-            "WARNING",
-        )
+        options = ("--pool", "threads", "--concurrency", WORKER_THREADS, "--loglevel", "WARNING")
+        process: subprocess.Popen[bytes] = self.processes.start(*soak_worker_command(*options))
         return process
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
@@ -198,22 +192,9 @@ class _DramatiqWorkers:
         self.started: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> subprocess.Popen[bytes]:
-        process: subprocess.Popen[bytes] = self.processes.start(
-            [
-                sys.executable,
-                *SOAK_WORKER,
-                SOAK_CONTEXT,
-                "--",
-                "--threads",
-                WORKER_THREADS,
-                "--heartbeat-timeout",
-                "15000",
-                "--maintenance-chance",
-                "1000000",
-                "--worker-timeout",
-                "100",
-            ]
-        )
+        options = ["--threads", WORKER_THREADS, "--heartbeat-timeout", "15000"]
+        options += ["--maintenance-chance", "1000000", "--worker-timeout", "100"]
+        process: subprocess.Popen[bytes] = self.processes.start(soak_worker_command("--", *options))
         self.started.append(process)
         return process
 

@@ -1,8 +1,13 @@
-"""Stopping a child process a test started: politely, then for sure."""
+"""Child processes a test starts: stopping one politely, then for sure; a server it owns."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from pathlib import Path
+from typing import TypeVar
+
+_Server = TypeVar("_Server", bound="OwnedServer")
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -15,3 +20,23 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout)
+
+
+class OwnedServer:
+    """A server process a test owns, its files in the temporary directory `dir`. As a context
+    manager: started on entry; stopped, and its directory removed, on exit."""
+
+    dir: str | Path
+
+    def start(self: _Server) -> _Server:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Server) -> _Server:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.support.processes import OwnedServer
 from tests.support.redis_server import free_port
 
 SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin", "/opt/rabbitmq/sbin")
@@ -39,14 +40,14 @@ def find_rabbitmq_scripts() -> Path:
     )
 
 
-class RabbitMQServer:
+class RabbitMQServer(OwnedServer):
     """One RabbitMQ node owned by the tests; stop() (or the context manager) ends it."""
 
     def __init__(self, consumer_timeout_ms: int | None = None) -> None:
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"jobs-core-{uuid.uuid4().hex[:8]}@localhost"
-        self.dir = Path(tempfile.mkdtemp(prefix="jobs-core-rabbitmq-"))
+        self.dir: Path = Path(tempfile.mkdtemp(prefix="jobs-core-rabbitmq-"))
         self.consumer_timeout_ms = consumer_timeout_ms
         self.scripts = find_rabbitmq_scripts()
         self.process: subprocess.Popen[bytes] | None = None
@@ -142,13 +143,6 @@ class RabbitMQServer:
         """Stop and start again on the same ports and data (durable queues survive)."""
         self.stop()
         self.start()
-
-    def __enter__(self) -> RabbitMQServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __repr__(self) -> str:
         return f"RabbitMQServer(node={self.node!r}, port={self.port})"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from tests.support.processes import OwnedServer
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -49,7 +51,7 @@ def find_redis_server_binary() -> str:
     )
 
 
-class RedisServer:
+class RedisServer(OwnedServer):
     """One redis-server process owned by a test; stop() (or the context manager) ends it."""
 
     def __init__(
@@ -146,13 +148,6 @@ class RedisServer:
             self.process.kill()
             self.process.wait(10)
         self.process = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __repr__(self) -> str:
         return f"RedisServer(port={self.port}, pid={self.pid})"
