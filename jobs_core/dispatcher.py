@@ -386,7 +386,7 @@ class BaseDispatcher(PortMethods[PreparedJob]):
             return list(prepared), {}, []
         if len(prepared) == 1:  # one keyed dispatch: the common case, without the bookkeeping
             p = prepared[0]
-            key = scoped_key(p.name, p.idempotency_key or "")
+            key = scoped_key(p.job.name, p.idempotency_key or "")
             try:
                 [earlier] = self.idempotency.claim([(key, p.dispatch_id)])
             except Exception as error:

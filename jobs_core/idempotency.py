@@ -107,7 +107,8 @@ class MemoryIdempotencyStore:
                 self.max_keys,
             )
         self.evicted += 1
-        logger.debug("idempotency key %s forgotten (store full)", key)
+        if logger.isEnabledFor(logging.DEBUG):  # once per claim when full: skip a call
+            logger.debug("idempotency key %s forgotten (store full)", key)
 
 
 class RedisIdempotencyStore:
