@@ -39,9 +39,10 @@ class MemoryIdempotencyStore:
     """Keys in this process only: the inline backend's store, and the fallback of the others.
 
     Claims cost O(1): keys expire in the order they were claimed (every key lives `ttl_seconds`),
-    so expired ones are dropped from the front. Beyond `max_keys` the oldest key is forgotten
-    before its time, and the store says so: a warning the first time, each key at DEBUG, and
-    the count in `evicted`. A forgotten key no longer deduplicates.
+    so expired ones are dropped from the front. Beyond `max_keys` the oldest keys are forgotten
+    before their time (a 64th of the cap at once, so that a full store does not trim on every
+    claim), and the store says so: a warning the first time, each key at DEBUG, and the count
+    in `evicted`. A forgotten key no longer deduplicates.
     """
 
     def __init__(
@@ -60,20 +61,17 @@ class MemoryIdempotencyStore:
     def claim(self, claims: Sequence[tuple[str, str]]) -> list[str | None]:
         now = time.monotonic()
         expires = now + self.ttl_seconds
-        results: list[str | None] = []
+        keys = self._keys
         with self._lock:
             if now >= self._next_expiry:
                 self._expire(now)
-            keys = self._keys
+            results: list[str | None] = []
             for key, dispatch_id in claims:
-                held = keys.get(key)
-                if held is not None:
-                    results.append(held[0])
-                    continue
-                if len(keys) >= self.max_keys:
-                    self._evict_oldest()
-                keys[key] = (dispatch_id, expires)
-                results.append(None)
+                entry = (dispatch_id, expires)
+                held = keys.setdefault(key, entry)
+                results.append(None if held is entry else held[0])
+            if len(keys) > self.max_keys:
+                self._trim()
             if expires < self._next_expiry:
                 self._next_expiry = expires
         return results
@@ -97,8 +95,11 @@ class MemoryIdempotencyStore:
             del keys[oldest]
         self._next_expiry = math.inf
 
-    def _evict_oldest(self) -> None:
-        key, _ = self._keys.popitem(last=False)
+    def _trim(self) -> None:
+        """Forget the oldest keys, down to `max_keys` less a 64th: a full store trims once
+        every `max_keys // 64` claims rather than on each one."""
+        keys = self._keys
+        keep = self.max_keys - self.max_keys // 64
         if not self.evicted:
             logger.warning(
                 "the in-process idempotency store is full (%d keys): forgetting the oldest keys "
@@ -106,9 +107,12 @@ class MemoryIdempotencyStore:
                 "(Redis) where repeats matter",
                 self.max_keys,
             )
-        self.evicted += 1
-        if logger.isEnabledFor(logging.DEBUG):  # once per claim when full: skip a call
-            logger.debug("idempotency key %s forgotten (store full)", key)
+        debug = logger.isEnabledFor(logging.DEBUG)
+        while len(keys) > keep:
+            key, _ = keys.popitem(last=False)
+            self.evicted += 1
+            if debug:
+                logger.debug("idempotency key %s forgotten (store full)", key)
 
 
 class RedisIdempotencyStore:

@@ -53,15 +53,36 @@ def test_beyond_the_cap_the_oldest_keys_go_first_and_it_says_so(
     with caplog.at_level(logging.DEBUG, logger="jobs_core.idempotency"):
         for i in range(250):
             assert store.claim([(f"k{i}", f"d{i}")]) == [None]
-    assert len(store) == 100
-    assert store.evicted == 150
+    kept = len(store)
+    assert 99 <= kept <= 100  # trimmed by a 64th of the cap (1 key) when over it
+    assert store.evicted == 250 - kept
     assert store.claim([("k249", "again")]) == ["d249"]  # the newest are kept
     assert store.claim([("k0", "again")]) == [None]  # the oldest were forgotten
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "full (100 keys)" in warnings[0].getMessage()
     forgotten = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert forgotten[0] == "idempotency key k0 forgotten (store full)"
-    assert len(forgotten) == 150
+    assert len(forgotten) == 250 - kept
+
+
+def test_a_full_store_trims_a_64th_of_its_cap_at_once(clock: FakeClock) -> None:
+    store = MemoryIdempotencyStore(max_keys=6_400)
+    for i in range(6_400):
+        store.claim([(f"k{i}", f"d{i}")])
+    assert len(store) == 6_400 and store.evicted == 0  # the cap itself is kept
+    store.claim([("one-more", "d")])
+    assert len(store) == 6_300 and store.evicted == 101
+    assert store.claim([("k101", "again")]) == ["d101"]  # the oldest left
+    assert store.claim([("k100", "again")]) == [None]  # the newest forgotten (claimed anew)
+    for i in range(99):  # fills up to the cap again without trimming
+        store.claim([(f"more{i}", "d")])
+    assert len(store) == 6_400 and store.evicted == 101
+
+
+def test_a_batch_claims_each_key_once_and_names_the_first(clock: FakeClock) -> None:
+    store = MemoryIdempotencyStore()
+    assert store.claim([("a", "d1"), ("a", "d2"), ("b", "d3")]) == [None, "d1", None]
+    assert len(store) == 2
 
 
 def test_release_lets_a_failed_dispatch_be_sent_again(clock: FakeClock) -> None:
