@@ -345,12 +345,21 @@ class BaseDispatcher(PortMethods[PreparedJob]):
     # -- shared machinery -----------------------------------------------------------------
 
     def prepare(
-        self, job: Job[Any, Any], payload: Any, **options: Unpack[DispatchOptions]
+        self,
+        job: Job[Any, Any],
+        payload: Any,
+        *,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> PreparedJob:
         """Validate and serialise one dispatch; a bad payload or option is recorded as `failed`
-        and raised (C4, C5): every error is a `JobsError`."""
+        and raised (C4, C5): every error is a `JobsError`. The options are named here, not
+        `**options`, so a keyed dispatch does not copy its options into a second dict."""
         try:
-            prepared = prepare_dispatch(job, payload, self.max_payload_bytes, **options)
+            prepared = prepare_dispatch(
+                job, payload, self.max_payload_bytes, delay, run_at, idempotency_key
+            )
         except (JobPayloadError, DispatchArgumentError, JobConfigError) as error:
             if isinstance(job, Job):
                 self._record_schedule_failure(job.name, None, error)

@@ -9,7 +9,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -35,6 +35,10 @@ class IdempotencyStore(Protocol):
     def release(self, keys: Sequence[str]) -> None: ...
 
 
+Entry = tuple[str, float, str]
+"""A claim: (dispatch id, expiry on the monotonic clock, key)."""
+
+
 class MemoryIdempotencyStore:
     """Keys in this process only: the inline backend's store, and the fallback of the others.
 
@@ -43,6 +47,10 @@ class MemoryIdempotencyStore:
     before their time (a 64th of the cap at once, so that a full store does not trim on every
     claim), and the store says so: a warning the first time, each key at DEBUG, and the count
     in `evicted`. A forgotten key no longer deduplicates.
+
+    A claim is one `dict.setdefault`, which is atomic (under the GIL, and by the dict's own lock
+    on free-threaded Python), so of two threads claiming one key exactly one gets it, without
+    a lock on every claim; dropping, trimming and releasing keys take the store's lock.
     """
 
     def __init__(
@@ -53,27 +61,34 @@ class MemoryIdempotencyStore:
         self.ttl_seconds = ttl_seconds
         self.max_keys = max_keys
         self.evicted = 0
-        self._keys: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._keys: dict[str, Entry] = {}
+        self._order: deque[Entry] = deque()
+        """Every claim in claim order; one whose key was released or claimed anew is stale."""
         self._next_expiry = math.inf
         """No key expires before this (the oldest key's expiry when last looked at)."""
         self._lock = threading.Lock()
 
     def claim(self, claims: Sequence[tuple[str, str]]) -> list[str | None]:
         now = time.monotonic()
+        if now >= self._next_expiry:
+            self._expire(now)
         expires = now + self.ttl_seconds
-        keys = self._keys
-        with self._lock:
-            if now >= self._next_expiry:
-                self._expire(now)
-            results: list[str | None] = []
-            for key, dispatch_id in claims:
-                entry = (dispatch_id, expires)
-                held = keys.setdefault(key, entry)
-                results.append(None if held is entry else held[0])
-            if len(keys) > self.max_keys:
-                self._trim()
-            if expires < self._next_expiry:
-                self._next_expiry = expires
+        keys, order = self._keys, self._order
+        results: list[str | None] = []
+        for key, dispatch_id in claims:
+            entry = (dispatch_id, expires, key)
+            held = keys.setdefault(key, entry)
+            if held is not entry and held[1] <= now:  # expired, not dropped yet
+                held = self._claim_expired(held, entry)
+            if held is entry:
+                order.append(entry)
+                results.append(None)
+            else:
+                results.append(held[0])
+        if len(order) > self.max_keys:
+            self._trim()
+        if expires < self._next_expiry:
+            self._next_expiry = expires
         return results
 
     def release(self, keys: Sequence[str]) -> None:
@@ -84,34 +99,49 @@ class MemoryIdempotencyStore:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def _claim_expired(self, held: Entry, entry: Entry) -> Entry:
+        key = entry[2]
+        with self._lock:
+            if self._keys.get(key) is held:
+                self._keys[key] = entry
+                return entry
+            return self._keys.setdefault(key, entry)
+
     def _expire(self, now: float) -> None:
-        keys = self._keys
-        while keys:
-            oldest = next(iter(keys))
-            expires = keys[oldest][1]
-            if expires > now:
-                self._next_expiry = expires
-                return
-            del keys[oldest]
-        self._next_expiry = math.inf
+        with self._lock:
+            keys, order = self._keys, self._order
+            while order:
+                entry = order[0]
+                if entry[1] > now:
+                    self._next_expiry = entry[1]
+                    return
+                order.popleft()
+                if keys.get(entry[2]) is entry:
+                    del keys[entry[2]]
+            self._next_expiry = math.inf
 
     def _trim(self) -> None:
         """Forget the oldest keys, down to `max_keys` less a 64th: a full store trims once
         every `max_keys // 64` claims rather than on each one."""
-        keys = self._keys
-        keep = self.max_keys - self.max_keys // 64
-        if not self.evicted:
-            logger.warning(
-                "the in-process idempotency store is full (%d keys): forgetting the oldest keys "
-                "before their 24 h are up, so a repeat of those runs again; use a shared store "
-                "(Redis) where repeats matter",
-                self.max_keys,
-            )
-        debug = logger.isEnabledFor(logging.DEBUG)
-        while len(keys) > keep:
-            key, _ = keys.popitem(last=False)
-            self.evicted += 1
-            if debug:
+        with self._lock:
+            keys, order = self._keys, self._order
+            keep = self.max_keys - self.max_keys // 64
+            forgotten: list[str] = []
+            while len(order) > keep:
+                entry = order.popleft()
+                if keys.get(entry[2]) is entry:
+                    del keys[entry[2]]
+                    forgotten.append(entry[2])
+            if forgotten and not self.evicted:
+                logger.warning(
+                    "the in-process idempotency store is full (%d keys): forgetting the oldest "
+                    "keys before their 24 h are up, so a repeat of those runs again; use a "
+                    "shared store (Redis) where repeats matter",
+                    self.max_keys,
+                )
+            self.evicted += len(forgotten)
+        if logger.isEnabledFor(logging.DEBUG):
+            for key in forgotten:
                 logger.debug("idempotency key %s forgotten (store full)", key)
 
 

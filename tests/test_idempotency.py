@@ -4,6 +4,9 @@ it forgets (C9 on inline, and the fallback of the other backends)."""
 from __future__ import annotations
 
 import logging
+import math
+import sys
+import threading
 
 import pytest
 
@@ -107,3 +110,48 @@ def test_expiry_follows_the_oldest_live_key_after_releases_and_an_empty_store(
     assert len(store) == 1
     clock.now += 61  # a key claimed into an emptied store still expires
     assert store.claim([("c", "d5")]) == [None]
+
+
+def test_an_expired_key_is_claimed_anew_even_before_it_is_dropped(clock: FakeClock) -> None:
+    store = MemoryIdempotencyStore(ttl_seconds=60)
+    store.claim([("a", "d1")])
+    clock.now += 61
+    store._next_expiry = math.inf  # as if a concurrent expiry had not caught up yet
+    assert store.claim([("a", "d2")]) == [None]
+    assert store.claim([("a", "d3")]) == ["d2"]
+    assert len(store) == 1
+
+
+def test_threads_claiming_the_same_keys_get_each_key_exactly_once() -> None:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    store = MemoryIdempotencyStore(max_keys=100_000)
+    keys = [f"k{i}" for i in range(2_000)]
+    won: list[list[str]] = [[] for _ in range(8)]
+    seen: list[dict[str, str]] = [{} for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def claim_all(n: int) -> None:
+        start.wait()
+        order = keys[n % 2 :: 2] + keys[1 - n % 2 :: 2] if n % 3 else keys[::-1]
+        for key in order:
+            [earlier] = store.claim([(key, f"t{n}:{key}")])
+            if earlier is None:
+                won[n].append(key)
+            else:
+                seen[n][key] = earlier
+
+    try:
+        threads = [threading.Thread(target=claim_all, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    winners = {key: n for n, keys_won in enumerate(won) for key in keys_won}
+    assert sorted(winners) == sorted(keys)  # each key won once...
+    assert sum(map(len, won)) == len(keys)  # ...and by one thread only
+    for n in range(8):  # every loser saw the winner's dispatch id
+        for key, earlier in seen[n].items():
+            assert earlier == f"t{winners[key]}:{key}"
