@@ -35,7 +35,7 @@ from jobs_core.worker import Delivery, JobWorker, settle
 from .config import Config
 from .counter import SharedCounter
 from .jobs import SAMPLE, Note, noop
-from .results import MICROS, Row, compare
+from .results import Row, compare, micros_beside
 from .scenario import Env
 from .timing import Side, interleave, median, timed
 
@@ -235,18 +235,13 @@ def admission_cost(env: Env) -> Row:
         limiter.close()
         client.delete(*client.keys("jobs_core:flow:*") or ["-"])
         client.close()
-    return Row.of(
+    return micros_beside(
         admits,
-        id="flow.admission",
-        compares="wall µs per admit + release of a limited run on Redis (one script call and "
-        "a ZREM), beside a PING on the same connection",
-        ours=f"admit+release {median(admits):,.0f} µs",
-        baseline=f"PING {median(pings):,.0f} µs",
-        n=n,
-        unit=MICROS,
-        lower_is_better=True,
-        figures={"admit_release_us": median(admits), "ping_us": median(pings)},
-        samples={"admit_release_us": admits, "ping_us": pings},
+        "flow.admission",
+        "wall µs per admit + release of a limited run on Redis (one script call and a ZREM), "
+        "beside a PING on the same connection",
+        n,
+        {"admit_release": ("admit+release", admits), "ping": ("PING", pings)},
     )
 
 

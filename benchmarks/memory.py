@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import SMALL, Config
 from .processes import PYTHON, WorkerProcess
-from .results import MIB, RATIO, Row
+from .results import MIB, RATIO, Row, lower_is_better
 from .scenario import Env
 from .timing import median, wait_until
 
@@ -144,21 +144,11 @@ def run(env: Env) -> list[Row]:
         )
         for suffix, key, unit, target, measured, ours, baseline in kinds:
             compares = f"{measured}, inline dispatch_sync {what}, each round a fresh process"
-            result.append(
-                Row.of(
-                    samples[key],
-                    id=f"inline.memory{variant}{suffix}",
-                    compares=compares,
-                    ours=ours,
-                    baseline=baseline,
-                    n=jobs,
-                    unit=unit,
-                    target=target,
-                    lower_is_better=True,
-                    figures={k: median(v) for k, v in samples.items()},
-                    samples=samples,
-                )
+            row_id = f"inline.memory{variant}{suffix}"
+            row = lower_is_better(
+                samples[key], row_id, compares, ours, baseline, jobs, unit, samples, target
             )
+            result.append(row)
     return result
 
 

@@ -36,9 +36,9 @@ from jobs_core.backends.dramatiq import DramatiqDispatcher
 from jobs_core.outbox import Outbox, outbox_table
 
 from .config import Config
-from .results import MICROS, Row, compare
+from .results import Row, compare, micros_beside
 from .scenario import Env
-from .timing import interleave, median
+from .timing import interleave
 
 BATCH = 500
 
@@ -221,18 +221,16 @@ def write_row(env: Env, db: str, url: str) -> Row:
         engine.dispose()
     per_job = {side: [s / n * 1e6 for s in timings.seconds[side]] for side in timings.seconds}
     added = [w - o for w, o in zip(per_job["with_outbox"], per_job["without"])]
-    return Row.of(
+    return micros_beside(
         added,
-        id=f"outbox.write.{db}",
-        compares=f"wall µs one transaction (insert an order) takes with the outbox row written "
-        f"in it, minus without ({db}): what the outbox adds to the caller per job",
-        ours=f"with outbox {median(per_job['with_outbox']):,.0f} µs",
-        baseline=f"without {median(per_job['without']):,.0f} µs",
-        n=n,
-        unit=MICROS,
-        lower_is_better=True,
-        figures={f"{side}_us": median(values) for side, values in per_job.items()},
-        samples={f"{side}_us": values for side, values in per_job.items()},
+        f"outbox.write.{db}",
+        f"wall µs one transaction (insert an order) takes with the outbox row written in it, "
+        f"minus without ({db}): what the outbox adds to the caller per job",
+        n,
+        {
+            "with_outbox": ("with outbox", per_job["with_outbox"]),
+            "without": ("without", per_job["without"]),
+        },
     )
 
 

@@ -76,6 +76,50 @@ def rate(value: float) -> str:
     return f"{value:,.0f}/s"
 
 
+def lower_is_better(
+    values: Sequence[float],
+    row_id: str,
+    compares: str,
+    ours: str,
+    baseline: str,
+    n: int,
+    unit: str,
+    samples: dict[str, list[float]],
+    target: float | None = None,
+) -> Row:
+    """A row of `values` (one per round) where lower is better, its figures the medians of
+    `samples` (the per-round values it was drawn from, all kept)."""
+    return Row.of(
+        values,
+        id=row_id,
+        compares=compares,
+        ours=ours,
+        baseline=baseline,
+        n=n,
+        unit=unit,
+        target=target,
+        lower_is_better=True,
+        figures={key: median(per_round) for key, per_round in samples.items()},
+        samples=samples,
+    )
+
+
+def micros_beside(
+    values: Sequence[float],
+    row_id: str,
+    compares: str,
+    n: int,
+    sides: dict[str, tuple[str, list[float]]],
+) -> Row:
+    """A `lower_is_better` row of `values`, microseconds per operation, beside the two things
+    measured with it in the same rounds: `sides` names each (ours first) by its key, with its
+    label and its per-round µs. `ours` and `baseline` read `<label> <median> µs`; each side is
+    kept as `<key>_us`."""
+    ours, baseline = (f"{label} {median(us):,.0f} µs" for label, us in sides.values())
+    samples = {f"{key}_us": us for key, (_, us) in sides.items()}
+    return lower_is_better(values, row_id, compares, ours, baseline, n, MICROS, samples)
+
+
 def compare(
     row_id: str,
     compares: str,

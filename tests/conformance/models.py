@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -57,7 +58,8 @@ class Runs:
             self.calls.append((time.monotonic(), item))
             return len(self.calls)
 
-    def fail(self, error: BaseException, payload: Any) -> None:
+    def fail(self, error: BaseException, payload: Any, ctx: Any = None) -> None:
+        """Record a failure-hook call: `on_failure=runs.fail` is a job's hook that does this."""
         with self._lock:
             self.failures.append((error, payload))
 
@@ -100,14 +102,27 @@ def recording_job(
 
 
 def failing_job(
-    jobs: JobRegistry[Any], name: str, runs: Runs, error: Exception, **options: Any
+    jobs: JobRegistry[Any],
+    name: str,
+    runs: Runs,
+    error: Exception | Callable[[int], Exception],
+    *,
+    failures: int | None = None,
+    asynchronous: bool = False,
+    **options: Any,
 ) -> Any:
     """Define in `jobs` a job `name` (a `Note` payload, the job options `options`) that records
-    each run in `runs` and raises `error` on every one."""
+    each run in `runs` and raises `error` (or `error(n)` on its n-th run) on every one, or with
+    `failures` on the first `failures` runs only, completing after; `asynchronous`: an `async
+    def` handler."""
 
-    @jobs.job(name, **options)
     def handler(payload: Note, ctx: Any) -> None:
-        runs.add()
-        raise error
+        n = runs.add()
+        if failures is None or n <= failures:
+            raise error(n) if callable(error) else error
 
-    return handler
+    async def async_handler(payload: Note, ctx: Any) -> None:
+        handler(payload, ctx)
+
+    handle = async_handler if asynchronous else handler
+    return jobs.define_job(name, handle=handle, payload=Note, **options)

@@ -195,7 +195,7 @@ def test_a_give_up_reads_the_same_on_every_backend(
     runs = Runs()
     name = f"giveup.{unique}"
 
-    @jobs.job(name, on_failure=lambda e, p, c: runs.fail(e, p))
+    @jobs.job(name, on_failure=runs.fail)
     def handler(payload: Note, ctx: Any) -> None:
         runs.add()
         raise PermanentError("declined")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -90,23 +91,51 @@ def test_C10_integers_beyond_2_53_are_refused_at_dispatch(
     assert runs.items == [Note(text="edge", n=2**53 - 1)]
 
 
+@pytest.fixture
+def fail_to_the_end(
+    harness: BackendHarness,
+    jobs: JobRegistry[Any],
+    events: RecordingInstrumentation,
+    unique: str,
+) -> Callable[..., tuple[str, Runs]]:
+    """`fail_to_the_end(prefix, error, **options)`: define a `failing_job` (`error`, the options
+    `options`) named `<prefix>.<unique>`, whose `on_failure` is recorded, run it once to its end
+    in a session of `harness`, and return its name and `Runs`. With `then_at_most`, no more than
+    that many runs may have started `quiet` seconds later (durable backends: a message
+    redelivered after the end would start one)."""
+
+    def fail(
+        prefix: str,
+        error: Any,
+        *,
+        payload: dict[str, Any] | None = None,
+        then_at_most: int | None = None,
+        quiet: float = 0.3,
+        **options: Any,
+    ) -> tuple[str, Runs]:
+        name = f"{prefix}.{unique}"
+        runs = Runs()
+        handler = failing_job(jobs, name, runs, error, on_failure=runs.fail, **options)
+        with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
+            _run_to_the_end(s, events, handler, payload or {"text": "x"})
+            if then_at_most is not None:
+                limit = then_at_most
+                assert stays_false(lambda: runs.count > limit, quiet if harness.durable else 0.0)
+        return name, runs
+
+    return fail
+
+
 def test_C11_always_failing_runs_attempts_plus_one_then_on_failure_once(
-    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+    fail_to_the_end: Callable[..., tuple[str, Runs]], events: RecordingInstrumentation
 ) -> None:
-    runs = Runs()
-    name = f"c11.{unique}"
-
-    def on_failure(error: BaseException, payload: Any, ctx: Any) -> None:
-        runs.fail(error, payload)
-
-    @jobs.job(name, retry=Retry(attempts=3, **FAST), on_failure=on_failure)
-    def handler(payload: Note, ctx: Any) -> None:
-        n = runs.add(payload)
-        raise RuntimeError(f"boom {n}")
-
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        _run_to_the_end(s, events, handler, {"text": "fail"})
-        assert stays_false(lambda: runs.count > 4, 0.3 if harness.durable else 0.0)
+    name, runs = fail_to_the_end(
+        "c11",
+        lambda n: RuntimeError(f"boom {n}"),  # the n-th run's: the hook must get the last one
+        payload={"text": "fail"},
+        then_at_most=4,
+        retry=Retry(attempts=3, **FAST),
+    )
     assert runs.count == 4
     assert _attempts(events, name) == [0, 1, 2, 3]
     assert len(runs.failures) == 1
@@ -122,36 +151,23 @@ def test_C11_always_failing_runs_attempts_plus_one_then_on_failure_once(
 
 @pytest.mark.parametrize("attempts", [0, 1])
 def test_C11_small_attempt_counts(
-    harness: BackendHarness,
-    jobs: JobRegistry[Any],
+    fail_to_the_end: Callable[..., tuple[str, Runs]],
     events: RecordingInstrumentation,
-    unique: str,
     attempts: int,
 ) -> None:
-    runs = Runs()
-    name = f"c11s.{unique}"
     retry = Retry(attempts=attempts, **FAST)
-    handler = failing_job(jobs, name, runs, ValueError("always"), retry=retry)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        _run_to_the_end(s, events, handler, {"text": "x"})
-        assert stays_false(lambda: runs.count > attempts + 1, 0.3 if harness.durable else 0.0)
+    name, runs = fail_to_the_end(
+        "c11s", ValueError("always"), then_at_most=attempts + 1, retry=retry
+    )
     assert runs.count == attempts + 1
     assert _attempts(events, name) == list(range(attempts + 1))
 
 
 def test_C12_fails_k_times_then_succeeds(
-    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+    fail_to_the_end: Callable[..., tuple[str, Runs]], events: RecordingInstrumentation
 ) -> None:
-    runs = Runs()
-    name = f"c12.{unique}"
-
-    @jobs.job(name, retry=Retry(attempts=3, **FAST), on_failure=lambda e, p, c: runs.fail(e, p))
-    def handler(payload: Note, ctx: Any) -> None:
-        if runs.add() <= 2:
-            raise ConnectionError("flaky")
-
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        _run_to_the_end(s, events, handler, {"text": "flaky"})
+    retry = Retry(attempts=3, **FAST)
+    name, runs = fail_to_the_end("c12", ConnectionError("flaky"), failures=2, retry=retry)
     assert runs.count == 3
     assert runs.failures == []
     assert _executed(events, name)[-1] == "completed"
@@ -159,19 +175,16 @@ def test_C12_fails_k_times_then_succeeds(
 
 
 def test_C13_permanent_error_runs_once(
-    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+    fail_to_the_end: Callable[..., tuple[str, Runs]], events: RecordingInstrumentation
 ) -> None:
-    runs = Runs()
-    name = f"c13.{unique}"
-
-    @jobs.job(name, retry=Retry(attempts=4, **FAST), on_failure=lambda e, p, c: runs.fail(e, p))
-    async def handler(payload: Note, ctx: Any) -> None:
-        runs.add()
-        raise PermanentError("card declined")
-
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        _run_to_the_end(s, events, handler, {"text": "x"})
-        assert stays_false(lambda: runs.count > 1, 0.4 if harness.durable else 0.0)
+    name, runs = fail_to_the_end(
+        "c13",
+        PermanentError("card declined"),
+        then_at_most=1,
+        quiet=0.4,
+        asynchronous=True,
+        retry=Retry(attempts=4, **FAST),
+    )
     assert runs.count == 1
     assert len(runs.failures) == 1 and isinstance(runs.failures[0][0], PermanentError)
     assert _executed(events, name)[-2:] == ["started", "failed"]
@@ -179,19 +192,14 @@ def test_C13_permanent_error_runs_once(
 
 
 def test_C14_retry_later_waits_and_counts_as_an_attempt(
-    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+    harness: BackendHarness,
+    fail_to_the_end: Callable[..., tuple[str, Runs]],
+    events: RecordingInstrumentation,
 ) -> None:
-    runs = Runs()
-    name = f"c14.{unique}"
     wait = 0.6
-
-    @jobs.job(name, retry=Retry(attempts=1, **FAST), on_failure=lambda e, p, c: runs.fail(e, p))
-    def handler(payload: Note, ctx: Any) -> None:
-        runs.add()
-        raise RetryLater(timedelta(seconds=wait))
-
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        _run_to_the_end(s, events, handler, {"text": "later"})
+    name, runs = fail_to_the_end(
+        "c14", RetryLater(timedelta(seconds=wait)), retry=Retry(attempts=1, **FAST)
+    )
     assert runs.count == 2, "RetryLater counts against attempts=1: two runs, then give up"
     assert len(runs.failures) == 1 and isinstance(runs.failures[0][0], RetryLater)
     retrying = [e for e in events.for_job(name) if e.kind == "retrying"]
@@ -201,20 +209,17 @@ def test_C14_retry_later_waits_and_counts_as_an_attempt(
 
 
 def test_C15_backoff_schedule_is_honoured(
-    harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
+    harness: BackendHarness,
+    fail_to_the_end: Callable[..., tuple[str, Runs]],
+    events: RecordingInstrumentation,
 ) -> None:
-    runs = Runs()
-    name = f"c15.{unique}"
     retry = Retry(
         attempts=3,
         min_backoff=timedelta(milliseconds=250),
         max_backoff=timedelta(milliseconds=600),
         jitter=False,
     )
-
-    handler = failing_job(jobs, name, runs, RuntimeError("again"), retry=retry)
-    with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:
-        _run_to_the_end(s, events, handler, {"text": "x"})
+    name, runs = fail_to_the_end("c15", RuntimeError("again"), retry=retry)
     expected = [0.25, 0.5, 0.6]  # min(max, min * 2**(k-1)) for k = 1, 2, 3
     announced = [e.retry_in for e in events.for_job(name) if e.kind == "retrying"]
     assert announced == [timedelta(seconds=s) for s in expected]

@@ -83,10 +83,22 @@ from .records import (
 
 ServerKind = Literal["dev", "cloud"]
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class HarnessError(RuntimeError):
     """The SDK or the test did something the stand-in server cannot go on with."""
+
+
+def _at_least(
+    predicate_or_count: int | Callable[[Sequence[R]], bool], counted: Callable[[Sequence[R]], int]
+) -> Callable[[Sequence[R]], bool]:
+    """What a `wait_for_*` waits for: the predicate given, or, for a count `n`, that
+    `counted(records)` (how many of the records count) is `n` or more."""
+    if not isinstance(predicate_or_count, int):
+        return predicate_or_count
+    count = predicate_or_count
+    return lambda records: counted(records) >= count
 
 
 @dataclasses.dataclass
@@ -715,14 +727,7 @@ class InngestHarness:
         sees live records under the harness lock: read only. Returns a snapshot of the runs
         considered; raises TimeoutError (listing them) after ``timeout`` seconds.
         """
-        predicate: Callable[[Sequence[Run]], bool]
-        if isinstance(predicate_or_count, int):
-            count = predicate_or_count
-
-            def predicate(runs: Sequence[Run]) -> bool:
-                return sum(r.finished for r in runs) >= count
-        else:
-            predicate = predicate_or_count
+        predicate = _at_least(predicate_or_count, lambda runs: sum(r.finished for r in runs))
         return self._wait(
             lambda: predicate(self._select_runs(function_id)),
             lambda: copy.deepcopy(self._select_runs(function_id)),
@@ -746,14 +751,7 @@ class InngestHarness:
         def select() -> list[EventRecord]:
             return [e for e in self._events if name in (None, e.name)]
 
-        predicate: Callable[[Sequence[EventRecord]], bool]
-        if isinstance(predicate_or_count, int):
-            count = predicate_or_count
-
-            def predicate(events: Sequence[EventRecord]) -> bool:
-                return len(events) >= count
-        else:
-            predicate = predicate_or_count
+        predicate = _at_least(predicate_or_count, len)
         return self._wait(
             lambda: predicate(select()),
             select,
