@@ -17,6 +17,9 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 KEY_PREFIX = "jobs_core:idem:"
 DEFAULT_MEMORY_KEYS = 10_000
 """How many keys the in-process store keeps at most (about 2.5 MB); the oldest go first."""
+STALE_LIMIT = 4
+"""Claims the in-process store remembers, as a multiple of its cap, before it sweeps out the
+claims of released keys."""
 
 logger = logging.getLogger("jobs_core.idempotency")
 
@@ -58,6 +61,8 @@ class MemoryIdempotencyStore:
     ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        if not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be more than 0, got {ttl_seconds}")
         self.ttl_seconds = ttl_seconds
         self.max_keys = max_keys
         self.evicted = 0
@@ -79,13 +84,13 @@ class MemoryIdempotencyStore:
             entry = (dispatch_id, expires, key)
             held = keys.setdefault(key, entry)
             if held is not entry and held[1] <= now:  # expired, not dropped yet
-                held = self._claim_expired(held, entry)
+                held = self._claim_expired(entry, now)
             if held is entry:
                 order.append(entry)
                 results.append(None)
             else:
                 results.append(held[0])
-        if len(order) > self.max_keys:
+        if len(keys) > self.max_keys or len(order) > STALE_LIMIT * self.max_keys:
             self._trim()
         if expires < self._next_expiry:
             self._next_expiry = expires
@@ -99,13 +104,15 @@ class MemoryIdempotencyStore:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def _claim_expired(self, held: Entry, entry: Entry) -> Entry:
-        key = entry[2]
+    def _claim_expired(self, entry: Entry, now: float) -> Entry:
+        """Claim `entry`'s key over a holder that has expired; another live holder wins."""
+        keys, key = self._keys, entry[2]
         with self._lock:
-            if self._keys.get(key) is held:
-                self._keys[key] = entry
+            held = keys.get(key)
+            if held is None or held[1] <= now:
+                keys[key] = entry
                 return entry
-            return self._keys.setdefault(key, entry)
+            return held
 
     def _expire(self, now: float) -> None:
         with self._lock:
@@ -121,25 +128,33 @@ class MemoryIdempotencyStore:
             self._next_expiry = math.inf
 
     def _trim(self) -> None:
-        """Forget the oldest keys, down to `max_keys` less a 64th: a full store trims once
-        every `max_keys // 64` claims rather than on each one."""
+        """Forget the oldest keys, down to `max_keys` less a 64th (a full store trims once
+        every `max_keys // 64` claims rather than on each one), and drop stale claims: a
+        released key leaves its claim behind, so claims and releases without end would
+        otherwise grow the order without bound."""
+        keys, order = self._keys, self._order
+        keep = self.max_keys - self.max_keys // 64
+        forgotten: list[str] = []
         with self._lock:
-            keys, order = self._keys, self._order
-            keep = self.max_keys - self.max_keys // 64
-            forgotten: list[str] = []
-            while len(order) > keep:
+            first = not self.evicted
+            while order and len(keys) > keep:
                 entry = order.popleft()
                 if keys.get(entry[2]) is entry:
                     del keys[entry[2]]
                     forgotten.append(entry[2])
-            if forgotten and not self.evicted:
-                logger.warning(
-                    "the in-process idempotency store is full (%d keys): forgetting the oldest "
-                    "keys before their 24 h are up, so a repeat of those runs again; use a "
-                    "shared store (Redis) where repeats matter",
-                    self.max_keys,
-                )
+            if len(order) > STALE_LIMIT * self.max_keys:
+                for _ in range(len(order)):  # keep the live claims, in their order
+                    entry = order.popleft()
+                    if keys.get(entry[2]) is entry:
+                        order.append(entry)
             self.evicted += len(forgotten)
+        if forgotten and first:
+            logger.warning(
+                "the in-process idempotency store is full (%d keys): forgetting the oldest "
+                "keys before their 24 h are up, so a repeat of those runs again; use a "
+                "shared store (Redis) where repeats matter",
+                self.max_keys,
+            )
         if logger.isEnabledFor(logging.DEBUG):
             for key in forgotten:
                 logger.debug("idempotency key %s forgotten (store full)", key)

@@ -155,3 +155,41 @@ def test_threads_claiming_the_same_keys_get_each_key_exactly_once() -> None:
     for n in range(8):  # every loser saw the winner's dispatch id
         for key, earlier in seen[n].items():
             assert earlier == f"t{winners[key]}:{key}"
+
+
+def test_claims_and_releases_without_end_keep_live_keys_and_bounded_memory(
+    clock: FakeClock,
+) -> None:
+    store = MemoryIdempotencyStore(max_keys=100)
+    store.claim([("live", "d-live")])
+    for i in range(10_000):  # failed sends of one key, each released
+        assert store.claim([("retry", f"r{i}")]) == [None]
+        store.release(["retry"])
+    assert store.claim([("live", "again")]) == ["d-live"]
+    assert store.evicted == 0 and len(store) == 1
+    assert len(store._order) <= idempotency.STALE_LIMIT * 100 + 1
+
+
+def test_the_expiry_pass_leaves_a_key_claimed_anew(clock: FakeClock) -> None:
+    store = MemoryIdempotencyStore(ttl_seconds=60)
+    store.claim([("a", "d1")])
+    clock.now += 61
+    store._next_expiry = math.inf  # a's first claim is still in the order when it is claimed anew
+    assert store.claim([("a", "d2")]) == [None]
+    store._next_expiry = clock.now  # now the expiry pass meets a's first, expired claim
+    assert store.claim([("b", "d3")]) == [None]
+    assert store.claim([("a", "d4")]) == ["d2"]
+
+
+def test_a_live_holder_wins_over_a_claim_of_an_expired_one(clock: FakeClock) -> None:
+    store = MemoryIdempotencyStore(ttl_seconds=60)
+    store.claim([("a", "d1")])
+    late = ("d2", clock.now + 60, "a")  # a claimer that saw an expired holder, too late
+    assert store._claim_expired(late, clock.now) == store._keys["a"]
+    assert store.claim([("a", "d3")]) == ["d1"]
+
+
+@pytest.mark.parametrize("ttl", [0, -1, math.nan])
+def test_a_store_refuses_a_ttl_that_is_not_positive(ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        MemoryIdempotencyStore(ttl_seconds=ttl)
