@@ -72,6 +72,8 @@ class MemoryIdempotencyStore:
         self._next_expiry = math.inf
         """No key expires before this (the oldest key's expiry when last looked at)."""
         self._lock = threading.Lock()
+        self._order_limit = STALE_LIMIT * max_keys
+        """How many claims the order holds before its stale ones are swept out."""
 
     def claim(self, claims: Sequence[tuple[str, str]]) -> list[str | None]:
         now = time.monotonic()
@@ -90,7 +92,7 @@ class MemoryIdempotencyStore:
                 results.append(None)
             else:
                 results.append(held[0])
-        if len(keys) > self.max_keys or len(order) > STALE_LIMIT * self.max_keys:
+        if len(keys) > self.max_keys or len(order) > self._order_limit:
             self._trim()
         if expires < self._next_expiry:
             self._next_expiry = expires
@@ -142,7 +144,7 @@ class MemoryIdempotencyStore:
                 if keys.get(entry[2]) is entry:
                     del keys[entry[2]]
                     forgotten.append(entry[2])
-            if len(order) > STALE_LIMIT * self.max_keys:
+            if len(order) > self._order_limit:
                 for _ in range(len(order)):  # keep the live claims, in their order
                     entry = order.popleft()
                     if keys.get(entry[2]) is entry:
