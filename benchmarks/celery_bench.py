@@ -36,10 +36,15 @@ WORKER_OPTIONS = [
     "--without-heartbeat",
 ]
 """The same for both workers; neither sets a log level, so each logs as its command does."""
+OPT_IN = "reliable_redis"
+"""The idle row of the opt-in reliable Redis transport (`JOBS_CELERY_TRANSPORT`)."""
 
 
 def rows(config: Config) -> list[str]:
-    return [*dispatch_suite.row_ids(BACKEND, ["kombu_batch"]), *worker_suite.row_ids(BACKEND)]
+    return [
+        *dispatch_suite.row_ids(BACKEND, ["kombu_batch"]),
+        *worker_suite.row_ids(BACKEND, OPT_IN),
+    ]
 
 
 def kombu_batch(app: Any, queue: str) -> Callable[[Sequence[Payload]], None]:
@@ -113,15 +118,33 @@ def worker_kit(env: Env) -> WorkerKit:
     def release(queue: str) -> Callable[[], object]:
         return lambda: client.rename(f"{queue}.staging", queue)
 
+    reliable_queue = f"bench-celery-reliable-{tag}"
+    reliable = CeleryDispatcher(url, reliable_queue)
+    ours_env = {"JOBS_BACKEND": "celery", "JOBS_BROKER_URL": url, "JOBS_QUEUE": ours_queue}
     return WorkerKit(
         BACKEND,
         ours=WorkerSide(
             "`python -m jobs_core worker` (JOBS_BACKEND=celery)",
             [*JOBS_CORE_WORKER, "--", *WORKER_OPTIONS],
-            {"JOBS_BACKEND": "celery", "JOBS_BROKER_URL": url, "JOBS_QUEUE": ours_queue},
+            ours_env,
             stage=lambda n: ours_stager.dispatch_many_sync([(noop, payload)] * n),
             release=release(ours_queue),
             send=lambda: ours.dispatch_sync(noop, payload),
+        ),
+        opt_in=(
+            OPT_IN,
+            WorkerSide(
+                "`python -m jobs_core worker` (JOBS_CELERY_TRANSPORT=reliable-redis)",
+                [*JOBS_CORE_WORKER, "--", *WORKER_OPTIONS],
+                {
+                    **ours_env,
+                    "JOBS_QUEUE": reliable_queue,
+                    "JOBS_CELERY_TRANSPORT": "reliable-redis",
+                },
+                stage=lambda n: None,
+                release=lambda: None,
+                send=lambda: reliable.dispatch_sync(noop, payload),
+            ),
         ),
         plain=WorkerSide(
             "`celery -A benchmarks.plain_celery:app worker` (a plain task)",
@@ -143,5 +166,5 @@ def worker_kit(env: Env) -> WorkerKit:
         "command's default logging (jobs_core's: INFO; celery worker's: WARNING)",
         worker_target=0.95,
         e2e_target=0.90,
-        closers=[ours.close, ours_stager.close, plain.close, client.close],
+        closers=[ours.close, ours_stager.close, reliable.close, plain.close, client.close],
     )

@@ -10,6 +10,10 @@ logging), both with the same pool and 8 threads.
   completion to the last, so the worker's idle back-off before the first job is not counted.
 - `e2e`: n jobs dispatched one by one as each side's app dispatches them, from the first
   dispatch to the last completion.
+- `idle`: one job sent to a worker that has been idle for `IDLE_PAUSE`, from the dispatch to
+  its completion (what a quiet app waits for each job), the sides taking turns; the figure is
+  ours / plain of the median latencies, per round (lower is better). A kit's `opt_in` side (a
+  third worker, such as Celery's reliable Redis transport) gets an idle row of its own.
 
 Besides the rates, each row keeps each worker process group's CPU time per job (/proc) and how
 many bytes of log it wrote per job.
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from .counter import ENV, SharedCounter
 from .processes import WorkerProcess
-from .results import Row, compare
+from .results import RATIO, Row, compare, lower_is_better
 from .scenario import Env
 from .timing import Timings, interleave, median, wait_until
 
@@ -130,7 +134,16 @@ class WorkerKit:
     """What both workers are: pool, threads, logging (the rows' `compares`)."""
     worker_target: float | None = None
     e2e_target: float | None = None
+    idle_target: float | None = 1.5
+    opt_in: tuple[str, WorkerSide] | None = None
+    """(row suffix, side): an opt-in configuration of ours, measured in the idle row only."""
     closers: list[Callable[[], object]] = field(default_factory=list)
+
+
+IDLE_PAUSE = 0.3
+"""Seconds a worker sits idle before each job of the idle row (past any poll interval)."""
+IDLE_PER_ROUND = 10
+"""Jobs per side per round of the idle row."""
 
 
 def add_worker_figures(row: Row, sides: dict[str, Completions], rounds: int) -> Row:
@@ -156,8 +169,11 @@ def worker_rows(env: Env, kit: WorkerKit) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="jobs-bench-") as tmp:
         workers: dict[str, WorkerProcess] = {}
         sides: dict[str, Completions] = {}
+        all_sides = [("ours", kit.ours), ("plain", kit.plain)]
+        if kit.opt_in is not None:
+            all_sides.append(("opt_in", kit.opt_in[1]))
         try:
-            for name, side in (("ours", kit.ours), ("plain", kit.plain)):
+            for name, side in all_sides:
                 path = Path(tmp, f"{name}.counter")
                 counter = SharedCounter(path, create=True)
                 workers[name] = WorkerProcess(side.command, {**side.env, ENV: str(path)}).start()
@@ -179,7 +195,12 @@ def worker_rows(env: Env, kit: WorkerKit) -> list[Row]:
                     warmup_n=config.warmup_n,
                     progress=env.log,
                 )
-                rows.append(_row(f"{b}.{scenario}", what, kit, timings, sides, target))
+                pair = {name: sides[name] for name in ("ours", "plain")}
+                rows.append(_row(f"{b}.{scenario}", what, kit, timings, pair, target))
+            rows.append(idle_row(env, kit, sides, "ours", kit.ours, f"{b}.idle"))
+            if kit.opt_in is not None:
+                suffix, side = kit.opt_in
+                rows.append(idle_row(env, kit, sides, "opt_in", side, f"{b}.idle.{suffix}"))
         finally:
             for worker in workers.values():
                 worker.stop()
@@ -188,6 +209,46 @@ def worker_rows(env: Env, kit: WorkerKit) -> list[Row]:
             for close in kit.closers:
                 close()
     return rows
+
+
+def idle_row(
+    env: Env,
+    kit: WorkerKit,
+    sides: dict[str, Completions],
+    name: str,
+    side: WorkerSide,
+    row_id: str,
+) -> Row:
+    """One job at a time to an idle worker, `name`'s side against the plain one, in turns."""
+    env.log(f"{row_id}: one job to an idle worker, {IDLE_PER_ROUND} x {env.config.rounds}")
+    ratios: list[float] = []
+    latency: dict[str, list[float]] = {"ours_ms": [], "plain_ms": []}
+    sides[name].e2e(side.send, 1)  # warm-up: a worker's first job pays for its connections
+    for _ in range(env.config.rounds):
+        per_side: dict[str, list[float]] = {"ours_ms": [], "plain_ms": []}
+        for _ in range(IDLE_PER_ROUND):
+            for key, completions, send in (
+                ("ours_ms", sides[name], side.send),
+                ("plain_ms", sides["plain"], kit.plain.send),
+            ):
+                time.sleep(IDLE_PAUSE)  # the worker goes idle: that is what is measured
+                per_side[key].append(completions.e2e(send, 1) * 1000)
+        ratios.append(median(per_side["ours_ms"]) / median(per_side["plain_ms"]))
+        for key, values in per_side.items():
+            latency[key].extend(values)
+    ours_ms, plain_ms = median(latency["ours_ms"]), median(latency["plain_ms"])
+    return lower_is_better(
+        ratios,
+        row_id,
+        f"one job sent to an idle worker, dispatch to completion: {side.label} vs "
+        f"{kit.plain.label}; {kit.describe}",
+        f"{ours_ms:.1f} ms [{min(latency['ours_ms']):.1f}-{max(latency['ours_ms']):.1f}]",
+        f"plain {plain_ms:.1f} ms [{min(latency['plain_ms']):.1f}-{max(latency['plain_ms']):.1f}]",
+        1,
+        RATIO,
+        latency,
+        target=kit.idle_target,
+    )
 
 
 def _drainer(completions: Completions, side: WorkerSide) -> Callable[[int], float]:
@@ -218,5 +279,6 @@ def _row(
     return add_worker_figures(row, sides, timings.rounds)
 
 
-def row_ids(backend: str) -> Sequence[str]:
-    return [f"{backend}.worker", f"{backend}.e2e"]
+def row_ids(backend: str, opt_in: str | None = None) -> Sequence[str]:
+    ids = [f"{backend}.worker", f"{backend}.e2e", f"{backend}.idle"]
+    return [*ids, f"{backend}.idle.{opt_in}"] if opt_in else ids

@@ -60,6 +60,12 @@ class JobsSettings(BaseSettings):
         ge=0,
         validation_alias=AliasChoices("JOBS_MAX_PAYLOAD_BYTES", "max_payload_bytes"),
     )
+    celery_transport: str = Field(
+        default="kombu",
+        validation_alias=AliasChoices("JOBS_CELERY_TRANSPORT", "celery_transport"),
+    )
+    """The Redis transport of Celery workers: `kombu` (kombu's own) or `reliable-redis` (the
+    opt-in `jobs-core[celery-reliable-redis]`). RabbitMQ needs neither."""
     flow_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("JOBS_FLOW_URL", "flow_url"),

@@ -39,7 +39,7 @@ def test_no_top_level_backends_package_is_installed(tmp_path: Path) -> None:
         tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "jobs_core.backends.celery"
+    assert done.stdout.strip() == "jobs_core.backends.celery.dispatcher"
 
 
 def test_an_apps_own_backends_module_does_not_clash(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_an_apps_own_backends_module_does_not_clash(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "jobs_core.backends.celery",
+        "jobs_core.backends.celery.dispatcher",
         "jobs_core.backends.dramatiq",
         "the app module",
     ]

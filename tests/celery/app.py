@@ -3,13 +3,15 @@
 Each job records its start (`HSET started n pid`, `RPUSH starts n:pid:time`) and its completion
 (`SADD done n`, `HINCRBY completions n 1`) in a "store" Redis, apart from the broker, so that
 restarting the broker keeps the record. `JOBS_BROKER_URL`, `JOBS_QUEUE` and
-`CELERY_TEST_STORE_URL` come from the environment. The app is the recommended configuration:
-the adapter's defaults, nothing tuned for the tests.
+`CELERY_TEST_STORE_URL` come from the environment, and so does `JOBS_CELERY_TRANSPORT`. The
+app is what a user gets: the adapter's defaults, nothing tuned for the tests (except
+`CELERY_TEST_STOCK_KOMBU`, below).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from datetime import timedelta
 from functools import lru_cache
@@ -84,12 +86,22 @@ def retry_once(payload: Work, ctx: redis.Redis) -> None:
     ctx.sadd(DONE, payload.n)
 
 
-celery_app = create_celery_app(jobs, context=create_context)
+@jobs.job("celery_test.crash", retry=Retry(attempts=0))
+def crash(payload: Work, ctx: redis.Redis) -> None:
+    """Kills the process that runs it, every time: a poison message (prefork pool: the child
+    dies, Celery requeues the message, RabbitMQ counts the delivery)."""
+    ctx.hincrby(COMPLETIONS, f"crash-{payload.n}", 1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+celery_app = create_celery_app(
+    jobs,
+    context=create_context,
+    delivery_limit=int(os.environ.get("CELERY_TEST_DELIVERY_LIMIT", "20")),
+)
 if os.environ.get("CELERY_TEST_STOCK_KOMBU"):
-    # The baseline of tests/celery/runs.py --stock: kombu's own transport and Celery's own
-    # consumer, with a 3 s visibility timeout so that a killed worker's jobs come back at all.
-    celery_app.conf.broker_transport = None
-    celery_app.conf.worker_consumer = "celery.worker.consumer:Consumer"
+    # The stock-redis baseline of tests/celery/runs.py: kombu's own transport with a 3 s
+    # visibility timeout, so that a killed worker's jobs come back within the run at all.
     celery_app.conf.broker_transport_options.update(
         visibility_timeout=3, unacked_restore_interval=1, unacked_restore_throttle=1
     )

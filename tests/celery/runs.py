@@ -1,23 +1,30 @@
-"""Kill and restart runs of Celery on Redis, run as a user runs them (issue 18, C20, C21).
+"""Kill and restart runs of Celery, run as a user runs them (C20, C21), on three brokers.
 
-Each run starts a private, persistent redis-server as the broker (append-only file), a second
-one as the store the jobs record themselves in, and real workers with the native command line,
-`celery -A tests.celery.app:celery_app worker` (prefork, Celery's default pool, 4 processes),
-on the recommended configuration: the adapter's defaults. 2,000 jobs of 10 ms each.
+Each run starts a private broker, a private redis-server as the store the jobs record themselves
+in, and real workers with the native command line, `celery -A tests.celery.app:celery_app
+worker` (prefork, Celery's default pool, 4 processes), on the configuration a user gets from
+`JOBS_BROKER_URL` (and `JOBS_CELERY_TRANSPORT`); 10 ms jobs. The brokers (`SETUPS`):
+
+- `rabbitmq`: a private RabbitMQ node; jobs_core's RabbitMQ configuration (quorum queue,
+  publisher confirms, dead-letter queue), nothing else set;
+- `reliable-redis`: a persistent redis-server and the opt-in reliable transport;
+- `stock-redis`: a persistent redis-server and kombu's own transport, with a 3 s visibility
+  timeout so that a killed worker's jobs come back within the run at all (the baseline the
+  docs print; no setting for production: any job longer than 3 s would run twice).
 
 - kill run: one worker; its process group is SIGKILLed at 25% and at 60% of the jobs done, and
   a new worker is started at once each time.
 - restart run: two workers; the broker is stopped (SIGTERM: it writes its data) for 3-5 s at
-  30% of the first 1,000 jobs done, then started again; the other 1,000 are dispatched after.
+  30% of the first half of the jobs done, then started again; the other half is dispatched after.
 
 Printed per run: jobs lost (never completed), jobs completed more than once (delivery is
-at-least-once), how long the jobs a killed worker held took to come back (completed again),
-and whether every worker survived the restart without being started again.
+at-least-once), how long the jobs a killed worker was running took to come back (completed
+again), and whether every worker survived the restart without being started again.
 
-    python -m tests.celery.runs kill --runs 5
-    python -m tests.celery.runs restart --runs 5
+    python -m tests.celery.runs kill --broker rabbitmq --runs 5
+    python -m tests.celery.runs restart --broker stock-redis --runs 5
 
-tests/celery/test_durability.py runs one of each in the suite.
+tests/celery/test_durability.py runs one of each on `rabbitmq` and `reliable-redis` in the suite.
 """
 
 from __future__ import annotations
@@ -25,22 +32,24 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import random
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jobs_core.backends.celery import CeleryDispatcher
-from tests.celery.app import COMPLETIONS, DONE, work
+from tests.celery.app import COMPLETIONS, DONE, STARTED, work
 from tests.celery.workers import wait_for, worker_processes
+from tests.support.rabbitmq_server import RabbitMQServer
 from tests.support.redis_server import RedisServer
 
+SETUPS = ("rabbitmq", "reliable-redis", "stock-redis")
 JOBS = 2_000
 JOB_SECONDS = 0.01
 QUEUE = "runs"
@@ -70,7 +79,7 @@ class RunResult:
             f"{self.kind} run: jobs={self.jobs} lost={len(self.lost)} "
             f"duplicated={self.duplicated} seconds={self.seconds:.1f}"
         )
-        if self.kind == "kill":
+        if self.kind.startswith("kill"):
             text += (
                 f" held_at_kill={self.held_at_kill}"
                 f" came_back_s={[round(s, 1) for s in self.came_back]}"
@@ -86,14 +95,61 @@ class RunResult:
 
 
 def held_jobs(broker: Any) -> set[int]:
-    """Job numbers delivered and not acked: in the held hashes (the patched transport) or in
-    kombu's own `unacked` hash (`--stock`)."""
+    """Redis: job numbers delivered and not acked, in the reliable transport's held hashes and
+    landing lists or in kombu's own `unacked` hash."""
     envelopes = [json.loads(value)[0] for value in broker.hvals("unacked")]
     for key in broker.scan_iter("unacked:held:*"):
         for entry in broker.hvals(key):
             length, _, rest = entry.partition(b":")
             envelopes.append(json.loads(rest[int(length) :]))
+    for key in broker.scan_iter("unacked:landing:*"):
+        envelopes.extend(json.loads(item) for item in broker.lrange(key, 0, -1))
     return {int(json.loads(base64.b64decode(e["body"]))[0][0]["n"]) for e in envelopes}
+
+
+@dataclass
+class Broker:
+    """A private broker of one setup: its server, and what its workers need to know."""
+
+    setup: str
+    server: Any
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        url: str = self.server.url
+        return url
+
+    def left(self) -> int:
+        """Messages of the run's queue not yet acked: waiting, or delivered to a worker."""
+        if self.setup == "rabbitmq":
+            return sum(self.server.queue_counts(QUEUE))
+        client = self.server.client()
+        try:
+            return int(client.llen(QUEUE)) + len(held_jobs(client))
+        finally:
+            client.close()
+
+
+@contextmanager
+def private_broker(setup: str) -> Iterator[Broker]:
+    """A broker of `setup` (one of `SETUPS`), stopped on exit."""
+    if setup == "rabbitmq":
+        with RabbitMQServer() as node:
+            yield Broker(setup, node, {})
+        return
+    env = {"JOBS_CELERY_TRANSPORT": "reliable-redis"}
+    if setup == "stock-redis":
+        env = {"JOBS_CELERY_TRANSPORT": "kombu", "CELERY_TEST_STOCK_KOMBU": "1"}
+    elif setup != "reliable-redis":
+        raise ValueError(f"unknown setup {setup!r}: one of {SETUPS}")
+    with RedisServer(persistent=True) as server:
+        yield Broker(setup, server, env)
+
+
+def running(store: Any) -> set[int]:
+    """Jobs started and not completed: what a killed worker had in hand."""
+    return {int(n) for n in store.hkeys(STARTED)} - _done(store)
 
 
 def dispatch(dispatcher: CeleryDispatcher, numbers: Sequence[int], deadline: float) -> None:
@@ -128,32 +184,32 @@ def _progress(store: Any, total: int) -> Callable[[], str]:
     return progress
 
 
-def kill_run(log_dir: Path, total: int = JOBS) -> RunResult:
+def kill_run(setup: str, log_dir: Path, total: int = JOBS) -> RunResult:
     started = time.monotonic()
-    result = RunResult("kill", total, [], 0, 0.0)
-    with RedisServer(persistent=True) as broker_server, RedisServer() as store_server:
-        broker, store = broker_server.client(), store_server.client()
+    result = RunResult(f"kill ({setup})", total, [], 0, 0.0)
+    with private_broker(setup) as broker, RedisServer() as store_server:
+        store = store_server.client()
         progress = _progress(store, total)
-        dispatcher = CeleryDispatcher(broker_server.url, QUEUE)
+        dispatcher = CeleryDispatcher(broker.url, QUEUE)
         try:
             dispatch(dispatcher, range(total), time.monotonic() + 60)
         finally:
             dispatcher.close()
-        with worker_processes(broker_server.url, store_server.url, QUEUE, log_dir) as workers:
+        with worker_processes(broker.url, store_server.url, QUEUE, log_dir, broker.env) as workers:
             worker = workers.start_celery_cli_worker(*WORKER)
             pending: list[tuple[float, set[int]]] = []
             for share in (0.25, 0.60):
                 wait_for(lambda s=share: len(_done(store)) >= total * s, SETTLE, "progress")  # type: ignore[misc]
-                # a kill between two fetches would catch nothing: wait until it holds jobs
-                wait_for(lambda: bool(held_jobs(broker) - _done(store)), SETTLE, "held jobs")
+                # a kill between two jobs would catch nothing running: wait for one
+                wait_for(lambda: bool(running(store)), SETTLE, "running jobs")
                 workers.kill(worker)  # SIGKILL, process group: the worker and its pool
                 killed_at = time.monotonic()
-                held = held_jobs(broker) - _done(store)
+                held = running(store)
                 result.held_at_kill.append(len(held))
                 pending.append((killed_at, held))
                 worker = workers.start_celery_cli_worker(*WORKER)
             for killed_at, held in pending:
-                wait_for(lambda h=held: h <= _done(store), SETTLE, "the held jobs", progress)  # type: ignore[misc]
+                wait_for(lambda h=held: h <= _done(store), SETTLE, "the killed jobs", progress)  # type: ignore[misc]
                 result.came_back.append(time.monotonic() - killed_at)
             _settle(lambda: len(_done(store)) == total, broker)
         result.lost, result.duplicated = _tally(store, total)
@@ -161,26 +217,29 @@ def kill_run(log_dir: Path, total: int = JOBS) -> RunResult:
     return result
 
 
-def restart_run(log_dir: Path, total: int = JOBS, seed: int | None = None) -> RunResult:
+def restart_run(setup: str, log_dir: Path, total: int = JOBS, seed: int | None = None) -> RunResult:
     rng = random.Random(seed)
     started = time.monotonic()
-    result = RunResult("restart", total, [], 0, 0.0)
+    result = RunResult(f"restart ({setup})", total, [], 0, 0.0)
     first, second = range(total // 2), range(total // 2, total)
-    with RedisServer(persistent=True) as broker_server, RedisServer() as store_server:
+    with private_broker(setup) as broker, RedisServer() as store_server:
         store = store_server.client()
         progress = _progress(store, total)
-        dispatcher = CeleryDispatcher(broker_server.url, QUEUE)
+        dispatcher = CeleryDispatcher(broker.url, QUEUE)
         try:
             dispatch(dispatcher, first, time.monotonic() + 60)
-            with worker_processes(broker_server.url, store_server.url, QUEUE, log_dir) as workers:
+            with worker_processes(
+                broker.url, store_server.url, QUEUE, log_dir, broker.env
+            ) as workers:
                 live = [workers.start_celery_cli_worker(*WORKER) for _ in range(2)]
                 wait_for(lambda: len(_done(store)) >= len(first) * 0.3, SETTLE, "progress")
                 down = rng.uniform(3.0, 5.0)
-                broker_server.stop()  # SIGTERM: Redis writes its data and exits
-                time.sleep(down)
-                broker_server.start()
+                stopped_at = time.monotonic()
+                broker.server.stop()  # SIGTERM: the broker writes its data and exits
+                time.sleep(max(0.0, down - (time.monotonic() - stopped_at)))
+                broker.server.start()
                 back_at = time.monotonic()
-                result.broker_down = down
+                result.broker_down = back_at - stopped_at
                 done_at_return = len(_done(store))
                 wait_for(
                     lambda: len(_done(store)) > done_at_return or len(_done(store)) == total,
@@ -194,13 +253,13 @@ def restart_run(log_dir: Path, total: int = JOBS, seed: int | None = None) -> Ru
                 def settled() -> bool:
                     for process in [p for p in live if p.poll() is not None]:
                         # A worker that stopped instead of reconnecting: counted, and started
-                        # again as a supervisor would (it happens with --stock).
+                        # again as a supervisor would.
                         result.workers_died += 1
                         live.remove(process)
                         live.append(workers.start_celery_cli_worker(*WORKER))
                     return len(_done(store)) == total
 
-                _settle(settled, broker_server.client())
+                _settle(settled, broker)
         finally:
             dispatcher.close()
         result.lost, result.duplicated = _tally(store, total)
@@ -208,25 +267,22 @@ def restart_run(log_dir: Path, total: int = JOBS, seed: int | None = None) -> Ru
     return result
 
 
-def _settle(all_done: Callable[[], bool], broker: Any) -> None:
+def _settle(all_done: Callable[[], bool], broker: Broker) -> None:
     """Wait until every job completed, or until nothing is left that could still complete
     (nothing queued or held for 5 s: what is missing then is lost); then the broker must be
     drained: what came back ran again."""
     deadline = time.monotonic() + SETTLE
     idle_since: float | None = None
     while not all_done() and time.monotonic() < deadline:
-        if int(broker.llen(QUEUE)) == 0 and not held_jobs(broker):
+        if broker.left() == 0:
             idle_since = idle_since or time.monotonic()
             if time.monotonic() - idle_since > 5:
                 break
         else:
             idle_since = None
-        time.sleep(0.1)
+        time.sleep(0.5 if broker.setup == "rabbitmq" else 0.1)
     wait_for(
-        lambda: int(broker.llen(QUEUE)) == 0 and not held_jobs(broker),
-        60,
-        "the broker to be drained",
-        lambda: f"queued={broker.llen(QUEUE)} held={sorted(held_jobs(broker))[:10]}",
+        lambda: broker.left() == 0, 60, "the broker to be drained", lambda: f"left={broker.left()}"
     )
 
 
@@ -235,24 +291,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("kind", choices=["kill", "restart"])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=JOBS)
-    parser.add_argument(
-        "--stock",
-        action="store_true",
-        help="baseline: kombu's own Redis transport (visibility timeout 3 s), no patches",
-    )
+    parser.add_argument("--broker", choices=SETUPS, default="rabbitmq")
     args = parser.parse_args(argv)
-    if args.stock:
-        os.environ["CELERY_TEST_STOCK_KOMBU"] = "1"  # read by tests/celery/app.py in the workers
     results = []
     for n in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="jobs-core-runs-") as log_dir:
             run = kill_run if args.kind == "kill" else restart_run
-            result = run(Path(log_dir), args.jobs)
+            result = run(args.broker, Path(log_dir), args.jobs)
         results.append(result)
         print(f"run {n + 1}: {result.line()}", flush=True)
     lost = sum(len(r.lost) for r in results)
     print(
-        f"SUMMARY {args.kind}{' (stock kombu)' if args.stock else ''}: runs={len(results)} jobs_each={args.jobs} "
+        f"SUMMARY {args.kind} ({args.broker}): runs={len(results)} jobs_each={args.jobs} "
         f"runs_with_loss={sum(1 for r in results if r.lost)} lost_total={lost} "
         f"duplicated_total={sum(r.duplicated for r in results)} "
         f"median_seconds={statistics.median(r.seconds for r in results):.1f}"

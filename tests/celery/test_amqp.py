@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -60,35 +59,3 @@ def test_one_job_through_rabbitmq(rabbitmq: Any) -> None:
         app.close()
     assert sorted(seen) == ["a", "b", "hello"]
     assert events.kinds(greet.name).count("completed") == 3
-
-
-def test_delays_are_bounded_by_rabbitmqs_consumer_timeout(rabbitmq: Any) -> None:
-    """RabbitMQ closes a channel that holds a delivery unacked for its `consumer_timeout` (30 min
-    by default) and the Celery worker stops (celery/celery#6760); Celery holds a delayed job
-    unacked until its time. So on AMQP a delay is bounded by that timeout, not by the 2 h
-    visibility timeout of Redis, and is refused at dispatch beyond it (patch 6)."""
-    from jobs_core import JobPayloadError
-    from jobs_core.backends._celery_patches import AMQP_CONSUMER_TIMEOUT
-    from jobs_core.errors import DispatchError
-
-    jobs = JobRegistry[Any]()
-
-    @jobs.job(f"amqp.later.{uuid.uuid4().hex[:8]}")
-    def later(payload: Greeting, ctx: Any) -> None: ...
-
-    dispatcher = CeleryDispatcher(rabbitmq.url, f"amqp-delay-{uuid.uuid4().hex[:8]}")
-    try:
-        assert dispatcher.max_delay == timedelta(seconds=AMQP_CONSUMER_TIMEOUT * 0.9)
-        with pytest.raises((ValueError, JobPayloadError, DispatchError), match="longer than"):
-            dispatcher.dispatch_sync(later, {"text": "x"}, delay=timedelta(minutes=28))
-        dispatcher.dispatch_sync(later, {"text": "x"}, delay=timedelta(minutes=26))
-    finally:
-        dispatcher.close()
-    redis_dispatcher = CeleryDispatcher("redis://127.0.0.1:1/0", "q")
-    try:
-        assert redis_dispatcher.max_delay is not None
-        assert redis_dispatcher.max_delay.total_seconds() > AMQP_CONSUMER_TIMEOUT, (
-            "Redis: unchanged"
-        )
-    finally:
-        redis_dispatcher.close()

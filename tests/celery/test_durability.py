@@ -1,10 +1,11 @@
-"""C20 and C21 on the Celery backend, with real worker processes and a real Redis broker.
+"""C20 and C21 on the Celery backend, with real worker processes and real brokers.
 
-Workers run tests/celery/app.py on the recommended configuration (the adapter's defaults, with
-backends/_celery_patches.py); each job records its start and its completion in a second Redis
-server (the "store"), apart from the broker, so that restarting the broker keeps the record.
-The kill and restart runs are those of tests/celery/runs.py, once each here (five each for the
-figures in docs/reliability-celery.md: `python -m tests.celery.runs kill --runs 5`).
+Workers run tests/celery/app.py as a user gets it (the adapter's defaults); each job records its
+start and its completion in a second Redis server (the "store"), apart from the broker, so that
+restarting the broker keeps the record. The kill and restart runs are those of
+tests/celery/runs.py, once each here on the two zero-loss setups, RabbitMQ and the opt-in
+reliable Redis transport (five each, and kombu's own transport, for the figures in
+docs/reliability-celery.md: `python -m tests.celery.runs kill --broker rabbitmq --runs 5`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from jobs_core.backends._celery_patches import DEFAULT_HEARTBEAT_TIMEOUT
 from jobs_core.backends.celery import CeleryDispatcher
+from jobs_core.backends.celery.reliable_redis import DEFAULT_HEARTBEAT_TIMEOUT
 from tests.celery.app import DONE, GO, RETRIED, RETRYING, STARTED, STARTS, retry_once, work
 from tests.celery.runs import held_jobs, kill_run, restart_run
 from tests.celery.workers import wait_for, worker_processes
@@ -41,19 +42,25 @@ def _started(client: Any) -> set[int]:
     return {int(n) for n in client.hkeys(STARTED)}
 
 
-def test_C20_sigkilled_workers_lose_no_job(tmp_path: Path) -> None:
+ZERO_LOSS = ["rabbitmq", "reliable-redis"]
+RELIABLE = {"JOBS_CELERY_TRANSPORT": "reliable-redis"}
+
+
+@pytest.mark.parametrize("setup", ZERO_LOSS)
+def test_C20_sigkilled_workers_lose_no_job(setup: str, tmp_path: Path) -> None:
     """2,000 jobs; the worker's process group SIGKILLed twice mid-run: none is lost."""
-    result = kill_run(tmp_path)
+    result = kill_run(setup, tmp_path)
     print(result.line())
     assert result.lost == [], result.line()
     assert all(n > 0 for n in result.held_at_kill), "each kill caught jobs it held"
     assert max(result.came_back) < BOUND + LOAD_SLACK, result.line()
 
 
-def test_C21_broker_restart_workers_reconnect(tmp_path: Path) -> None:
-    """2,000 jobs, half dispatched before and half after a persistent Redis is stopped for
-    3-5 s mid-run: every one completes and the workers reconnect (none stops)."""
-    result = restart_run(tmp_path)
+@pytest.mark.parametrize("setup", ZERO_LOSS)
+def test_C21_broker_restart_workers_reconnect(setup: str, tmp_path: Path) -> None:
+    """2,000 jobs, half dispatched before and half after the broker (with its data) is stopped
+    for 3-5 s mid-run: every one completes and the workers reconnect (none stops)."""
+    result = restart_run(setup, tmp_path)
     print(result.line())
     assert result.lost == [], result.line()
     assert result.workers_died == 0, result.line()
@@ -62,12 +69,13 @@ def test_C21_broker_restart_workers_reconnect(tmp_path: Path) -> None:
 def test_C20_a_killed_workers_jobs_come_back_within_the_bound(
     redis_server: Any, store: Any, tmp_path: Path
 ) -> None:
-    """What a SIGKILLed worker held (two jobs running, one waiting for its ETA) is given back
-    within the documented bound and taken by the next worker, which runs the running ones
-    again and keeps the ETA one waiting: not after the 2 h visibility timeout."""
+    """The reliable Redis transport: what a SIGKILLed worker held (two jobs running, one
+    waiting for its ETA) is given back within the documented bound and taken by the next
+    worker, which runs the running ones again and keeps the ETA one waiting: not after the
+    2 h visibility timeout."""
     broker_url, client, broker = redis_server.url, store.client(), redis_server.client()
     options = ("--pool", "threads", "--concurrency", "2")
-    with worker_processes(broker_url, store.url, "bound", tmp_path) as workers:
+    with worker_processes(broker_url, store.url, "bound", tmp_path, RELIABLE) as workers:
         dispatcher = CeleryDispatcher(broker_url, "bound")
         try:
             dispatcher.dispatch_sync(work, {"n": 0}, delay=timedelta(minutes=30))

@@ -38,7 +38,14 @@ def wait_for(
 class WorkerProcesses:
     """Starts Celery workers for tests/celery/app.py against one broker and one store."""
 
-    def __init__(self, broker_url: str, store_url: str, queue: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        store_url: str,
+        queue: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.env = {
             **os.environ,
             "JOBS_BACKEND": "celery",
@@ -46,6 +53,7 @@ class WorkerProcesses:
             "JOBS_QUEUE": queue,
             "CELERY_TEST_STORE_URL": store_url,
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
         }
         self.log_dir = log_dir
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -78,9 +86,12 @@ class WorkerProcesses:
         )
 
     def start_celery_cli_worker(self, *options: str) -> subprocess.Popen[bytes]:
-        """The native `celery -A tests.celery.app:celery_app worker`."""
+        """The native `celery -A tests.celery.app:celery_app worker`, with a node name of its
+        own (two workers of one name on one RabbitMQ: the second stops, its remote-control
+        queue being the first one's)."""
+        name = ("-n", f"w{len(self.processes)}@%h")
         return self.start(
-            PYTHON, "-m", "celery", "-A", "tests.celery.app:celery_app", "worker", *options
+            PYTHON, "-m", "celery", "-A", "tests.celery.app:celery_app", "worker", *name, *options
         )
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
@@ -114,9 +125,14 @@ class WorkerProcesses:
 
 @contextmanager
 def worker_processes(
-    broker_url: str, store_url: str, queue: str, log_dir: Path
+    broker_url: str,
+    store_url: str,
+    queue: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
 ) -> Iterator[WorkerProcesses]:
-    workers = WorkerProcesses(broker_url, store_url, queue, log_dir)
+    """Workers for tests/celery/app.py; `env` adds to their environment (the transport)."""
+    workers = WorkerProcesses(broker_url, store_url, queue, log_dir, env)
     try:
         yield workers
     except BaseException:

@@ -127,7 +127,13 @@ class CeleryBackend:
 
     name = "celery"
 
-    def __init__(self, url: str, jobs: JobRegistry[Any], events: RecordingInstrumentation) -> None:
+    def __init__(
+        self,
+        url: str,
+        jobs: JobRegistry[Any],
+        events: RecordingInstrumentation,
+        transport: str = "kombu",
+    ) -> None:
         from jobs_core.backends.celery import CeleryDispatcher
         from tests.celery.embedded import embedded_worker_app
 
@@ -138,6 +144,7 @@ class CeleryBackend:
             url,
             self.queue,
             events,
+            transport=transport,
             # An in-process worker sees a stop request when its event loop next wakes up; on
             # AMQP nothing else wakes it for up to 10 s (its shutdown timeout): a heartbeat does.
             broker_heartbeat=2,
@@ -203,11 +210,13 @@ class CeleryBackend:
 
         dead = dead_letter_queue(self.queue)
         if self.is_amqp:
-            from kombu import Connection, Queue
+            from kombu import Connection
+
+            from jobs_core.backends.celery.broker import dead_letter_entity
 
             with Connection(self.url) as connection:
                 channel = connection.default_channel
-                Queue(dead, routing_key=dead)(channel).declare()  # as the worker declares it
+                dead_letter_entity(self.queue, self.url)(channel).declare()  # as the worker does
                 while (message := channel.basic_get(dead, no_ack=True)) is not None:
                     body = message.body  # py-amqp hands a utf-8 body over as str
                     body = body.encode() if isinstance(body, str) else bytes(body)
@@ -511,10 +520,13 @@ def _check_kept_logged_and_skipped(
 def test_celery_raw_list_item_is_logged_kept_and_skipped(
     case: str, redis_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An item on Celery's Redis list that kombu cannot read: it stopped the worker (not JSON)
-    or vanished (`KeyError('properties')`) before backends/_celery_patches.py (patch 4)."""
+    """The reliable Redis transport: an item on Celery's Redis list that kombu cannot read. On
+    kombu's own transport it stops the worker that takes it (not JSON) or vanishes
+    (`KeyError('properties')`), as docs/reliability-celery.md says (reliable_redis fix 4)."""
     record = Record()
-    backend = CeleryBackend(redis_server.url, make_registry(record), RecordingInstrumentation())
+    backend = CeleryBackend(
+        redis_server.url, make_registry(record), RecordingInstrumentation(), "reliable-redis"
+    )
     task_id = str(uuid.uuid4())
     item = raw_item(case, backend.queue, task_id)
     digest = hashlib.sha256(item).hexdigest()
@@ -545,7 +557,7 @@ def test_celery_message_without_task_name_is_logged_kept_and_skipped(
     backend_name: str, case: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A message without a `task` header: a body Celery cannot decode was acked and dropped
-    before backends/_celery_patches.py (patch 5); one that decodes is rejected as unknown."""
+    before backends/celery/fixes.py (fix 1); one that decodes is rejected as unknown."""
     record = Record()
     backend = CeleryBackend(
         broker_url(backend_name, request), make_registry(record), RecordingInstrumentation()

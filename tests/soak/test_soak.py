@@ -16,12 +16,12 @@ are counted and printed (delivery is at-least-once). `on_failure` ran exactly on
 gave up, except where the worker that ran it was then SIGKILLed before it could ack (the
 message comes back: at-least-once), which is counted and printed.
 
-Neither backend may lose a job: Celery's Redis transport is patched (backends/_celery_patches.py)
-so that a message is moved into its consumer's held hash by the script that takes it off the
-list, as Dramatiq's fetch script marks messages as taken.
+Neither backend may lose a job: Celery runs on the opt-in reliable Redis transport
+(backends/celery/reliable_redis.py, `JOBS_CELERY_TRANSPORT=reliable-redis`), which moves a
+message into its consumer's held hash in the step that takes it off the list, as Dramatiq's
+fetch script marks messages as taken; kombu's own transport can lose one (docs/reliability-celery.md).
 
-Celery runs on the recommended configuration (a killed worker's messages come back once its
-heartbeat is 15 s old); Dramatiq's crash recovery is made fast for the test: maintenance on
+Celery's killed worker's messages come back once its heartbeat is 15 s old; Dramatiq's crash recovery is made fast for the test: maintenance on
 every command, with the production heartbeat timeout of 15 s: a live worker's consumer threads
 sleep 3 s before reconnecting and up to 5 s between ack attempts while the broker is down, and
 with a shorter timeout the other worker declared it dead and ran its messages again.
@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from jobs_core.backends._celery_patches import DEFAULT_HEARTBEAT_TIMEOUT, held_count
+from jobs_core.backends.celery.reliable_redis import DEFAULT_HEARTBEAT_TIMEOUT, held_count
 from tests.soak.app import ATTEMPTS, DONE, FAILED, FAILED_BY, GIVES_UP, RUNS, SUCCEEDS, work
 from tests.support.redis_server import RedisServer
 
@@ -122,7 +122,7 @@ class SoakBackend(Protocol):
 
 
 CONSUMERS = "unacked:consumers"
-"""The patched Celery transport's consumers, by heartbeat (backends/_celery_patches.py)."""
+"""The reliable Celery transport's consumers, by heartbeat (backends/celery/reliable_redis.py)."""
 
 
 def soak_worker_command(*options: str) -> list[str]:
@@ -154,7 +154,7 @@ class CeleryBackend:
     # gone; they come back when the old consumer's heartbeat is `heartbeat_timeout` old, and
     # run again: up to that long (plus a sweep and the run) after the reconnection.
     redelivery_margin = DEFAULT_HEARTBEAT_TIMEOUT * 1.1 + 10.0
-    lost_unstarted_per_connection = 0  # the patched transport moves messages atomically
+    lost_unstarted_per_connection = 0  # the reliable transport moves messages atomically
 
     def dispatcher(self, broker_url: str) -> Any:
         from jobs_core.backends.celery import CeleryDispatcher
@@ -165,7 +165,8 @@ class CeleryBackend:
     def workers(self, broker_url: str, store_url: str, log_dir: Path) -> Iterator[Workers]:
         from tests.celery.workers import worker_processes
 
-        with worker_processes(broker_url, store_url, QUEUE, log_dir) as processes:
+        env = {"JOBS_CELERY_TRANSPORT": "reliable-redis"}
+        with worker_processes(broker_url, store_url, QUEUE, log_dir, env) as processes:
             yield _CeleryWorkers(processes)
 
     def drained(self, broker: Any) -> bool:

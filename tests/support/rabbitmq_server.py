@@ -139,6 +139,42 @@ class RabbitMQServer(OwnedServer):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL the node (its whole process group), as a crash would: nothing is flushed."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        process.wait(30)
+
+    def ready(self, queue: str) -> int:
+        """Messages waiting in `queue` now (a passive declare: the queue's own count)."""
+        from kombu import Connection
+
+        with Connection(self.url) as connection:
+            _, count, _ = connection.default_channel.queue_declare(queue, passive=True)
+        return int(count)
+
+    def queue_counts(self, queue: str) -> tuple[int, int]:
+        """(ready, unacknowledged) messages of `queue`, as the node's statistics say (a quorum
+        queue's are refreshed every few seconds: poll them with a deadline)."""
+        out = self.ctl(
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        )
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == queue:
+                return int(parts[1]), int(parts[2])
+        return 0, 0
+
     def restart(self) -> None:
         """Stop and start again on the same ports and data (durable queues survive)."""
         self.stop()

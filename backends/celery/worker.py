@@ -1,6 +1,6 @@
-"""The bridge to the `celery worker` command for `python -m jobs_core worker`
-(JOBS_BACKEND=celery): the app made by `create_celery_app`, run in the foreground, with log
-levels a production worker can afford."""
+"""The Celery worker entry point of `python -m jobs_core worker` (JOBS_BACKEND=celery): the app
+made by `create_celery_app`, run in the foreground, with log levels a production worker can
+afford."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from jobs_core.config import JobsSettings
 from jobs_core.execution import ContextSource
 from jobs_core.registry import JobRegistry
 
-from .celery import create_celery_app
+from .app import create_celery_app
 
 PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 
@@ -34,12 +34,14 @@ def run_worker(
 ) -> int:
     """Run a Celery worker for `registry` in the foreground; `argv` goes to `celery worker`.
 
-    Besides Celery's own options, `--visibility-timeout SECONDS` sets the Redis transport's
-    visibility timeout, and `--restore-interval SECONDS` how often unacked messages are swept.
+    Besides Celery's own options: `--visibility-timeout SECONDS` (Redis: how long an
+    unacknowledged message stays with its worker), `--restore-interval SECONDS` (Redis: how
+    often kombu gives back messages older than that), and `--transport kombu|reliable-redis`.
     """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--visibility-timeout", type=float)
     parser.add_argument("--restore-interval", type=float)
+    parser.add_argument("--transport")
     ours, argv = parser.parse_known_args(argv)
     transport: dict[str, Any] = {}
     if ours.restore_interval is not None:
@@ -50,6 +52,7 @@ def run_worker(
         broker_url=settings.broker_url,
         queue=settings.queue,
         visibility_timeout=ours.visibility_timeout,
+        transport=ours.transport or settings.celery_transport,
         broker_transport_options=transport,
     )
     if not any(a == "-l" or a.startswith("--loglevel") for a in argv):

@@ -1,84 +1,48 @@
-"""Patches to kombu 5.7 and Celery 5.7 that keep a Celery job from being lost on Redis.
+"""The reliable Redis transport for Celery: an opt-in replacement for kombu's Redis transport.
 
-`install_worker_patches(app)` puts them on a worker app; a producer needs none. Each patch names
-the upstream behaviour it works around, the upstream issue where there is one, and its test.
+Turn it on with `JOBS_CELERY_TRANSPORT=reliable-redis` (or `create_celery_app(...,
+transport="reliable-redis")`) after `pip install 'jobs-core[celery-reliable-redis]'`, which pins
+the kombu it was verified on; on another kombu the worker refuses to start. Producers need
+nothing: they push as kombu does. What it changes, against kombu's own transport:
 
-1. **Atomic fetch** (kombu's Redis transport, celery/kombu#305, open since 2014; celery/celery#4354).
-   kombu takes a message off the queue with `BRPOP` and records it as unacked (`HSET unacked`) in
-   a second command, from the worker, after the reply arrived. A worker killed between the two,
-   or a Redis that stops after serving the `BRPOP`, loses that message before it ever ran.
-   `RedisChannel` fetches with one Lua script that moves the message into a hash owned by the
-   consuming channel (`<unacked_key>:held:<consumer id>`), so at every instant the message is
-   either in its queue or held by a known consumer. Test: tests/celery/test_patches.py
-   `test_a_message_served_to_a_consumer_that_dies_is_not_lost`.
+1. **Atomic fetch** (celery/kombu#305, open since 2014; celery/celery#4354). kombu takes a
+   message off the queue with `BRPOP` and records it as unacked (`HSET unacked`) in a second
+   command: a worker killed between the two, or a Redis that stops after serving the `BRPOP`,
+   loses that message before it ever ran. Here a message moves in one step into a hash owned by
+   the consuming channel (`<unacked_key>:held:<consumer id>`): by one Lua script, or, for an
+   idle consumer of one queue, by a blocking `BLMOVE` into the consumer's landing list
+   (`<unacked_key>:landing:<consumer id>`, Redis 6.2 or later) from which the next script
+   moves it into the hash. At every instant the message is in its queue or held by a known
+   consumer (in its held hash or its landing list). Tests: tests/celery/test_reliable_redis.py.
 2. **Dead consumers, not old messages** (kombu's `visibility_timeout`). kombu gives a message
-   back once it has been unacked for `visibility_timeout` (kombu: 1 h; the adapter: 2 h), alive
-   or dead consumer alike: a killed worker's jobs waited hours, and a message held on purpose
-   (an ETA waiting in a worker) ran twice once it was older than that. Each process that
-   consumes beats for its consumers in a sorted set (`<unacked_key>:consumers`, Redis server
-   time), and returns the messages held by any consumer that missed `heartbeat_timeout` (15 s)
-   to the front of their queues; a live consumer keeps what it holds for as long as it needs.
-   Tests: `test_a_dead_consumers_messages_come_back_within_the_bound`,
-   `test_a_live_consumer_keeps_a_message_past_the_visibility_timeout`, and the SIGKILL runs in
-   tests/celery/test_durability.py.
-3. **Closing a collected connection** (kombu; the same `AttributeError` as celery/kombu#582,
-   reached today by Celery's reconnect). On a connection loss, Celery's consumer `collect()`s the
-   connection (which clears the transport's `client`) and then `close()`s it; when the first
-   close of the default channel was cut short by the lost socket, the second one restores the
-   channel's unacked messages through `_connparams()`, which reads `transport.client.hostname`:
-   `AttributeError: 'NoneType' object has no attribute 'hostname'`, not a connection error, so
-   the worker stopped ("Unrecoverable error") instead of reconnecting (3 of 6 Redis restarts).
-   `RedisChannel._connparams` keeps the last parameters it was built from. Test:
-   `test_closing_a_collected_connection_with_redis_gone_is_a_connection_error`.
-4. **Poison list items** (kombu; celery/celery#1113, celery/celery#4308). An item on the queue's
-   list that is not JSON raised out of the transport and stopped the worker; JSON of the wrong
-   shape (no `properties`) raised `KeyError`, which Celery took for a lost connection, and the
-   item vanished. Such an item is moved, in one script, from the consumer's held hash to
-   `<queue>.dead` (wrapped as a kombu message whose body is the item as it came) and logged with
-   its source list, size, SHA-256 and id. Tests: tests/poison/test_poison.py (`raw-*` cases).
-5. **Bodies Celery cannot decode** (Celery's `Consumer.on_decode_error`; celery/celery#4308).
-   A message without a `task` header whose body cannot be decoded was logged and acked: gone.
-   `Consumer` treats it as Celery treats any other malformed message: rejected and announced
-   with `task_rejected`, on which the adapter keeps it in `<queue>.dead`; it and a message
-   without a task name are logged with their queue, ids, size and SHA-256. Test: tests/poison
-   (`undecodable-body`, `no-task-name`), on Redis and on RabbitMQ.
+   back once it has been unacked for `visibility_timeout`, alive or dead consumer alike: a
+   killed worker's jobs waited hours, and a message held on purpose (an ETA waiting in a worker)
+   ran twice once it was older than that. Each process that consumes beats for its consumers in
+   a sorted set (`<unacked_key>:consumers`, Redis server time) from a thread of its own, and
+   gives the messages held by any consumer that missed `heartbeat_timeout` (15 s), in its held
+   hash or its landing list, back to the front of their queues; a live consumer keeps what it
+   holds for as long as it needs.
+3. **Closing a collected connection** (the `AttributeError` of celery/kombu#582): as
+   `jobs_core.backends.celery.fixes` fix 4.
+4. **Poison list items** (celery/celery#1113, celery/celery#4308). An item on the queue's list
+   that is not JSON raised out of the transport and stopped the worker; JSON of the wrong shape
+   (no `properties`) raised `KeyError`, which Celery took for a lost connection, and the item
+   vanished. Such an item is moved, in one script, from the consumer's held hash to
+   `<queue>.dead` (wrapped as a kombu message whose body is the item as it came) and logged
+   with its source list, size, SHA-256 and id. Tests: tests/poison/test_poison.py (`raw-*`).
 
-6. **Malformed task bodies** (Celery's default task strategy). Celery reads a message's body in
-   the consumer thread: a body of the wrong shape (not `[args, kwargs, embed]`) raised
-   `ValueError` out of the consumer loop ("Unrecoverable error": the worker stopped, and so did
-   every worker that fetched the message again), and a body that is not JSON was acked and
-   dropped. `malformed_messages_are_invalid` turns both into `InvalidTaskError`: Celery logs the
-   message, rejects it without a retry and sends `task_rejected`, where the adapter keeps it.
-   Test: tests/poison/test_poison.py (`not-json`, `wrong-shape` on Celery).
-
-8. **A keyed dispatch claims and pushes in one step** (the producer; jobs_core's own gap). The
-   idempotency key was claimed in one Redis call and the task pushed in another: a producer or
-   outbox relay killed between the two left the key claimed for a task that was never sent, and
-   every resend came back "deduplicated". `ProducerChannel._put` pushes a keyed task with the
-   script that claims its key (`CLAIM_AND_PUSH`). Test: tests/celery/test_dispatcher.py
-   `test_a_keyed_dispatch_killed_before_its_publish_leaves_no_claim`.
-
-7. **RabbitMQ's `consumer_timeout`** (celery/celery#6760, open). A delivery left unacked for
-   RabbitMQ's `consumer_timeout` (30 min by default since 3.8.17) closes its channel, and the
-   Celery worker stops ("Unrecoverable error: PreconditionFailed"); Celery holds a message
-   unacked while it waits for its ETA, and the adapter allowed delays up to 90% of a 2 h
-   visibility timeout. `holding_limit()` caps, on AMQP, how long the adapter lets a worker hold
-   a message (the dispatch delay limit, the retry hop) at that timeout. Tests:
-   tests/celery/test_amqp.py.
-
-9. **A retry sent while the broker is away** (Celery's `Task.retry`). A retry is a new message
-   published before the old one is acked; when that publish failed (Redis restarting), Celery
-   gave up after its default policy's 0.6 s and raised `Reject(requeue=False)`: the old message
-   was dropped and the job lost (1 of 2,000 jobs in a Redis restart run). `retry_patiently`
-   waits up to the core's `BROKER_AWAY_SECONDS` (5 min) for the broker, and if it is still away puts the
-   message back (`requeue=True`, the same attempt runs again) instead of dropping it. Flow
-   control's and long waits' resends wait as long. Test: tests/celery/test_durability.py
-   `test_C21_a_retry_sent_while_the_broker_is_away_is_not_lost`.
-
-What the Redis patches change for users: an idle consumer looks for work every
-`idle_poll_interval` (0.1 s) instead of blocking in `BRPOP` (Redis cannot move an item
-atomically out of one of several lists while blocking), and `visibility_timeout` applies only to
-messages left in kombu's `unacked` hash by unpatched consumers.
+**Idle consumers.** An idle consumer of one queue blocks in Redis, as kombu's `BRPOP` does, and
+takes a job the moment it is pushed: `BLMOVE <queue> <its landing list> RIGHT LEFT
+<idle_block_timeout>` (a Lua script cannot block). Each time the block times out
+(`idle_block_timeout`, 1 s, a transport option) it claims once over all the queue's lists, then
+blocks again: a message sent with a priority other than 0 goes to another list (kombu's
+priority steps) and waits up to `idle_block_timeout` for a blocked consumer. An idle consumer of
+several queues polls instead: it claims every `idle_poll_interval` (0.1 s, so a job waits up to
+that), as Redis cannot block on a move out of one of several lists. So does every consumer
+while the Redis server is older than 6.2 (no `BLMOVE`: each connection's heartbeat thread reads
+the version from `INFO server` at every beat) or refuses `BLMOVE` (a proxy, an ACL). Closing a
+channel waits for the `BLMOVE` in flight, at most `idle_block_timeout`, as kombu's close waits
+for its `BRPOP`; what it took goes back to the front of its queue.
 """
 
 from __future__ import annotations
@@ -87,7 +51,6 @@ import base64
 import hashlib
 import itertools
 import logging
-import ssl
 import threading
 import uuid
 import weakref
@@ -98,20 +61,16 @@ from time import monotonic
 from typing import Any
 
 import redis
-from celery.exceptions import InvalidTaskError, Reject
-from celery.worker.consumer import consumer as _celery_consumer
-from kombu.exceptions import DecodeError
 from kombu.transport import redis as _redis_transport
 from kombu.transport import virtual as _virtual_transport
 from kombu.utils import encoding as _encoding
 from kombu.utils import json as _json
 
-from jobs_core.worker import BROKER_AWAY_SECONDS
+from jobs_core.errors import JobConfigError
 
-# kombu's and Celery's own names, untyped upstream.
+# kombu's own names, untyped upstream.
 _kombu_redis: Any = _redis_transport
 _virtual: Any = _virtual_transport
-_CeleryConsumer: Any = _celery_consumer.Consumer
 bytes_to_str: Any = _encoding.bytes_to_str
 dumps: Any = _json.dumps
 loads: Any = _json.loads
@@ -119,10 +78,7 @@ loads: Any = _json.loads
 logger = logging.getLogger("jobs_core.celery")
 
 REDIS_TRANSPORT = f"{__name__}:RedisTransport"
-"""`broker_transport` for a `redis://` or `rediss://` broker URL: the patched transport."""
-
-CONSUMER = f"{__name__}:Consumer"
-"""`worker_consumer`: Celery's consumer with patch 5."""
+"""`broker_transport` of a worker that opted in: this module's transport."""
 
 DEAD_LETTER_SUFFIX = ".dead"
 """A poison item on queue `q` is kept in the list `q.dead` (as `dead_letter_queue(q)`)."""
@@ -131,12 +87,25 @@ DEFAULT_HEARTBEAT_TIMEOUT = 15.0
 """Seconds without a heartbeat after which a consumer's held messages go back to their queues."""
 
 DEFAULT_IDLE_POLL_INTERVAL = 0.1
-"""Seconds an idle consumer waits before it looks for work again."""
+"""Seconds an idle consumer of several queues waits before it looks for work again."""
+
+DEFAULT_IDLE_BLOCK_TIMEOUT = 1.0
+"""Seconds an idle consumer of one queue blocks in `BLMOVE` before it claims over all the
+queue's lists (its priority levels too) and blocks again."""
+
+BLMOVE_SINCE = (6, 2)
+"""The Redis server version that has `BLMOVE`; on an older one every idle consumer polls."""
 
 SWEEP_BATCH = 100
 """Dead consumers handled by one sweep script (the next sweep takes the rest)."""
 
 # One entry of a held hash: "<length of the source key>:<source key><item as it came>".
+#
+# A consumer's landing list (`<unacked_key>:landing:<consumer id>`) is where its `BLMOVE` puts
+# the item it took; the next claim moves it into the held hash. The list it came from is kept
+# in the hash `<unacked_key>:landing-sources` (field: the consumer id), written by the claim
+# that found nothing just before the `BLMOVE` was sent, so that a sweep or a release can give
+# back what a consumer had landed and not yet claimed.
 _LUA_HELPERS = """
 local function source_and_item(entry)
     local colon = string.find(entry, ':', 1, true)
@@ -156,21 +125,43 @@ local function give_back_all(held)
     redis.call('DEL', held)
     return #entries / 2
 end
+-- Everything in a landing list back to the front of its source list, oldest (rightmost)
+-- first in line; the list and its source record go. `fallback`: the source the consumer
+-- itself names, for a record already swept. Without any source the items stay where they are.
+local function give_back_landed(landing, sources, id, fallback)
+    local source = redis.call('HGET', sources, id)
+    if not source and fallback ~= '' then source = fallback end
+    redis.call('HDEL', sources, id)
+    if not source then return 0 end
+    local items = redis.call('LRANGE', landing, 0, -1)
+    for i = 1, #items do redis.call('RPUSH', source, items[i]) end
+    redis.call('DEL', landing)
+    return #items
+end
 """
 
 CLAIM = (
     _LUA_HELPERS
     + """
--- KEYS[1] this consumer's held hash, KEYS[2] the consumers set, KEYS[3..] the lists, in order.
--- ARGV[1] consumer id, ARGV[2] the field for the item taken.
+-- KEYS[1] this consumer's held hash, KEYS[2] the consumers set, KEYS[3] its landing list,
+-- KEYS[4] the landing sources hash, KEYS[5..] the lists to claim from, in order.
+-- ARGV[1] consumer id, ARGV[2] the field for the item taken, ARGV[3] the list the items in
+-- the landing list came from ('' : leave the landing list alone), ARGV[4] the list this
+-- consumer blocks on next if nothing is found ('' : it does not block).
 redis.call('ZADD', KEYS[2], now_ms(), ARGV[1])
-for i = 3, #KEYS do
-    local item = redis.call('RPOP', KEYS[i])
-    if item then
-        redis.call('HSET', KEYS[1], ARGV[2], string.len(KEYS[i]) .. ':' .. KEYS[i] .. item)
-        return {KEYS[i], item}
-    end
+local function hold(source, item)
+    redis.call('HSET', KEYS[1], ARGV[2], string.len(source) .. ':' .. source .. item)
+    return {source, item}
 end
+if ARGV[3] ~= '' then
+    local item = redis.call('RPOP', KEYS[3])
+    if item then return hold(ARGV[3], item) end
+end
+for i = 5, #KEYS do
+    local item = redis.call('RPOP', KEYS[i])
+    if item then return hold(KEYS[i], item) end
+end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[4]) end
 return false
 """
 )
@@ -191,8 +182,14 @@ return 1
 RELEASE = (
     _LUA_HELPERS
     + """
--- KEYS[1] held hash, KEYS[2] consumers set; ARGV[1] consumer id. Everything back; gone.
+-- KEYS[1] held hash, KEYS[2] consumers set, KEYS[3] landing list, KEYS[4] landing sources
+-- hash; ARGV[1] consumer id, ARGV[2] the landing list's source as the consumer knows it (''),
+-- ARGV[3] '1' if a BLMOVE of this consumer may still land an item (its reply never read).
+-- Everything back; gone. Unless a BLMOVE may still land: then the landing list and the
+-- consumer stay, and the sweep gives back what is there once its heartbeats have stopped.
 local n = give_back_all(KEYS[1])
+if ARGV[3] == '1' then return n end
+n = n + give_back_landed(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return n
 """
@@ -220,12 +217,14 @@ return #ARGV
 SWEEP = (
     _LUA_HELPERS
     + """
--- KEYS[1] consumers set; ARGV[1] timeout ms, ARGV[2] held hash prefix, ARGV[3] batch.
+-- KEYS[1] consumers set, KEYS[2] landing sources hash; ARGV[1] timeout ms, ARGV[2] held hash
+-- prefix, ARGV[3] batch, ARGV[4] landing list prefix.
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms() - tonumber(ARGV[1]),
                         'LIMIT', 0, tonumber(ARGV[3]))
 local restored = 0
 for _, id in ipairs(dead) do
     restored = restored + give_back_all(ARGV[2] .. id)
+    restored = restored + give_back_landed(ARGV[4] .. id, KEYS[2], id, '')
     redis.call('ZREM', KEYS[1], id)
 end
 return {restored, #dead}
@@ -234,44 +233,15 @@ return {restored, #dead}
 
 
 def held_count(client: Any, unacked_key: str = "unacked") -> int:
-    """Messages held by consumers right now (delivered, not yet acked): for tests and operators."""
-    return sum(int(client.hlen(key)) for key in client.scan_iter(f"{unacked_key}:held:*"))
+    """Messages held by consumers right now (delivered and not yet acked, or landed by a
+    `BLMOVE` and not yet claimed): for tests and operators."""
+    held = sum(int(client.hlen(key)) for key in client.scan_iter(f"{unacked_key}:held:*"))
+    landed = sum(int(client.llen(key)) for key in client.scan_iter(f"{unacked_key}:landing:*"))
+    return held + landed
 
 
 def _eval(client: Any, script: str, keys: list[str], args: list[Any]) -> Any:
     return client.execute_command("EVAL", script, len(keys), *keys, *args)
-
-
-# -- patch 5: Celery's consumer --------------------------------------------------------------
-
-
-class Consumer(_CeleryConsumer):  # type: ignore[misc]
-    """Celery's consumer: undecodable bodies rejected and announced instead of acked (patch 5);
-    every malformed message logged with what finds it again."""
-
-    def on_decode_error(self, message: Any, exc: BaseException) -> None:
-        _log_malformed(message, "whose body cannot be decoded", exc)
-        self.on_invalid_task(None, message, exc)
-
-    def on_unknown_message(self, body: Any, message: Any) -> None:
-        _log_malformed(message, "that is not a task message (no task name)", None)
-        super().on_unknown_message(body, message)
-
-
-def _log_malformed(message: Any, what: str, exc: BaseException | None) -> None:
-    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-    properties = message.properties or {}
-    logger.error(
-        "message on queue %r %s (message id %s, correlation id %s, %d bytes, sha256 %s): "
-        "not run; rejected and kept in the dead letters%s",
-        (message.delivery_info or {}).get("routing_key"),
-        what,
-        properties.get("message_id"),
-        properties.get("correlation_id"),
-        len(body),
-        hashlib.sha256(body).hexdigest(),
-        f": {type(exc).__name__}: {str(exc)[:200]}" if exc is not None else "",
-    )
 
 
 # -- patches 1-4: kombu's Redis transport ----------------------------------------------------
@@ -319,6 +289,7 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
     heartbeat_interval: float | None = None
     """Seconds between heartbeats and sweeps; default a tenth of `heartbeat_timeout`."""
     idle_poll_interval = DEFAULT_IDLE_POLL_INTERVAL
+    idle_block_timeout = DEFAULT_IDLE_BLOCK_TIMEOUT
     dead_letter_suffix = DEAD_LETTER_SUFFIX
 
     from_transport_options = (
@@ -326,6 +297,7 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
         "heartbeat_timeout",
         "heartbeat_interval",
         "idle_poll_interval",
+        "idle_block_timeout",
         "dead_letter_suffix",
     )
 
@@ -336,6 +308,16 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
         self._claim_field: str | None = None
         self._next_claim_at = 0.0
         self._claimed = False
+        # The command in flight on the poll connection: "EVAL" (a claim) or "BLMOVE".
+        self._in_flight = "EVAL"
+        # The list the claim in flight asked to block on if it found nothing, and the list
+        # the next poll blocks on (set when that claim found nothing).
+        self._claim_block_on = ""
+        self._block_on = ""
+        # The list the last BLMOVE took from: where what is in the landing list came from.
+        self._landing_source = ""
+        self._blmove_unread = False  # a BLMOVE was sent and its reply not read (it may land)
+        self._blmove_refused = False  # the server has no BLMOVE, or refuses it to us
         self._no_ack_queues: set[str] = set()
         self._saved_connparams: dict[bool, dict[str, Any]] = {}
         super().__init__(*args, **kwargs)
@@ -357,13 +339,50 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
     def consumers_key(self) -> str:
         return self._key(f"{self.unacked_key}:consumers")
 
-    def _claim_args(self, queues: list[str]) -> tuple[list[str], list[Any]]:
+    @property
+    def landing_key(self) -> str:
+        return self._key(f"{self.unacked_key}:landing:{self.consumer_id}")
+
+    @property
+    def landing_prefix(self) -> str:
+        return self._key(f"{self.unacked_key}:landing:")
+
+    @property
+    def landing_sources_key(self) -> str:
+        return self._key(f"{self.unacked_key}:landing-sources")
+
+    def _claim_args(
+        self, queues: list[str], landed: str = "", block_on: str = ""
+    ) -> tuple[list[str], list[Any]]:
+        """CLAIM's keys and arguments: claim from `queues` (every priority level), after what
+        the landing list holds if `landed` (its source list) is given."""
         lists = [self._key(self._q_for_pri(q, pri)) for pri in self.priority_steps for q in queues]
         field = str(next(self._field_ids))
         if not self._claimed:
             self._claimed = True
             self.connection.watch(self)
-        return [self.held_key, self.consumers_key, *lists], [self.consumer_id, field]
+        keys = [self.held_key, self.consumers_key, self.landing_key, self.landing_sources_key]
+        return [*keys, *lists], [self.consumer_id, field, landed, block_on]
+
+    def _blocking_list(self, queues: list[str]) -> str:
+        """The list an idle consumer of `queues` blocks on ('' : it polls).
+
+        Only for one queue: Redis has no blocking move out of one of several lists. It is the
+        queue's list for priority 0 (kombu's default); its other priority levels are claimed
+        each time the block times out. Only on a Redis with BLMOVE, as this connection's keeper
+        found it (no I/O here, in the event loop): until its first heartbeat, the consumer
+        polls."""
+        if len(queues) != 1 or self._blmove_refused:
+            return ""
+        transport = self.connection
+        keeper = getattr(transport, "_keeper", None) if transport is not None else None
+        if keeper is None or not keeper.server_has_blmove:
+            return ""
+        return self._key(self._q_for_pri(queues[0], 0))
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        self._blmove_refused = False  # a reconnect may reach another server
+        super()._on_connection_disconnect(connection)
 
     @contextmanager
     def _plain_client(self) -> Iterator[Any]:
@@ -383,7 +402,15 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
         self._saved_connparams[asynchronous] = dict(params)
         return params
 
-    # patch 1: the atomic fetch, driven by kombu's event loop as BRPOP was
+    # patch 1: the atomic fetch, driven by kombu's event loop as BRPOP was.
+    #
+    # An idle consumer of several queues sends a claim (CLAIM) every `idle_poll_interval`.
+    # An idle consumer of one queue alternates: a claim over all the queue's lists that finds
+    # nothing (and records the list it blocks on next as its landing list's source), then
+    # `BLMOVE <queue list> <landing list> RIGHT LEFT <idle_block_timeout>`. When the BLMOVE
+    # returns an item, a claim moves it from the landing list into the held hash (the same
+    # script, run at once) and it is delivered; when it times out, the next claim looks at the
+    # priority lists too. Either way the item is in its queue or held by a known consumer.
 
     def _brpop_start(self, timeout: Any = None) -> None:
         if self._next_claim_at > monotonic():
@@ -391,9 +418,27 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        keys, args = self._claim_args(queues)
-        self._claim_field = args[1]
         connection = self.client.connection
+        blocking_list = self._blocking_list(queues)
+        if blocking_list and blocking_list == self._block_on:
+            # The last claim found nothing and recorded this list: block on it.
+            self._block_on = ""
+            self._landing_source = blocking_list
+            self._blmove_unread = True
+            block = float(self.idle_block_timeout)
+            self._in_flight = "BLMOVE"
+            self._in_poll = connection
+            # kombu's health check drops a poll connection whose reply is overdue by more than
+            # `brpop_timeout` + `health_check_interval`: account for a longer block.
+            self._brpop_sent_at = monotonic() + max(0.0, block - float(self.brpop_timeout))
+            connection.send_command(
+                "BLMOVE", blocking_list, self.landing_key, "RIGHT", "LEFT", f"{block:g}"
+            )
+            return
+        keys, args = self._claim_args(queues, self._landing_source, blocking_list)
+        self._claim_field = args[1]
+        self._claim_block_on = blocking_list
+        self._in_flight = "EVAL"
         self._in_poll = connection
         self._brpop_sent_at = monotonic()
         connection.send_command("EVAL", CLAIM, len(keys), *keys, *args)
@@ -406,25 +451,51 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
                 if connection is not None:
                     connection.disconnect()
                 raise Empty()
+            command = self._in_flight
             try:
-                reply = self.client.parse_response(connection, "EVAL", **options)
+                reply = self.client.parse_response(connection, command, **options)
             except self.connection_errors:
                 connection.disconnect()
                 raise
-            except self.ResponseError:
-                # Redis refused the script (out of memory, read-only replica): try again later.
+            except self.ResponseError as exc:
+                if command == "BLMOVE":
+                    self._blmove_unread = False  # refused: nothing moved
+                    if _unknown_or_denied(exc):  # a proxy or an ACL without it
+                        logger.warning("Redis refused BLMOVE (%s): this consumer polls", exc)
+                        self._blmove_refused = True
+                        raise Empty() from None
+                # Refused now (out of memory, read-only replica): claim again later.
                 logger.exception("Redis refused to hand out a message; retrying in 1 s")
                 self._next_claim_at = monotonic() + 1.0
                 raise Empty() from None
+            if command == "BLMOVE":
+                self._blmove_unread = False
+                return self._landed(reply)
             field, self._claim_field = self._claim_field, None
             if not reply:
-                self._next_claim_at = monotonic() + self.idle_poll_interval
+                if self._claim_block_on:
+                    self._block_on = self._claim_block_on  # block at once, no wait
+                else:
+                    self._next_claim_at = monotonic() + self.idle_poll_interval
                 raise Empty()
             self._next_claim_at = 0.0
             return self._deliver_claimed(reply, field)
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _landed(self, reply: Any) -> bool:
+        """The reply of a BLMOVE: nil when it timed out (the next poll claims), else the item
+        it moved into the landing list, which a claim moves into the held hash and delivers."""
+        if reply is None or self._closing:
+            # Closing: what landed stays in the landing list, and the release gives it back.
+            raise Empty()
+        keys, args = self._claim_args([], self._landing_source)
+        with self._plain_client() as client:
+            claimed = _eval(client, CLAIM, keys, args)
+        if not claimed:
+            raise Empty()  # not there any more (a claim in between took it)
+        return self._deliver_claimed(claimed, args[1])
 
     def _poll_error(self, type: str, **options: Any) -> Any:
         if type == "BRPOP":  # the claim's reply is never read and thrown away
@@ -450,7 +521,7 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
         return True
 
     def _get(self, queue: str) -> Any:
-        keys, args = self._claim_args([queue])
+        keys, args = self._claim_args([queue])  # not the landing list: it may be another queue's
         with self._plain_client() as client:
             reply = _eval(client, CLAIM, keys, args)
             self._maybe_update_queues_expire(client, queue)
@@ -552,8 +623,10 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
         """Every message this consumer holds goes back to its queue; the consumer is gone."""
         if not self._claimed:
             return
+        keys = [self.held_key, self.consumers_key, self.landing_key, self.landing_sources_key]
+        args = [self.consumer_id, self._landing_source, "1" if self._blmove_unread else "0"]
         with self._plain_client() as client:
-            _eval(client, RELEASE, [self.held_key, self.consumers_key], [self.consumer_id])
+            _eval(client, RELEASE, keys, args)
         self._fields.clear()
         self._claimed = False
 
@@ -572,6 +645,12 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
                     pass  # still held: the sweep gives it back once our heartbeat is old
                 finally:
                     self._disconnect_pools()
+
+
+def _unknown_or_denied(exc: BaseException) -> bool:
+    """Whether Redis refused a command for good: unknown to it, or not allowed to this user."""
+    text = str(exc).lower()
+    return "unknown command" in text or text.startswith("noperm")
 
 
 def _identify(item: bytes) -> tuple[str | None, str | None]:
@@ -605,11 +684,15 @@ class _Keeper(threading.Thread):
         self.interval = float(channel.heartbeat_interval or self.timeout / 10)
         self.consumers_key = channel.consumers_key
         self.held_prefix = channel.held_prefix
+        self.landing_prefix = channel.landing_prefix
+        self.landing_sources_key = channel.landing_sources_key
         self._params = channel._connparams(asynchronous=False)
         self._channels: weakref.WeakSet[RedisChannel] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._sweep_after = 0.0
+        self.server_has_blmove = False
+        """Whether the Redis server is 6.2 or later (BLMOVE), as found by the last heartbeat."""
 
     def watch(self, channel: RedisChannel) -> None:
         with self._lock:
@@ -638,14 +721,16 @@ class _Keeper(threading.Thread):
         try:
             if ids:
                 _eval(client, HEARTBEAT, [self.consumers_key], ids)
-            uptime = float(client.info("server")["uptime_in_seconds"])
+            server = client.info("server")
+            self.server_has_blmove = _version(server.get("redis_version")) >= BLMOVE_SINCE
+            uptime = float(server["uptime_in_seconds"])
             if monotonic() < self._sweep_after or uptime < self.timeout + self.interval:
                 return
             restored, dead = _eval(
                 client,
                 SWEEP,
-                [self.consumers_key],
-                [int(self.timeout * 1000), self.held_prefix, SWEEP_BATCH],
+                [self.consumers_key, self.landing_sources_key],
+                [int(self.timeout * 1000), self.held_prefix, SWEEP_BATCH, self.landing_prefix],
             )
         except redis.RedisError as exc:
             logger.debug("Redis consumer heartbeat failed (retrying): %r", exc)
@@ -659,6 +744,12 @@ class _Keeper(threading.Thread):
                 self.timeout,
                 restored,
             )
+
+
+def _version(text: Any) -> tuple[int, ...]:
+    """`6.2.14` as (6, 2); anything else as ()."""
+    parts = str(text).split(".")[:2]
+    return tuple(int(part) for part in parts) if all(p.isdigit() for p in parts) else ()
 
 
 class _Poller(_kombu_redis.MultiChannelPoller):  # type: ignore[misc]
@@ -724,87 +815,10 @@ class RedisTransport(_kombu_redis.Transport):  # type: ignore[misc]
         super().close_connection(connection)
 
 
-CLAIM_AND_PUSH = """
-local held = redis.call("get", KEYS[2])
-if held then return held end
-redis.call("set", KEYS[2], ARGV[2], "EX", ARGV[3])
-redis.call("lpush", KEYS[1], ARGV[1])
-return false
-"""
-"""A keyed message: claim its idempotency key and push it, in one script run, or return the
-id that holds the key and push nothing."""
-
-_claims = threading.local()
-
-
-def claim_on_publish(dispatch_id: str, scoped_key: str, ttl_seconds: int) -> None:
-    """Have the next publish of the task `dispatch_id` (in this thread) claim `scoped_key`."""
-    _claims.pending = (dispatch_id, scoped_key, ttl_seconds)
-    _claims.held = None
-
-
-def claimed_by() -> str | None:
-    """After a claiming publish: the id that already held the key (nothing was pushed)."""
-    held: str | None = getattr(_claims, "held", None)
-    _claims.pending = _claims.held = None
-    return held
-
-
-class ProducerChannel(_kombu_redis.Channel):  # type: ignore[misc]
-    """kombu's Redis channel for producers, with patch 8: a keyed task is pushed by the same
-    script run that claims its idempotency key (`claim_on_publish`), so a producer killed
-    between claiming and pushing cannot leave a key claimed for a task never sent (C32), and a
-    keyed dispatch costs one round trip, not two."""
-
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        pending = getattr(_claims, "pending", None)
-        task_id = (message.get("headers") or {}).get("id")
-        if pending is None or pending[0] != task_id or (self._expires and queue in self._expires):
-            super()._put(queue, message, **kwargs)
-            return
-        dispatch_id, key, ttl = pending  # kept until claimed_by(): a retried publish claims too
-        queue_key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
-        with self.conn_or_acquire() as client:
-            held = client.eval(CLAIM_AND_PUSH, 2, queue_key, key, dumps(message), dispatch_id, ttl)
-        _claims.held = held.decode() if isinstance(held, bytes) else None
-
-
-class ProducerRedisTransport(_kombu_redis.Transport):  # type: ignore[misc]
-    """kombu's Redis transport with `ProducerChannel` (`PRODUCER_TRANSPORT`)."""
-
-    Channel = ProducerChannel
-
-
-PRODUCER_TRANSPORT = f"{__name__}:ProducerRedisTransport"
-
-
-AMQP_CONSUMER_TIMEOUT = 1800.0
-"""RabbitMQ's default `consumer_timeout`, in seconds (30 min since 3.8.17)."""
-
-
-def _is_amqp(url: str) -> bool:
-    return url.startswith(("amqp://", "amqps://", "pyamqp://", "librabbitmq://"))
-
-
-def holding_limit(
-    broker_url: str, visibility_timeout: float, consumer_timeout: float = AMQP_CONSUMER_TIMEOUT
-) -> float:
-    """Seconds a worker may hold a message unacked on this broker (patch 6).
-
-    On Redis, `visibility_timeout` as given; on AMQP, no more than RabbitMQ's
-    `consumer_timeout`, after which the broker closes the channel and the worker stops.
-    """
-    if _is_amqp(broker_url):
-        return min(visibility_timeout, consumer_timeout)
-    return visibility_timeout
-
-
-def _is_plain_redis(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://"))
-
-
 TESTED_KOMBU = (5, 7)
-"""The kombu minor version whose Redis transport internals the patches were verified on."""
+"""The kombu minor version whose Redis transport internals this transport was verified on."""
+
+TRANSPORT = REDIS_TRANSPORT
 
 
 def _kombu_minor() -> tuple[int, ...]:
@@ -813,103 +827,15 @@ def _kombu_minor() -> tuple[int, ...]:
     return tuple(int(part) for part in str(kombu.__version__).split(".")[:2])
 
 
-def install_worker_patches(app: Any) -> None:
-    """Put the patches on a worker's Celery `app` (after its configuration is complete).
-
-    On a `redis://` or `rediss://` broker the app gets the patched transport (unless it names
-    its own `broker_transport`); on any broker, Celery's consumer with patch 5. With a kombu
-    other than the one the transport patch was verified on, the worker keeps kombu's own
-    transport and says so.
-    """
-    conf = app.conf
-    url = str(conf.broker_url or "")
-    if _is_plain_redis(url) and not conf.broker_transport and _kombu_minor() != TESTED_KOMBU:
-        logger.warning(
-            "kombu %s is not the version the Redis transport patch was verified on (%s): this "
-            "worker keeps kombu's own transport, which can lose a job when a worker is killed "
-            "or Redis restarts (docs/reliability-celery.md)",
-            ".".join(map(str, _kombu_minor())),
-            ".".join(map(str, TESTED_KOMBU)),
+def check_kombu() -> None:
+    """Refuse, loudly, a kombu whose Redis transport internals this transport was not verified
+    on: its subclasses reach into them, and a silent fallback would lose what it promises."""
+    found = _kombu_minor()
+    if found != TESTED_KOMBU:
+        raise JobConfigError(
+            f"the reliable Redis transport was verified on kombu "
+            f"{'.'.join(map(str, TESTED_KOMBU))}.x and this is kombu "
+            f"{'.'.join(map(str, found))}: pip install 'jobs-core[celery-reliable-redis]' "
+            "(it pins kombu), or use kombu's own transport (JOBS_CELERY_TRANSPORT=kombu) or "
+            "RabbitMQ"
         )
-    elif _is_plain_redis(url) and not conf.broker_transport:
-        conf.broker_transport = REDIS_TRANSPORT
-        if url.startswith("rediss://") and not conf.broker_use_ssl:
-            # What kombu does for `rediss://` without `broker_use_ssl` (it warns; so do we):
-            # a transport named by class does not get it.
-            logger.warning("rediss:// broker without broker_use_ssl: certificates are not checked")
-            conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_NONE}
-    if conf.worker_consumer in (None, "celery.worker.consumer:Consumer"):
-        conf.worker_consumer = CONSUMER
-
-
-__all__ = [
-    "AMQP_CONSUMER_TIMEOUT",
-    "CONSUMER",
-    "DEAD_LETTER_SUFFIX",
-    "DEFAULT_HEARTBEAT_TIMEOUT",
-    "REDIS_TRANSPORT",
-    "Consumer",
-    "RedisChannel",
-    "RedisTransport",
-    "held_count",
-    "holding_limit",
-    "install_worker_patches",
-]
-
-
-MALFORMED_MESSAGE_ERRORS: tuple[type[BaseException], ...] = (
-    DecodeError,
-    ValueError,
-    TypeError,
-    KeyError,
-    AttributeError,
-)
-"""What Celery's consumer raises while reading a malformed message, before any run."""
-
-STRATEGY = f"{__name__}:malformed_messages_are_invalid"
-"""The `Strategy=` option of a task that uses the patched strategy."""
-
-
-def malformed_messages_are_invalid(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
-    """Celery's default task strategy, with a malformed message turned into `InvalidTaskError`.
-
-    Upstream, Celery reads a message's body in the consumer thread: a body of the wrong shape
-    (not `[args, kwargs, embed]`) raised `ValueError` out of the consumer loop ("Unrecoverable
-    error": the worker stopped, and so did every worker that fetched the message again), and a
-    body that is not JSON was acked and dropped. As `InvalidTaskError`, Celery logs the message,
-    rejects it without a retry and sends `task_rejected`, where the adapter keeps it.
-    """
-    from celery.worker.strategy import default  # worker side only
-
-    handle = default(task, app, consumer, **options)
-
-    def task_message_handler(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return handle(message, body, *args, **kwargs)
-        except InvalidTaskError:
-            raise
-        except MALFORMED_MESSAGE_ERRORS as exc:
-            headers = getattr(message, "headers", None) or {}
-            raise InvalidTaskError(
-                f"malformed message for job {task.name!r} (task id {headers.get('id')}): "
-                f"{type(exc).__name__}: {str(exc)[:200]}"
-            ) from exc
-
-    return task_message_handler
-
-
-PATIENT_PUBLISH = {
-    "max_retries": int(BROKER_AWAY_SECONDS / 2),
-    "interval_start": 0.5,
-    "interval_step": 0.5,
-    "interval_max": 2,
-}
-"""A worker's retry or resend waits `BROKER_AWAY_SECONDS` for the broker (2 s between tries)."""
-
-
-def retry_patiently(task: Any, args: Any, kwargs: Any, **options: Any) -> None:
-    """`task.retry(args, kwargs, **options)`, waiting for a broker that is away (patch 9)."""
-    try:
-        raise task.retry(args, kwargs, retry_policy=PATIENT_PUBLISH, **options)
-    except Reject as dropped:  # still away: put the message back rather than drop it
-        raise Reject(dropped.reason, requeue=True) from dropped
