@@ -84,3 +84,17 @@ def test_each_web_framework_is_an_extra_of_its_own() -> None:
     assert "flask" in names("inngest-flask") and "django" in names("inngest-django")
     for framework in ("inngest-fastapi", "inngest-flask", "inngest-django"):
         assert "jobs-core" in names(framework)  # each brings the SDK through [inngest]
+
+
+def test_only_the_reliable_redis_extra_pins_kombu() -> None:
+    """`jobs-core[celery]` takes the newest kombu Celery accepts; the opt-in reliable Redis
+    transport, which reaches into kombu's transport, alone pins the version it was verified on."""
+    import importlib.metadata
+
+    requires = importlib.metadata.metadata("jobs-core").get_all("Requires-Dist") or []
+
+    def of(extra: str) -> list[str]:
+        return [r.split(";")[0].replace(" ", "") for r in requires if f'extra == "{extra}"' in r]
+
+    assert not any(r.startswith("kombu") for r in of("celery")), of("celery")
+    assert "kombu<5.8,>=5.7" in of("celery-reliable-redis"), of("celery-reliable-redis")
