@@ -12,8 +12,8 @@ from typing import Any
 from jobs_core.__main__ import load_context, load_registry
 from jobs_core.config import JobsSettings, load_settings
 from jobs_core.errors import JobConfigError
-from jobs_core.execution import ContextSource
-from jobs_core.registry import JobRegistry
+from jobs_core.jobs.registry import JobRegistry
+from jobs_core.worker import ContextSource
 
 from .dramatiq import (
     DEFAULT_HEARTBEAT_TIMEOUT_MS,

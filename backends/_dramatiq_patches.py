@@ -48,7 +48,7 @@ from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed as _ConnectionClosed
 from dramatiq.errors import DecodeError
 
-from jobs_core.payload import PAYLOAD_MASK
+from jobs_core.jobs.payload import PAYLOAD_MASK
 from jobs_core.worker import BROKER_AWAY_SECONDS, JobWorker
 
 ConnectionClosed: Any = _ConnectionClosed  # untyped constructor

@@ -12,8 +12,8 @@ from typing import Any
 
 import inngest
 
-from jobs_core.flow import flow_refusal
-from jobs_core.job import Job
+from jobs_core.flow.options import flow_refusal
+from jobs_core.jobs.job import Job
 
 SECOND, WEEK = timedelta(seconds=1), timedelta(days=7)
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import inngest
 
+from jobs_core.dispatch.port import JobDispatcherPort
 from jobs_core.errors import JobConfigError
 from jobs_core.instrumentation import Instrumentation
-from jobs_core.port import JobDispatcherPort
-from jobs_core.registry import JobRegistry
-from jobs_core.schedule import Schedule
+from jobs_core.jobs.registry import JobRegistry
+from jobs_core.schedules.schedule import Schedule
 
 UTC = timezone.utc
 

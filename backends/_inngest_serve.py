@@ -20,9 +20,9 @@ from inngest._internal import errors as sdk_errors
 
 from jobs_core.config import JobsSettings, missing_extra
 from jobs_core.errors import JobConfigError
-from jobs_core.execution import ContextSource
 from jobs_core.instrumentation import Instrumentation
-from jobs_core.registry import JobRegistry
+from jobs_core.jobs.registry import JobRegistry
+from jobs_core.worker import ContextSource
 
 from ._inngest_patches import (
     MAX_SIGNATURE_AGE,

@@ -10,16 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from jobs_core.config import broker_dispatcher_factory, load_settings, missing_extra, redact_url
-from jobs_core.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
-from jobs_core.errors import JobConfigError
-from jobs_core.execution import ContextSource
-from jobs_core.flow_redis import redis_flow_limiter
-from jobs_core.idempotency import (
+from jobs_core.dispatch.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
+from jobs_core.dispatch.idempotency import (
     IDEMPOTENCY_TTL_SECONDS,
     IdempotencyStore,
     idempotency_store_for,
@@ -27,11 +25,12 @@ from jobs_core.idempotency import (
     redis_client,
     scoped_key,
 )
-from jobs_core.ids import new_dispatch_id
+from jobs_core.errors import JobConfigError
+from jobs_core.flow.redis_limiter import redis_flow_limiter
 from jobs_core.instrumentation import Instrumentation
-from jobs_core.job import Job
-from jobs_core.registry import JobRegistry
-from jobs_core.worker import Delivery, JobWorker, delivery_from_call
+from jobs_core.jobs.job import Job
+from jobs_core.jobs.registry import JobRegistry
+from jobs_core.worker import ContextSource, Delivery, JobWorker, delivery_from_call
 
 try:
     import dramatiq
@@ -172,7 +171,7 @@ class DramatiqDispatcher(BaseDispatcher):
         enqueue = batch.do_enqueue
         for prepared in jobs:
             queue, wait = self.queue, prepared.delay_seconds()
-            options: dict[str, Any] = {"redis_message_id": new_dispatch_id()}
+            options: dict[str, Any] = {"redis_message_id": secrets.token_hex(16)}
             if wait > 0:
                 options["eta"], queue = current_millis() + _millis(wait), dq_name(queue)
             self._claim_with(prepared)
@@ -301,6 +300,7 @@ def register_actors(
     hide_payloads(logging.getLogger("dramatiq.worker.WorkerThread"))
     settlement = _Settlement(broker)
     for job in registry:
+        worker.check(job, settlement)
         dramatiq.actor(
             actor_name=job.name,
             queue_name=queue,

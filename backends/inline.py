@@ -15,15 +15,14 @@ from datetime import timedelta
 from typing import Any
 
 from jobs_core.config import JobsSettings
-from jobs_core.dispatcher import BaseDispatcher, ErrorCallback, PreparedJob
+from jobs_core.dispatch.dispatcher import BaseDispatcher, ErrorCallback, PreparedJob
+from jobs_core.dispatch.idempotency import MemoryIdempotencyStore
+from jobs_core.dispatch.port import DispatchReceipt
 from jobs_core.errors import JobFailedError
-from jobs_core.execution import ContextSource
-from jobs_core.flow_limit import LocalFlowLimiter
-from jobs_core.idempotency import MemoryIdempotencyStore
+from jobs_core.flow.limiter import LocalFlowLimiter
 from jobs_core.instrumentation import Instrumentation
-from jobs_core.job import Job
-from jobs_core.port import DispatchReceipt
-from jobs_core.worker import Delivery, JobWorker
+from jobs_core.jobs.job import Job
+from jobs_core.worker import ContextSource, Delivery, JobWorker
 
 
 class InlineDispatcher(BaseDispatcher):

@@ -17,13 +17,17 @@ from typing import Any
 import pydantic_core
 
 from jobs_core.config import JobsSettings, load_settings, missing_extra
-from jobs_core.dispatcher import BaseDispatcher, PartialSend, PreparedJob, keyed_dispatch_id
+from jobs_core.dispatch.dispatcher import (
+    BaseDispatcher,
+    PartialSend,
+    PreparedJob,
+    keyed_dispatch_id,
+)
 from jobs_core.errors import DispatchError, JobConfigError, JobPayloadError, WorkerLostError
-from jobs_core.execution import ContextSource
 from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
-from jobs_core.job import Job
-from jobs_core.registry import JobRegistry
-from jobs_core.worker import Delivery, JobWorker
+from jobs_core.jobs.job import Job
+from jobs_core.jobs.registry import JobRegistry
+from jobs_core.worker import ContextSource, Delivery, JobWorker
 
 try:
     import inngest
@@ -301,7 +305,7 @@ def create_inngest_job_function(
     honour is a `JobConfigError` here (C28)."""
     worker = worker or _worker(None, context, instrumentation)
     check_job_name(job)
-    worker.check(job)
+    worker.check(job, SETTLEMENT)
     handler: Any
     on_failure: Any
     if worker.needs_event_loop(job):
@@ -312,7 +316,7 @@ def create_inngest_job_function(
         async def on_failure(ctx: inngest.Context) -> None:
             lost = _lost(job, ctx)
             if lost is not None:
-                await worker.settle_lost_async(job, *lost)
+                await worker.backend_gave_up_async(job, *lost)
 
     else:
 
@@ -322,7 +326,7 @@ def create_inngest_job_function(
         def on_failure(ctx: inngest.ContextSync) -> None:
             lost = _lost(job, ctx)
             if lost is not None:
-                worker.settle_lost(job, *lost)
+                worker.backend_gave_up(job, *lost)
 
     return retry_failure_function(  # the safety net is not lost with the only worker (C13)
         client.create_function(

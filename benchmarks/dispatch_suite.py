@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
-from jobs_core.dispatcher import BaseDispatcher
+from jobs_core.dispatch.dispatcher import BaseDispatcher
 
 from .config import SIZES, SMALL
 from .jobs import PAYLOAD_BYTES, PAYLOADS, noop

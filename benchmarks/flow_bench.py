@@ -27,10 +27,11 @@ import redis
 
 from jobs_core import Concurrency, JobRegistry
 from jobs_core.backends.inline import InlineDispatcher
-from jobs_core.execution import run_job_sync
-from jobs_core.flow import Resource
-from jobs_core.flow_redis import RedisFlowLimiter
-from jobs_core.worker import Delivery, JobWorker, settle
+from jobs_core.flow.options import Resource
+from jobs_core.flow.redis_limiter import RedisFlowLimiter
+from jobs_core.worker import Delivery, JobWorker
+from jobs_core.worker.loops import run_without_loop
+from jobs_core.worker.worker import execute, settle
 
 from .config import Config
 from .counter import SharedCounter
@@ -63,23 +64,15 @@ class _Settled:
 
 
 class _BeforeFlow(JobWorker[Any]):
-    """`JobWorker.run` as it was before flow control (commit 4a06466), word for word: the
-    baseline the flow-control code is measured against."""
+    """`JobWorker.run` without its flow-control step: one run and its settlement, the baseline
+    the flow-control code is measured against."""
 
     def run(self, delivery: Delivery, settlement: Any, job: Any = None, **_: Any) -> Any:
         job = job or self._job(delivery, settlement)
         if job is None:
             raise AssertionError("the benchmark job is known")
-        outcome = run_job_sync(
-            job,
-            delivery.data,
-            context=self.context,
-            attempt=delivery.attempt,
-            dispatch_id=delivery.dispatch_id,
-            backend=self.backend,
-            instrumentation=self.instrumentation,
-        )
-        return settle(delivery, outcome, settlement)
+        run = execute(job, delivery, self.context, self.events, self.max_retry_wait)
+        return settle(delivery, run_without_loop(run), settlement)
 
 
 class _BeforeFlowInline(InlineDispatcher):
@@ -108,7 +101,7 @@ def unlimited_cost(env: Env, hits: SharedCounter) -> list[Row]:
         (
             "flow.seam",
             "JobWorker.run of an unlimited job (the flow-control check in place) vs the seam's "
-            "body before flow control (run_job_sync + settle)",
+            "body without flow control (execute + settle)",
             lambda: ours_worker.run(delivery, settlement, noop),
             lambda: before_worker.run(delivery, settlement, noop),
         ),

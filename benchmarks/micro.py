@@ -39,14 +39,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from jobs_core.dispatcher import BaseDispatcher, PreparedJob, keyed_dispatch_id, resolve_eta
-from jobs_core.execution import drive_without_loop, needs_event_loop
-from jobs_core.idempotency import scoped_key
-from jobs_core.ids import new_dispatch_id
+from jobs_core.dispatch.dispatcher import (
+    BaseDispatcher,
+    PreparedJob,
+    keyed_dispatch_id,
+    resolve_eta,
+)
+from jobs_core.dispatch.idempotency import scoped_key
+from jobs_core.dispatch.port import DispatchReceipt
 from jobs_core.instrumentation import JobEvent, safe_record, with_logging
-from jobs_core.payload import encode_mapping, encode_payload, parse_payload, validate_payload
-from jobs_core.port import new_receipt
-from jobs_core.worker import Delivery, JobWorker, delivery_from_call, settle
+from jobs_core.jobs.payload import encode_payload, parse_payload, validate_payload
+from jobs_core.worker import Delivery, JobWorker, delivery_from_call
+from jobs_core.worker.loops import run_without_loop
+from jobs_core.worker.worker import settle
 
 from .config import SIZES, SMALL, Config
 from .counter import SharedCounter
@@ -182,20 +187,19 @@ def dispatch_figures(meter: Meter, size: str, stages: bool) -> dict[str, list[fl
     out["stage_validate_us"] = meter.measure(lambda: validate_payload(noop, payload))
     out["stage_serialise_us"] = meter.measure(lambda: serializer.to_json(model, round_trip=True))
     out["stage_encode_us"] = meter.measure(lambda: encode_payload(noop, model, fresh=True))
-    out["stage_wire_us"] = meter.measure(lambda: encode_mapping(noop, payload))
+    out["stage_floor_us"] = meter.measure(lambda: Note.model_validate(payload).model_dump_json())
     if not stages:
         return out
     events = plain.events
     scheduled = JobEvent("scheduled", "schedule", JOB_NAME, "id", 0, "micro")
     body = prepared.body
-    out["stage_dispatch_id_us"] = meter.measure(new_dispatch_id)
     out["stage_eta_us"] = meter.measure(lambda: resolve_eta(None, None))
     out["stage_prepared_job_us"] = meter.measure(
-        lambda: PreparedJob(job=noop, model=model, body=body, dispatch_id="id")
+        lambda: PreparedJob(job=noop, payload=model, body=body, dispatch_id="id")
     )
     out["stage_prepare_us"] = meter.measure(lambda: plain.prepare(noop, payload))
     out["stage_claim_us"] = meter.measure(lambda: plain._claim([prepared]))
-    out["stage_receipt_us"] = meter.measure(lambda: new_receipt(JOB_NAME, "id", "micro"))
+    out["stage_receipt_us"] = meter.measure(lambda: DispatchReceipt(JOB_NAME, "id", "micro"))
     out["stage_event_us"] = meter.measure(
         lambda: JobEvent("scheduled", "schedule", JOB_NAME, "id", 0, "micro")
     )
@@ -273,9 +277,9 @@ def worker_figures(meter: Meter, size: str, stages: bool) -> dict[str, list[floa
     out["stage_delivery_us"] = meter.measure(
         lambda: delivery_from_call(JOB_NAME, (data,), {}, attempt=0, dispatch_id="id")
     )
-    out["stage_needs_loop_us"] = meter.measure(lambda: needs_event_loop(noop, counter))
+    out["stage_needs_loop_us"] = meter.measure(lambda: worker.needs_event_loop(noop))
     out["stage_with_logging_us"] = meter.measure(lambda: with_logging(instrumentation))
-    out["stage_coroutine_us"] = meter.measure(lambda: drive_without_loop(finished()))  # type: ignore[arg-type]
+    out["stage_coroutine_us"] = meter.measure(lambda: run_without_loop(finished()))  # type: ignore[arg-type]
     out["stage_two_events_us"] = meter.measure(
         lambda: (
             JobEvent("started", "execute", JOB_NAME, "id", 0, "micro"),

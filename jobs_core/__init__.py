@@ -1,6 +1,7 @@
 """jobs_core: define background jobs once, run them on Inngest, Celery, Dramatiq or inline."""
 
 from .config import JobsSettings, create_dispatcher
+from .dispatch.port import BatchOptions, DispatchOptions, DispatchReceipt, JobDispatcherPort
 from .errors import (
     DispatchArgumentError,
     DispatchError,
@@ -11,20 +12,18 @@ from .errors import (
     PermanentError,
     RetryLater,
 )
-from .execution import JobOutcome, run_job, run_job_sync
-from .flow import Concurrency, Throttle
+from .flow.options import Concurrency, Throttle
 from .instrumentation import (
     Instrumentation,
     JobEvent,
     LoggingInstrumentation,
     MultiInstrumentation,
 )
-from .job import Job, JobOptions, JobRequest
-from .port import BatchOptions, DispatchOptions, DispatchReceipt, JobDispatcherPort
-from .registry import JobRegistry
-from .retry import Retry
-from .schedule import Schedule
-from .scheduler import Scheduler
+from .jobs.job import Job, JobOptions, JobRequest
+from .jobs.registry import JobRegistry
+from .jobs.retry import Retry
+from .schedules.schedule import Schedule
+from .schedules.scheduler import Scheduler
 
 __all__ = [
     "BatchOptions",
@@ -40,7 +39,6 @@ __all__ = [
     "JobEvent",
     "JobFailedError",
     "JobOptions",
-    "JobOutcome",
     "JobPayloadError",
     "JobRegistry",
     "JobRequest",
@@ -55,7 +53,5 @@ __all__ = [
     "Scheduler",
     "Throttle",
     "create_dispatcher",
-    "run_job",
-    "run_job_sync",
 ]
 __version__ = "0.1.0"

@@ -19,10 +19,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from ._scheduler_cli import describe_schedules, load_clock, print_schedules, run_scheduler
 from .config import create_dispatcher, import_backend, import_string, load_settings
+from .dispatch.idempotency import describe_rule
 from .errors import JobsError
-from .registry import JobRegistry
+from .jobs.job import Job
+from .jobs.registry import JobRegistry
+from .schedules.cli import describe_schedules, load_clock, print_schedules, run_scheduler
 
 
 def load_registry(target: str) -> JobRegistry[Any]:
@@ -49,12 +51,19 @@ def _describe(registry: JobRegistry[Any]) -> list[dict[str, Any]]:
                 "jitter": job.retry.jitter,
             },
             "has_on_failure": job.on_failure is not None,
-            "flow_control": job.flow.describe() if job.flow is not None else {},
+            "flow_control": _flow(job),
             "payload_schema": job.payload_model.model_json_schema(),
             "schedules": [s for s in schedules if s["job"] == job.name],
         }
         for job in registry
     ]
+
+
+def _flow(job: Job[Any, Any]) -> dict[str, Any]:
+    described = job.flow.describe() if job.flow is not None else {}
+    if job.idempotency is not None:
+        described["idempotency"] = describe_rule(job.idempotency)
+    return described
 
 
 def cmd_list(args: argparse.Namespace) -> int:

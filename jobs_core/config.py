@@ -11,12 +11,12 @@ from typing import Any, Protocol, TypeVar
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .dispatcher import DEFAULT_DISPATCH_TIMEOUT
+from .dispatch.dispatcher import DEFAULT_DISPATCH_TIMEOUT
+from .dispatch.port import JobDispatcherPort
 from .errors import JobConfigError
-from .execution import ContextSource
 from .instrumentation import Instrumentation
-from .payload import DEFAULT_MAX_PAYLOAD_BYTES
-from .port import JobDispatcherPort
+from .jobs.payload import DEFAULT_MAX_PAYLOAD_BYTES
+from .worker import ContextSource
 
 BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
     # name: (adapter module, extra that installs its library)

@@ -12,13 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .dispatcher import BaseDispatcher, PreparedJob
+from .dispatch.dispatcher import BaseDispatcher, PreparedJob
+from .dispatch.idempotency import MemoryIdempotencyStore
 from .errors import JobFailedError
-from .execution import ContextSource
-from .idempotency import MemoryIdempotencyStore
 from .instrumentation import Instrumentation, JobEvent
-from .job import Job
-from .worker import Delivery, JobWorker
+from .jobs.job import Job
+from .worker import ContextSource, Delivery, JobWorker
 
 try:
     import pytest
@@ -75,7 +74,7 @@ class RecordingDispatcher(BaseDispatcher):
             raise AssertionError(f"job {job.name!r} was not dispatched (dispatched: {sent})")
         if payload is None:
             return matches[-1]
-        from .payload import validate_payload
+        from .jobs.payload import validate_payload
 
         expected = validate_payload(job, payload)
         for d in matches:

@@ -1,9 +1,8 @@
-"""Core behaviour outside the backend contract: errors, settings, run_job, inline options."""
+"""Core behaviour outside the backend contract: errors, settings, the worker path, inline options."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import os
 import pickle
@@ -25,17 +24,33 @@ from jobs_core import (
     PermanentError,
     Retry,
     RetryLater,
-    run_job,
-    run_job_sync,
 )
 from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.config import load_settings, redact_url
-from jobs_core.dispatcher import BaseDispatcher, PartialSend, PreparedJob, prepare_dispatch
+from jobs_core.dispatch.dispatcher import BaseDispatcher, PartialSend, PreparedJob, prepare_dispatch
 from jobs_core.errors import WorkerLostError
-from jobs_core.payload import parse_payload, to_wire, validate_payload
-from jobs_core.port import DispatchReceipt, new_receipt
+from jobs_core.jobs.payload import parse_payload, to_wire, validate_payload
 from jobs_core.testing import RecordingInstrumentation
-from jobs_core.worker import Delivery, JobWorker
+from jobs_core.worker import Delivery, JobWorker, Outcome
+
+
+class _Noted:
+    """A settlement that does nothing: the tests read the outcome."""
+
+    def retry(self, delivery: Delivery, delay: timedelta) -> None: ...
+
+    def give_up(self, delivery: Delivery, error: BaseException) -> None: ...
+
+
+def run_once(job: Any, data: Any, context: Any = None, dispatch_id: str | None = "d") -> Outcome:
+    """One delivery of `job` through the worker path, from sync code."""
+    worker: JobWorker[Any] = JobWorker(None, context=context, backend="t")
+    return worker.run(Delivery(job.name, data, 0, dispatch_id), _Noted(), job)
+
+
+async def run_once_async(job: Any, data: Any, context: Any = None) -> Outcome:
+    worker: JobWorker[Any] = JobWorker(None, context=context, backend="t")
+    return await worker.run_async(Delivery(job.name, data, 0, "d"), _Noted(), job)
 
 
 class Item(BaseModel):
@@ -142,33 +157,36 @@ def test_the_unsafe_integer_check_is_exact_wherever_the_number_is(number: int) -
     digits = Item(sku="1234567890123456789012")  # sixteen digits and more in a str: no number
     as_text = jobs.define_job("t.digits", payload=Item, handle=lambda p, c: None)
     assert to_wire(as_text, digits)["sku"] == "1234567890123456789012"
-    for payload in (top, deep):  # a mapping, validated straight into JSON (encode_mapping)
+    for payload in (top, deep):  # a mapping, validated at dispatch
         if abs(number) > 2**53 - 1:
             with pytest.raises(JobPayloadError, match=str(number)):
                 prepare_dispatch(job, payload.model_dump(), 10**6)
         else:
-            assert prepare_dispatch(job, payload.model_dump(), 10**6).model is None
             assert prepare_dispatch(job, payload.model_dump(), 10**6).payload == payload
 
 
 def test_dispatch_ids_are_unique_across_threads_and_forked_processes() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from jobs_core.ids import new_dispatch_id
+    jobs: JobRegistry[Any] = JobRegistry()
+    job = jobs.define_job("t.ids", payload=Item, handle=lambda p, c: None)
+
+    def new_id(_: object = None) -> str:
+        return prepare_dispatch(job, {"sku": "a"}, 0).dispatch_id
 
     with ThreadPoolExecutor(8) as pool:
-        ids = set(pool.map(lambda _: new_dispatch_id(), range(20_000)))
+        ids = set(pool.map(new_id, range(20_000)))
     assert len(ids) == 20_000
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: a new prefix, not the parent's next number
-        os.write(write, new_dispatch_id().encode())
+    if pid == 0:  # the child draws its own random ids, not the parent's next ones
+        os.write(write, new_id().encode())
         os._exit(0)
     os.close(write)  # the child's copy is its own: a child that died leaves the read at EOF
     os.waitpid(pid, 0)
     child = os.read(read, 64).decode()
     os.close(read)
-    assert len(child) == 32 and child[:20] != new_dispatch_id()[:20]
+    assert len(child) == 32 and child not in ids and child != new_id()
 
 
 def test_errors_say_what_to_change() -> None:
@@ -214,7 +232,7 @@ def test_sync_job_runs_without_an_event_loop() -> None:
             loops.append(False)
 
     job = jobs.define_job("t.noloop", handle=handler)
-    outcome = run_job_sync(job, {"sku": "a"}, context=None, attempt=0, dispatch_id="d", backend="t")
+    outcome = run_once(job, {"sku": "a"})
     assert outcome.completed and loops == [False]
 
 
@@ -241,9 +259,7 @@ def test_async_jobs_reuse_one_loop_per_thread() -> None:
 
     def work() -> None:
         for _ in range(3):
-            run_job_sync(
-                handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t"
-            )
+            run_once(handler, {"sku": "a"})
 
     work()
     worker = threading.Thread(target=work)
@@ -252,17 +268,15 @@ def test_async_jobs_reuse_one_loop_per_thread() -> None:
     assert len(set(loops[:3])) == 1 and len(set(loops[3:])) == 1 and loops[0] != loops[3]
 
 
-async def test_run_job_sync_refuses_a_running_loop_for_async_jobs() -> None:
+async def test_a_sync_run_of_an_async_job_inside_a_running_loop_names_the_public_call() -> None:
     jobs: JobRegistry[Any] = JobRegistry()
 
     @jobs.job("t.inloop")
     async def handler(payload: Item, ctx: Any) -> None: ...
 
-    with pytest.raises(RuntimeError, match="await run_job"):
-        run_job_sync(handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t")
-    outcome = await run_job(
-        handler, {"sku": "a"}, context=None, attempt=0, dispatch_id=None, backend="t"
-    )
+    with pytest.raises(RuntimeError, match=r"await ctx\.jobs\.dispatch"):
+        run_once(handler, {"sku": "a"})
+    outcome = await run_once_async(handler, {"sku": "a"})
     assert outcome.completed
 
 
@@ -276,9 +290,7 @@ def test_on_failure_errors_do_not_break_the_worker(caplog: pytest.LogCaptureFixt
     def handler(payload: Item, ctx: Any) -> None:
         raise PermanentError("no")
 
-    outcome = run_job_sync(
-        handler, {"sku": "a"}, context=None, attempt=0, dispatch_id="x", backend="t"
-    )
+    outcome = run_once(handler, {"sku": "a"}, dispatch_id="x")
     assert outcome.gave_up and isinstance(outcome.error, PermanentError)
     assert "on_failure raised" in caplog.text
 
@@ -292,9 +304,7 @@ def test_context_factory_failure_is_retried_like_a_handler_error() -> None:
     def broken() -> Any:
         raise ConnectionError("db down")
 
-    outcome = run_job_sync(
-        handler, {"sku": "a"}, context=broken, attempt=0, dispatch_id=None, backend="t"
-    )
+    outcome = run_once(handler, {"sku": "a"}, context=broken, dispatch_id=None)
     assert outcome.should_retry and isinstance(outcome.error, ConnectionError)
 
 
@@ -592,10 +602,10 @@ async def test_a_lost_run_runs_on_failure_once_and_records_failed(kind: str) -> 
     lost = WorkerLostError("the worker died")
     delivery = Delivery(job.name, {"sku": "a"}, 2, "d-1")
     if kind == "sync":
-        await asyncio.to_thread(worker.settle_lost, job, delivery, lost)
+        await asyncio.to_thread(worker.backend_gave_up, job, delivery, lost)
     else:
-        await worker.settle_lost_async(job, delivery, lost)
-    await worker.settle_lost_async(job, Delivery(job.name, {"bad": 1}, 2, "d-2"), lost)
+        await worker.backend_gave_up_async(job, delivery, lost)
+    await worker.backend_gave_up_async(job, Delivery(job.name, {"bad": 1}, 2, "d-2"), lost)
     assert calls == [(lost, Item(sku="a"), "ctx"), (lost, {"bad": 1}, "ctx")]
     failed = events.for_job(job.name)
     assert [(e.kind, e.phase, e.attempt, e.dispatch_id) for e in failed] == [
@@ -609,19 +619,3 @@ class _NoSettlement:
     def retry(self, delivery: Delivery, delay: timedelta) -> None: ...
 
     def give_up(self, delivery: Delivery, error: BaseException) -> None: ...
-
-
-@pytest.mark.parametrize("deduplicated", [False, True])
-def test_the_fast_receipt_is_a_whole_frozen_receipt(deduplicated: bool) -> None:
-    fast = new_receipt("t.job", "id-1", "inline", deduplicated)
-    assert fast == DispatchReceipt("t.job", "id-1", "inline", deduplicated)
-    assert repr(fast) == repr(DispatchReceipt("t.job", "id-1", "inline", deduplicated))
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        fast.dispatch_id = "other"  # type: ignore[misc]
-    # a field added to the receipt must be set by `new_receipt` too
-    assert [f.name for f in dataclasses.fields(DispatchReceipt)] == [
-        "job_name",
-        "dispatch_id",
-        "backend",
-        "deduplicated",
-    ]

@@ -25,9 +25,10 @@ from pydantic import BaseModel
 
 from jobs_core import Concurrency, DispatchError, JobConfigError, JobRegistry, Throttle
 from jobs_core.backends.inline import InlineDispatcher
-from jobs_core.flow import Resource, key_text
-from jobs_core.flow_limit import STORE_ERROR_WAIT, Admission, LocalFlowLimiter
-from jobs_core.flow_redis import RedisFlowLimiter
+from jobs_core.dispatch.idempotency import payload_key
+from jobs_core.flow.limiter import STORE_ERROR_WAIT, Admission, LocalFlowLimiter
+from jobs_core.flow.options import Resource, key_text
+from jobs_core.flow.redis_limiter import RedisFlowLimiter
 from jobs_core.worker import Delivery, JobWorker
 from tests.test_cli import run_cli
 
@@ -109,17 +110,20 @@ def test_resources_are_per_job_option_and_key_value() -> None:
 def test_derived_idempotency_keys() -> None:
     jobs: JobRegistry[Any] = JobRegistry()
     by_field = jobs.define_job("f", payload=Task, handle=lambda p, c: None, idempotency="ref")
-    assert by_field.flow is not None and not by_field.flow.limited
-    key = by_field.flow.idempotency_key
-    assert key("f", lambda: Task(ref="r1"), {"ref": "r1"}) == "r1"
-    assert key("f", lambda: Task(), {"ref": None}) is None  # no key: the dispatch runs
-    assert key("f", lambda: Task(ref=""), {"ref": ""}) is None
+    assert by_field.flow is None and by_field.idempotency == "ref"  # no limit to pass
+
+    def key(rule: Any, payload: Any, data: Any) -> str | None:
+        return payload_key("f", rule, lambda: payload, data)
+
+    assert key("ref", Task(ref="r1"), {"ref": "r1"}) == "r1"
+    assert key("ref", Task(), {"ref": None}) is None  # no key: the dispatch runs
+    assert key("ref", Task(ref=""), {"ref": ""}) is None
     plain = jobs.define_job("p", payload=Task, handle=lambda p, c: None)
-    assert plain.flow is None  # nothing to check on the way for a job without options
+    assert plain.flow is None and plain.idempotency is None
     bad = jobs.define_job("b", payload=Task, handle=lambda p, c: None, idempotency=lambda p: 7)
-    assert bad.flow is not None
+    assert bad.idempotency is not None
     with pytest.raises(JobConfigError, match="must return a str"):
-        bad.flow.idempotency_key("b", Task, {})
+        key(bad.idempotency, Task(), {})
 
 
 def test_inline_dispatch_derives_the_key_and_an_explicit_one_wins() -> None:
@@ -361,7 +365,9 @@ def test_a_worker_with_limits_needs_a_settlement_that_defers() -> None:
 
         def give_up(self, delivery: Delivery, error: BaseException) -> None: ...
 
-    with pytest.raises(TypeError, match="cannot defer"):
+    with pytest.raises(JobConfigError, match="cannot defer"):  # when the worker is built
+        worker.check(jobs["limited"], NoDefer())
+    with pytest.raises(JobConfigError, match="cannot defer"):  # an adapter that did not check
         worker.run(Delivery("limited", {"n": 1}), NoDefer())
 
 

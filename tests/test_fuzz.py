@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from jobs_core import JobPayloadError, JobRegistry, Retry, run_job_sync
+from jobs_core import JobPayloadError, JobRegistry, Retry
 from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.testing import RecordingInstrumentation
+from jobs_core.worker import Delivery, JobWorker
 
 
 class Inner(BaseModel):
@@ -80,17 +81,16 @@ def test_dispatch_validation_only_raises_job_payload_error(value: Any) -> None:
         str(error)
 
 
+class _Noted:
+    def retry(self, delivery: Delivery, delay: Any) -> None: ...
+
+    def give_up(self, delivery: Delivery, error: BaseException) -> None: ...
+
+
 def _worker_run(raw: Any) -> None:
     events = RecordingInstrumentation()
-    outcome = run_job_sync(
-        handle,
-        raw,
-        context=None,
-        attempt=0,
-        dispatch_id="fuzz",
-        backend="fuzz",
-        instrumentation=events,
-    )
+    worker: JobWorker[Any] = JobWorker(None, context=None, backend="fuzz", instrumentation=events)
+    outcome = worker.run(Delivery(handle.name, raw, 0, "fuzz"), _Noted(), handle)
     if outcome.gave_up:
         assert isinstance(outcome.error, JobPayloadError), outcome.error
         assert events.kinds() == ["started", "failed"]

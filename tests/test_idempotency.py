@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from jobs_core import idempotency
-from jobs_core.idempotency import MemoryIdempotencyStore
+from jobs_core.dispatch import idempotency
+from jobs_core.dispatch.idempotency import MemoryIdempotencyStore
 
 
 class FakeClock:

@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
-import pydantic_core
 import pytest
 from pydantic import (
     Base64Bytes,
@@ -33,13 +32,16 @@ from pydantic import (
 )
 from pydantic.types import Secret
 
-from jobs_core import JobConfigError, JobPayloadError, JobRegistry, JobsError, exact
+from jobs_core import JobConfigError, JobPayloadError, JobRegistry, JobsError
 from jobs_core.backends.inline import InlineDispatcher
-from jobs_core.dispatcher import prepare_dispatch
-from jobs_core.exact import plan_for
-from jobs_core.payload import encode_mapping, encode_payload, parse_payload, validate_payload
+from jobs_core.dispatch.dispatcher import prepare_dispatch
+from jobs_core.jobs.payload import (
+    _carried_exactly,
+    encode_payload,
+    parse_payload,
+    validate_payload,
+)
 from jobs_core.testing import RecordingDispatcher, RecordingInstrumentation
-from jobs_core.travel import dump_payload, payload_json
 
 SECRET_FIX = "use str and keep the secret elsewhere"
 BYTES_FIX = "ConfigDict(ser_json_bytes='base64', val_json_bytes='base64')"
@@ -292,7 +294,7 @@ VALUES = [
     ("inf", Measured, {"value": math.inf}, "float_not_json", ("value",)),
     ("nan", Measured, {"value": math.nan}, "float_not_json", ("value",)),
     # pydantic writes inf as null in an `Any` field: the worker would get None
-    ("inf-in-any", Loose, {"extra": {"x": [1.0, -math.inf]}}, "does_not_travel", ("extra", "x", 1)),
+    ("inf-in-any", Loose, {"extra": {"x": [1.0, -math.inf]}}, "float_not_json", ("extra", "x", 1)),
     ("bytes-not-utf8-in-any", Loose, {"extra": b"\xff\xfe"}, "serialization_error", ()),
     (
         "datetime-in-any",
@@ -351,7 +353,7 @@ def test_a_value_error_message_does_not_show_the_value() -> None:
     assert "datetime comes back as a str" in text
 
 
-# -- the shortcut for plain models decides as the full check does ---------------------------
+# -- a model validated just now, of types JSON carries exactly, decides as one that proves its trip
 
 
 def _subclasses(line: type[BaseModel]) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -459,15 +461,22 @@ def _decision(make: Any) -> tuple[str, Any]:
 @pytest.mark.parametrize(
     ("model", "payload"), [c[1:] for c in SHORTCUT_CASES], ids=[c[0] for c in SHORTCUT_CASES]
 )
-def test_the_shortcut_for_plain_models_decides_as_the_full_check(
+def test_a_fresh_model_of_exact_types_decides_as_one_that_proves_its_trip(
     model: type[BaseModel], payload: Any
 ) -> None:
-    assert plan_for(model) is not None  # the model is plain: the shortcut is what is tested
+    """`encode_payload` skips the round trip only for a model this dispatch validated from a
+    mapping whose types JSON carries exactly: every case decides as the proof decides, and
+    whatever is sent is read back equal."""
     job = JobRegistry[Any]().define_job("types.plain", payload=model, handle=lambda p, c: None)
-    validated = validate_payload(job, payload)
-    full = _decision(lambda: pydantic_core.to_json(dump_payload(job, validated)))
+    try:
+        validated = validate_payload(job, payload)
+    except JobPayloadError:
+        return  # refused before any serialisation, whichever the path
     fresh = validated is not payload
-    assert _decision(lambda: payload_json(job, validated, fresh)) == full
+    decided = _decision(lambda: encode_payload(job, validated, fresh=fresh))
+    assert decided == _decision(lambda: encode_payload(job, validated))
+    if decided[0] == "sent":
+        assert parse_payload(job, decided[1]) == validated
 
 
 class Tidy(BaseModel):
@@ -486,8 +495,8 @@ class Shouting(BaseModel):
         super().__init__(**{**data, "text": str(data.get("text", "")).upper()})
 
 
-WIRE_CASES = [
-    # (id, model, mapping, whether it takes the path that builds no model)
+MAPPING_CASES = [
+    # (id, model, mapping, sent)
     ("plain", Order, {"id": 2, "lines": [{"sku": "a", "qty": 3}], "meta": {"y": -0.25}}, True),
     ("coerced", Order, {"id": "7", "meta": {"x": 1}, "parent": {"sku": "p"}}, True),
     ("extra-key-ignored", FreeOrder, {"id": 1, "unknown": [1, 2]}, True),
@@ -501,36 +510,30 @@ WIRE_CASES = [
     ("nan", FreeOrder, {"id": 1, "meta": {"x": math.nan}}, False),
     ("big-int", Order, {"id": 2**60}, False),
     ("big-int-nested", FreeOrder, {"id": 1, "lines": [{"sku": "a", "qty": -(2**53)}]}, False),
-    ("model-inside", Order, {"id": 1, "lines": [Line(sku="a")]}, False),
+    ("model-inside", Order, {"id": 1, "lines": [Line(sku="a")]}, True),
     ("subclass-inside", FreeOrder, {"id": 1, "lines": [FreeSubLine(sku="a", note="x")]}, False),
     ("lone-surrogate", FreeOrder, {"id": 1, "lines": [{"sku": "\ud800"}]}, False),
-    ("custom-init", Shouting, {"text": "quiet"}, False),
+    ("custom-init", Shouting, {"text": "quiet"}, True),
 ]
 
 
 @pytest.mark.parametrize(
-    ("model", "payload", "fast"), [c[1:] for c in WIRE_CASES], ids=[c[0] for c in WIRE_CASES]
+    ("model", "payload", "sent"), [c[1:] for c in MAPPING_CASES], ids=[c[0] for c in MAPPING_CASES]
 )
-def test_a_mapping_validated_straight_into_json_is_sent_as_the_model_path_sends_it(
-    model: type[BaseModel], payload: dict[str, Any], fast: bool
+def test_a_mapping_is_sent_as_json_the_worker_reads_back_equal_or_refused(
+    model: type[BaseModel], payload: dict[str, Any], sent: bool
 ) -> None:
-    """A dispatch of a mapping to a plain model builds no model (`encode_mapping`): what it
-    sends is byte for byte what the model path sends, and whatever it cannot vouch for (an
-    error, a value only the model path judges) goes the model path, which says why."""
     job = JobRegistry[Any]().define_job("types.wire", payload=model, handle=lambda p, c: None)
-    full = _decision(lambda: encode_payload(job, validate_payload(job, payload)))
-    wire = encode_mapping(job, payload)
-    assert (wire is not None) == fast
-    if wire is not None:
-        assert full == ("sent", wire)
-        assert parse_payload(job, wire) == validate_payload(job, payload)
+    decided = _decision(lambda: prepare_dispatch(job, payload, 0).body)
+    assert (decided[0] == "sent") == sent, decided
+    if decided[0] == "sent":
+        assert parse_payload(job, decided[1]) == validate_payload(job, payload)
 
 
-def test_a_dispatch_that_built_no_model_still_shows_the_validated_payload() -> None:
+def test_a_dispatch_shows_its_validated_payload() -> None:
     job = JobRegistry[Any]().define_job("types.lazy", payload=Order, handle=lambda p, c: None)
     prepared = prepare_dispatch(job, {"id": "3", "lines": [{"sku": "a"}]}, 1000)
-    assert prepared.model is None  # validated straight into JSON
-    assert prepared.payload == Order(id=3, lines=[Line(sku="a")])  # read back on first use
+    assert prepared.payload == Order(id=3, lines=[Line(sku="a")])
     dispatcher = RecordingDispatcher()
     dispatcher.dispatch_sync(job, {"id": "3", "lines": [{"sku": "a"}]})
     assert dispatcher.dispatched[0].payload == Order(id=3, lines=[Line(sku="a")])
@@ -539,9 +542,14 @@ def test_a_dispatch_that_built_no_model_still_shows_the_validated_payload() -> N
     assert [e["type"] for e in refused.value.errors] == ["float_not_json"]
 
 
-def test_models_the_shortcut_cannot_vouch_for_are_not_plain() -> None:
+def test_which_models_json_carries_exactly() -> None:
+    """Only these skip the round trip when validated just now: no float, no validator or
+    serialiser of their own, no alias that differs, no default that is not a valid value."""
+    assert _carried_exactly(FreeLine) and _carried_exactly(Line) and _carried_exactly(Tidy)
+    for model in (Order, FreeOrder, Shouting):  # floats; an __init__ of its own is fine
+        assert _carried_exactly(model) is (model is Shouting), model
     for model in (Loose, Either, Chained, Serialised, Doubling, Picky, Strict, Aliased, B64):
-        assert plan_for(model) is None, model
+        assert not _carried_exactly(model), model
 
 
 class NoneDefault(BaseModel):
@@ -557,23 +565,8 @@ def test_a_default_that_is_not_a_valid_value_is_refused_at_dispatch(
     model: type[BaseModel],
 ) -> None:
     """pydantic does not validate defaults: the worker would refuse the value sent."""
-    assert plan_for(model) is None
+    assert not _carried_exactly(model)
     job = JobRegistry[Any]().define_job("types.default", payload=model, handle=lambda p, c: None)
     with pytest.raises(JobPayloadError) as caught:
         InlineDispatcher(context=None).dispatch_sync(job, {})
     assert [e["type"] for e in caught.value.errors] == ["does_not_travel"]
-
-
-def test_a_schema_the_wire_path_cannot_build_falls_back_to_the_model_path(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A core schema the conversion does not know (a later pydantic) costs speed, not a dispatch."""
-
-    class Counted(BaseModel):
-        n: int
-
-    monkeypatch.setattr(exact, "_as_data", lambda schema: {"type": "no-such-schema"})
-    assert exact.wire_validator(Counted) is None
-    job = JobRegistry[Any]().define_job("types.unknown", payload=Counted, handle=lambda p, c: None)
-    prepared = prepare_dispatch(job, {"n": "3"}, 1000)
-    assert prepared.model == Counted(n=3) and prepared.body == b'{"n":3}'

@@ -19,12 +19,11 @@ from celery.worker.consumer.tasks import Tasks
 
 from jobs_core.config import load_settings, redact_url
 from jobs_core.errors import JobConfigError
-from jobs_core.execution import ContextSource
-from jobs_core.flow_redis import redis_flow_limiter
+from jobs_core.flow.redis_limiter import redis_flow_limiter
 from jobs_core.instrumentation import Instrumentation
-from jobs_core.job import Job
-from jobs_core.registry import JobRegistry
-from jobs_core.worker import Delivery, JobWorker, delivery_from_call
+from jobs_core.jobs.job import Job
+from jobs_core.jobs.registry import JobRegistry
+from jobs_core.worker import ContextSource, Delivery, JobWorker, delivery_from_call
 
 from .broker import (
     DEFAULT_DELIVERY_LIMIT,
@@ -106,6 +105,7 @@ def _register_job(
     app: Any, job: Job[Any, Any], worker: JobWorker[Any], queue: str, max_hold: float
 ) -> None:
     settlement = _Settlement(job, queue, max_hold)
+    worker.check(job, settlement)  # what this worker cannot do with the job is refused now: C28
 
     def run(self: Any, *args: Any, **kwargs: Any) -> None:
         request = self.request
@@ -260,7 +260,6 @@ def create_celery_app(
     worker.flow = redis_flow_limiter(registry, BACKEND, broker_url=broker_url)  # C25-C26, C28
     max_hold = hold.total_seconds() if hold is not None else float("inf")
     for job in registry:
-        worker.check(job)  # a retry policy waiting longer than the broker keeps: C28
         _register_job(app, job, worker, queue, max_hold)
     dead = dead_letter_entity(queue, broker_url)
     _connect_keepers(app, worker, dead, is_amqp(broker_url))

@@ -22,15 +22,15 @@ from kombu.transport.native_delayed_delivery import (
 )
 
 from jobs_core.config import broker_dispatcher_factory, redact_url
-from jobs_core.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
-from jobs_core.idempotency import (
+from jobs_core.dispatch.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
+from jobs_core.dispatch.idempotency import (
     IDEMPOTENCY_TTL_SECONDS,
     IdempotencyStore,
     idempotency_store_for,
     is_redis_url,
     scoped_key,
 )
-from jobs_core.payload import PAYLOAD_MASK
+from jobs_core.jobs.payload import PAYLOAD_MASK
 
 from .broker import (
     DEFAULT_DELIVERY_LIMIT,

@@ -11,8 +11,8 @@ from typing import Any
 from celery import signals
 
 from jobs_core.config import JobsSettings
-from jobs_core.execution import ContextSource
-from jobs_core.registry import JobRegistry
+from jobs_core.jobs.registry import JobRegistry
+from jobs_core.worker import ContextSource
 
 from .app import create_celery_app
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from .. import JobDispatcherPort, JobRegistry
 from ..instrumentation import Instrumentation
-from ..payload import DEFAULT_MAX_PAYLOAD_BYTES
+from ..jobs.payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .relay import Relay
 from .sqlalchemy_store import AsyncSqlAlchemyStore, SqlAlchemyStore
 from .tables import metadata, outbox_table

@@ -40,9 +40,9 @@ from pydantic import BaseModel
 
 from .. import DispatchReceipt, JobDispatcherPort, JobRegistry, JobRequest
 from ..errors import JobPayloadError
-from ..execution import drive_without_loop
 from ..instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
-from ..payload import validate_payload
+from ..jobs.payload import validate_payload
+from ..worker.loops import run_without_loop
 from .writer import BACKEND, utcnow
 
 logger = logging.getLogger("jobs_core.outbox")
@@ -529,7 +529,7 @@ def _drive(plan: Plan, send: Send) -> list[RowResult]:
     async def send_now(batch: list[JobRequest[Any]]) -> list[DispatchReceipt]:
         return send(batch)
 
-    results: list[RowResult] = drive_without_loop(_drive_async(plan, send_now))
+    results: list[RowResult] = run_without_loop(_drive_async(plan, send_now))
     return results
 
 

@@ -19,11 +19,11 @@ from pydantic import BaseModel
 from typing_extensions import Unpack
 
 from .. import DispatchReceipt, Job
-from ..dispatcher import PortMethods, prepare_dispatch
+from ..dispatch.dispatcher import PortMethods, prepare_dispatch
+from ..dispatch.port import DispatchOptions
 from ..errors import JobsError
 from ..instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
-from ..payload import DEFAULT_MAX_PAYLOAD_BYTES
-from ..port import DispatchOptions
+from ..jobs.payload import DEFAULT_MAX_PAYLOAD_BYTES
 
 P = TypeVar("P", bound=BaseModel)
 

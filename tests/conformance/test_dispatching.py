@@ -47,7 +47,9 @@ def test_C4_invalid_payload_raises_and_enqueues_nothing(
 
 
 @pytest.mark.parametrize(
-    "bad", [None, "text", ["text"], 42, Runs(), "model-of-another-class"], ids=repr
+    "bad",
+    [None, "text", ["text"], 42, Runs(), "model-of-another-class"],
+    ids=["none", "str", "list", "int", "other-object", "model-of-another-class"],
 )
 def test_C5_payload_must_be_own_model_or_mapping(
     harness: BackendHarness,

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from jobs_core import Concurrency, JobConfigError, JobRegistry, Retry, Throttle
-from jobs_core.port import JobDispatcherPort
+from jobs_core.dispatch.port import JobDispatcherPort
 from jobs_core.testing import RecordingInstrumentation
 
 from .flow_app import Hold, Names, Store, make_jobs

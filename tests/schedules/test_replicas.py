@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from jobs_core.idempotency import KEY_PREFIX
+from jobs_core.dispatch.idempotency import KEY_PREFIX
 from jobs_core.testing import RecordingInstrumentation
 from tests.conformance.harness import stays_false, wait_until
 from tests.schedules.app import beat, every_minute, jobs, paris_morning

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from jobs_core import DispatchError, DispatchReceipt, JobRegistry, Scheduler
 from jobs_core.backends.inline import InlineDispatcher
-from jobs_core.port import DispatchItem
+from jobs_core.dispatch.port import DispatchItem
 from jobs_core.testing import RecordingDispatcher
 from tests.conformance.harness import wait_until
 from tests.schedules.clock import AcceleratedClock

@@ -12,10 +12,10 @@ from django.db import transaction
 from pydantic import BaseModel
 
 from jobs_core import Job, JobDispatcherPort
-from jobs_core.dispatcher import resolve_eta
+from jobs_core.dispatch.dispatcher import resolve_eta
 from jobs_core.instrumentation import Instrumentation
+from jobs_core.jobs.payload import validate_payload
 from jobs_core.outbox.writer import OutboxMessage, OutboxWriter
-from jobs_core.payload import validate_payload
 
 P = TypeVar("P", bound=BaseModel)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from .errors import DispatchError
-from .port import DispatchReceipt, JobDispatcherPort
-from .registry import JobRegistry
+from ..dispatch.port import DispatchReceipt, JobDispatcherPort
+from ..errors import DispatchError
+from ..jobs.registry import JobRegistry
 from .schedule import Schedule
 
 UTC = timezone.utc

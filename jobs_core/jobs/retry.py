@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from .errors import JobConfigError
+from ..errors import JobConfigError
 
 MAX_ATTEMPTS = 20
 

@@ -1,5 +1,7 @@
-"""Idempotency keys (C9): the first dispatch with a key claims it for 24 h; later ones are no-ops.
+"""Idempotency (C9, C27): the first dispatch with a key claims it for 24 h; later ones are no-ops.
 
+A key is given at dispatch (`idempotency_key=`) or derived from the payload by the job's
+`idempotency=` rule (a field's name, or a callable of the payload); the explicit one wins.
 Keys are scoped by job name, so one key string can serve two different jobs.
 """
 
@@ -10,8 +12,13 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from ..errors import JobConfigError
+from ..jobs.payload import key_text, payload_field, require_field
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 KEY_PREFIX = "jobs_core:idem:"
@@ -22,6 +29,45 @@ STALE_LIMIT = 4
 claims of released keys."""
 
 logger = logging.getLogger("jobs_core.idempotency")
+
+IdempotencyRule = str | Callable[[Any], "str | None"]
+"""A payload field's name, or a callable of the payload model returning the key (or None)."""
+
+
+def check_rule(job_name: str, model: type[BaseModel], rule: Any) -> IdempotencyRule | None:
+    """A job's `idempotency=` option, checked when the job is defined (C27): a field of its
+    payload model, or a callable."""
+    if isinstance(rule, str):
+        require_field(job_name, model, "idempotency", rule)
+    elif rule is not None and not callable(rule):
+        raise JobConfigError(
+            f"job {job_name!r}: idempotency= must be a payload field's name or a callable of "
+            f"the payload, got {rule!r}"
+        )
+    return rule  # type: ignore[no-any-return]
+
+
+def payload_key(
+    job_name: str, rule: IdempotencyRule, payload: Callable[[], BaseModel], data: Any
+) -> str | None:
+    """A dispatch's idempotency key derived from its payload by `rule` (C27), or None: a field
+    that is None or empty, or a callable returning None, means no key for that dispatch.
+    `payload` gives the validated model (only a callable rule asks for it); `data` is the
+    payload's JSON."""
+    value = payload_field(data, rule) if isinstance(rule, str) else rule(payload())
+    if value is None or value == "":
+        return None
+    if callable(rule) and not isinstance(value, str):
+        raise JobConfigError(
+            f"job {job_name!r}: the idempotency callable returned {value!r}; "
+            "it must return a str (or None for no key)"
+        )
+    return key_text(value)
+
+
+def describe_rule(rule: IdempotencyRule) -> str:
+    """The rule as text (for `python -m jobs_core list`)."""
+    return rule if isinstance(rule, str) else getattr(rule, "__qualname__", repr(rule))
 
 
 def scoped_key(job_name: str, key: str) -> str:

@@ -7,10 +7,10 @@ from typing import Any, Generic, overload
 
 from typing_extensions import Unpack
 
-from ._compat import callable_name
-from .errors import JobConfigError
+from ..calling import callable_name
+from ..errors import JobConfigError
+from ..schedules.schedule import Schedule, define_schedule
 from .job import C, Job, JobOptions, P, make_job
-from .schedule import Schedule, define_schedule
 
 
 class JobRegistry(Generic[C]):

@@ -1,18 +1,27 @@
-"""The worker seam: every backend's worker hands the core a `Delivery` and a `Settlement`.
+"""The one worker path: a backend hands the core a `Delivery`; the core runs it once, decides how
+it ended, and carries the decision out through the backend's `Settlement`.
 
-The core runs the delivery once (`run_job`), decides how it ended (completed, retry after a
-delay, give up) and carries the decision out through the adapter's `Settlement`, which knows
-how its library retries after a delay and gives up. A job with flow control (C25, C26) first
-passes the worker's `FlowLimiter`: a run that must wait longer than `WAIT_IN_WORKER` has not
-started, and the adapter's `Deferral` puts it back as the same attempt. Unknown job names and
-messages that cannot be read are reported here, the same way on every backend; the adapter then
-keeps the message where an operator finds it (a dead-letter queue, a failed run).
+Following one delivery through `JobWorker.run`:
+
+1. the job is looked up by name; an unknown name is reported and given up (C17);
+2. a job with concurrency or throttle limits (C25, C26) waits for its turn with the worker's
+   `FlowLimiter`, in the worker for up to `WAIT_IN_WORKER`, else the run is put back as the same
+   attempt through the backend's `Deferral` (it did not start: no attempt, no event);
+3. `execute` runs it once: the payload is parsed (C16), the context made (C18), the handler
+   called, and `decide` judges the outcome (C11–C15): completed; retry after the core's backoff
+   or `RetryLater`'s delay if attempts are left; give up otherwise, or at once on
+   `PermanentError` and bad input. On a give-up `on_failure` runs here, once;
+4. `settle` carries the outcome out: the backend's `retry(delivery, delay)` or
+   `give_up(delivery, error)`. Every outcome records the same events on every backend (C19).
+
+Unknown job names and messages that cannot be read are reported here too, the same way on every
+backend; the adapter then keeps the message where an operator finds it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import inspect
 import logging
 import math
 import time
@@ -20,35 +29,39 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
-from .errors import JobConfigError, JobsError, UnknownJobError
-from .execution import (
-    ContextSource,
-    ExecuteEvents,
-    JobOutcome,
-    drive_without_loop,
-    execute,
-    needs_event_loop,
-    run_coroutine_blocking,
-    run_to_end,
-    settle_lost_run,
+from ..calling import is_async_callable
+from ..errors import (
+    JobConfigError,
+    JobPayloadError,
+    JobsError,
+    PermanentError,
+    RetryLater,
+    UnknownJobError,
 )
-from .flow import Resource
-from .flow_limit import (
-    MAX_DEFER,
-    STORE_ERROR_WAIT,
-    WAIT_IN_WORKER,
-    Admission,
-    FlowLimiter,
+from ..flow.limiter import MAX_DEFER, STORE_ERROR_WAIT, WAIT_IN_WORKER, Admission, FlowLimiter
+from ..flow.options import Resource
+from ..instrumentation import (
+    EventKind,
+    Instrumentation,
+    JobEvent,
+    describe_error,
+    interest,
+    safe_record,
+    with_logging,
 )
-from .instrumentation import Instrumentation, JobEvent, describe_error, safe_record
-from .job import Job
-from .registry import JobRegistry
+from ..jobs.job import Job
+from ..jobs.payload import parse_payload
+from ..jobs.registry import JobRegistry
+from .loops import run_on_thread_loop, run_without_loop
 
 logger = logging.getLogger("jobs_core.worker")
 
 C = TypeVar("C")
+
+ContextSource = Any
+"""A context object, or a sync or async factory (any callable) called once per run."""
 
 UNKNOWN_JOB = "<unknown>"
 """The job name reported for a message so malformed that it names no job."""
@@ -58,13 +71,12 @@ BROKER_AWAY_SECONDS = 300.0
 delayed job that is due) while the broker cannot be reached: the same on every backend."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One message as a backend delivered it: what the core needs to run it once.
 
     `data` is the payload as it travelled (a dict, JSON text or bytes); `attempt` counts from 0;
-    `dispatch_id` is the id the producer's receipt carries (C9). Treat it as immutable (it is
-    not frozen only because a frozen dataclass takes three times as long to make, per job).
+    `dispatch_id` is the id the producer's receipt carries (C9).
     """
 
     job_name: str
@@ -114,6 +126,185 @@ class Deferral(Protocol):
         ...
 
 
+# -- how a run ended -------------------------------------------------------------------------
+
+Status = Literal["completed", "retry", "failed", "deferred"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one run ended, and what the backend must do next: `retry_in` is set for `retry`
+    (the next run starts no earlier) and `deferred` (flow control: the same attempt runs
+    then); `error` is what the handler (or the payload parser) raised, if anything."""
+
+    status: Status
+    attempt: int
+    error: BaseException | None = None
+    retry_in: timedelta | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def should_retry(self) -> bool:
+        return self.status == "retry"
+
+    @property
+    def gave_up(self) -> bool:
+        return self.status == "failed"
+
+    @property
+    def deferred(self) -> bool:
+        return self.status == "deferred"
+
+
+def decide(
+    job: Job[Any, Any], error: BaseException, attempt: int, max_retry_wait: timedelta | None
+) -> Outcome:
+    """Retry or give up for `error` raised on `attempt` (0-based): bad input and
+    `PermanentError` give up at once; so do spent attempts, and a wait longer than
+    `max_retry_wait` (what the backend can keep between attempts), saying why."""
+    if isinstance(error, (PermanentError, JobPayloadError)):
+        return Outcome("failed", attempt, error)
+    if attempt >= job.retry.attempts:
+        return Outcome("failed", attempt, error)
+    wait = error.delay if isinstance(error, RetryLater) else job.retry.backoff(attempt + 1)
+    if max_retry_wait is not None and wait > max_retry_wait:
+        refused = PermanentError(
+            f"a retry after {wait} is longer than this backend waits between attempts "
+            f"({max_retry_wait}); dispatch a new job with delay= instead"
+        )
+        refused.__cause__ = error
+        return Outcome("failed", attempt, refused)
+    return Outcome("retry", attempt, error, wait)
+
+
+class RunEvents:
+    """Where the execute events of runs go: each built only when the instrumentation (the
+    default logging added) wants its kind, so a run nobody watches pays for no event."""
+
+    def __init__(self, instrumentation: Instrumentation | None, backend: str) -> None:
+        self.instrumentation = with_logging(instrumentation)
+        self.wants = interest(self.instrumentation)
+        self.backend = backend
+
+    def record(
+        self,
+        kind: EventKind,
+        delivery: Delivery,
+        started: float | None = None,
+        error: BaseException | str | None = None,
+        retry_in: timedelta | None = None,
+        ended: float | None = None,
+    ) -> None:
+        """Record `kind` for `delivery`; `started` and `ended` (`perf_counter`s, `ended`
+        default now) give the event its duration."""
+        if not self.wants(kind):
+            return
+        duration = None
+        if started is not None:
+            duration = timedelta(seconds=(ended or time.perf_counter()) - started)
+        described = error if error is None or isinstance(error, str) else describe_error(error)
+        event = JobEvent(
+            kind,
+            "execute",
+            delivery.job_name,
+            delivery.dispatch_id,
+            delivery.attempt,
+            self.backend,
+            error=described,
+            duration=duration,
+            retry_in=retry_in,
+        )
+        safe_record(self.instrumentation, event)
+
+
+async def _context(context: ContextSource) -> Any:
+    if not callable(context):
+        return context
+    made = context()
+    return await made if inspect.isawaitable(made) else made
+
+
+async def execute(
+    job: Job[Any, Any],
+    delivery: Delivery,
+    context: ContextSource,
+    events: RunEvents,
+    max_retry_wait: timedelta | None,
+) -> Outcome:
+    """Run `delivery` of `job` once and decide how it ended; on a give-up, `on_failure` runs
+    here (once) before `failed` is recorded."""
+    events.record("started", delivery)
+    started = time.perf_counter()
+    payload: Any = delivery.data
+    ctx: Any = None
+    have_ctx = False
+    try:
+        payload = parse_payload(job, delivery.data)
+        ctx = await _context(context)
+        have_ctx = True
+        result = job.handler(payload, ctx)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as error:
+        outcome = decide(job, error, delivery.attempt, max_retry_wait)
+    else:
+        events.record("completed", delivery, started)
+        return Outcome("completed", delivery.attempt)
+
+    assert outcome.error is not None
+    if outcome.should_retry:
+        events.record("retrying", delivery, started, outcome.error, outcome.retry_in)
+        return outcome
+    ended = time.perf_counter()
+    if not have_ctx:
+        ctx = await _failure_context(job, context)
+    await _call_on_failure(job, outcome.error, payload, ctx, delivery)
+    events.record("failed", delivery, started, outcome.error, ended=ended)
+    return outcome
+
+
+async def _failure_context(job: Job[Any, Any], context: ContextSource) -> Any:
+    """The context for `on_failure` when the run never got one (bad input): made now."""
+    if job.on_failure is None:
+        return None
+    try:
+        return await _context(context)
+    except Exception:
+        logger.exception("job %r: context factory failed before on_failure", job.name)
+        return None
+
+
+async def _call_on_failure(
+    job: Job[Any, Any], error: BaseException, payload: Any, ctx: Any, delivery: Delivery
+) -> None:
+    if job.on_failure is None:
+        return
+    try:
+        result = job.on_failure(error, payload, ctx)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception(
+            "job %r: on_failure raised (dispatch_id=%s)", job.name, delivery.dispatch_id
+        )
+
+
+def settle(delivery: Delivery, outcome: Outcome, settlement: Settlement) -> Outcome:
+    """Carry out `outcome` through `settlement` (the one place the outcome is switched on)."""
+    if outcome.should_retry:
+        settlement.retry(delivery, outcome.retry_in or timedelta(0))
+    elif outcome.gave_up:
+        assert outcome.error is not None
+        settlement.give_up(delivery, outcome.error)
+    return outcome
+
+
+# -- the worker --------------------------------------------------------------------------------
+
+
 class JobWorker(Generic[C]):
     """Runs the deliveries of one registry's jobs and settles their outcomes (the worker seam).
 
@@ -121,7 +312,8 @@ class JobWorker(Generic[C]):
     `instrumentation` is added to the default logging. `flow` admits the runs of jobs with
     concurrency or throttle options (None: the backend enforces them itself, or none is set).
     `max_retry_wait` is the longest wait the backend keeps between attempts (a longer one gives
-    up, saying so).
+    up, saying so). An adapter calls `check(job, settlement)` for each job as it builds the
+    job's task, so that what this worker cannot do with the job is refused then (C28).
     """
 
     def __init__(
@@ -135,10 +327,10 @@ class JobWorker(Generic[C]):
         max_retry_wait: timedelta | None = None,
     ) -> None:
         self.registry = registry
-        self._needs_loop: dict[Job[Any, Any], bool] = {}
+        self._needs_loop: dict[str, bool] = {}
         self.context = context
         self.backend = backend
-        self.instrumentation = instrumentation
+        self.events = RunEvents(instrumentation, backend)
         self.flow = flow
         self.max_retry_wait = max_retry_wait
 
@@ -155,14 +347,11 @@ class JobWorker(Generic[C]):
     @property
     def instrumentation(self) -> Instrumentation:
         """Where this worker's events go: the given instrumentation and the default logging."""
-        return self._events.instrumentation
+        return self.events.instrumentation
 
-    @instrumentation.setter
-    def instrumentation(self, value: Instrumentation | None) -> None:
-        self._events = ExecuteEvents(value, self.backend)
-
-    def check(self, job: Job[Any, Any]) -> None:
-        """Refuse (C28) a job whose retry policy waits longer than `max_retry_wait`."""
+    def check(self, job: Job[Any, Any], settlement: Settlement | None = None) -> None:
+        """Refuse (C28) a job whose retry policy waits longer than `max_retry_wait`, and a job
+        with flow limits whose `settlement` cannot defer a run while this worker limits runs."""
         waits = [job.retry.base_backoff(k) for k in range(1, job.retry.attempts + 1)]
         if self.max_retry_wait is not None and waits and max(waits) > self.max_retry_wait:
             raise JobConfigError(
@@ -170,13 +359,31 @@ class JobWorker(Generic[C]):
                 f"the {self.backend} backend waits at most {self.max_retry_wait}: lower "
                 "max_backoff"
             )
+        limited = self.flow is not None and job.flow is not None and job.flow.limited
+        if limited and settlement is not None and not isinstance(settlement, Deferral):
+            raise JobConfigError(
+                f"job {job.name!r}: its flow limits may make a run wait, and the "
+                f"{self.backend} worker's {type(settlement).__name__} cannot defer one "
+                "(it has no defer())"
+            )
 
     def needs_event_loop(self, job: Job[Any, Any]) -> bool:
         """True when a run of `job` has an async part (handler, context factory, hook)."""
-        needs = self._needs_loop.get(job)
+        needs = self._needs_loop.get(job.name)
         if needs is None:
-            needs = self._needs_loop[job] = needs_event_loop(job, self.context)
+            context = self.context
+            needs = (
+                job.handler_is_async
+                or (callable(context) and is_async_callable(context))
+                or (job.on_failure is not None and is_async_callable(job.on_failure))
+            )
+            self._needs_loop[job.name] = needs
         return needs
+
+    def _run_to_end(self, job: Job[Any, Any], coro: Coroutine[Any, Any, Any]) -> Any:
+        if self.needs_event_loop(job):
+            return run_on_thread_loop(coro, "await ctx.jobs.dispatch(...)")
+        return run_without_loop(coro)
 
     def run(
         self,
@@ -185,7 +392,7 @@ class JobWorker(Generic[C]):
         job: Job[Any, Any] | None = None,
         *,
         wait_up_to: float = WAIT_IN_WORKER,
-    ) -> JobOutcome:
+    ) -> Outcome:
         """Run `delivery` once from sync code and settle its outcome; async parts run on this
         thread's event loop. `job` is looked up by the delivery's name unless given. A run that
         must wait for its flow-control turn longer than `wait_up_to` seconds is deferred."""
@@ -204,26 +411,10 @@ class JobWorker(Generic[C]):
         finally:
             turn.admission.release()
 
-    def _run_once(
-        self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]
-    ) -> JobOutcome:
-        run = self._execute(delivery, job)
-        if self.needs_event_loop(job):
-            outcome: JobOutcome = run_coroutine_blocking(run)
-        else:
-            outcome = drive_without_loop(run)
+    def _run_once(self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]) -> Outcome:
+        run = execute(job, delivery, self.context, self.events, self.max_retry_wait)
+        outcome: Outcome = self._run_to_end(job, run)
         return settle(delivery, outcome, settlement)
-
-    def _execute(self, delivery: Delivery, job: Job[Any, Any]) -> Coroutine[Any, Any, JobOutcome]:
-        return execute(
-            job,
-            delivery.data,
-            self.context,
-            delivery.attempt,
-            delivery.dispatch_id,
-            self._events,
-            self.max_retry_wait,
-        )
 
     async def run_async(
         self,
@@ -232,7 +423,7 @@ class JobWorker(Generic[C]):
         job: Job[Any, Any] | None = None,
         *,
         wait_up_to: float = WAIT_IN_WORKER,
-    ) -> JobOutcome:
+    ) -> Outcome:
         """`run` inside a running event loop (flow-control waits do not block the loop)."""
         job = job or self._job(delivery, settlement)
         if job is None:
@@ -251,57 +442,59 @@ class JobWorker(Generic[C]):
 
     async def _run_once_async(
         self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]
-    ) -> JobOutcome:
-        outcome = await self._execute(delivery, job)
+    ) -> Outcome:
+        outcome = await execute(job, delivery, self.context, self.events, self.max_retry_wait)
         return settle(delivery, outcome, settlement)
 
     def run_in_process(
         self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
-    ) -> JobOutcome:
+    ) -> Outcome:
         """Run `job` attempt after attempt in this thread until it completes or gives up (the
         inline policy); with `wait`, sleep each retry's delay first. Flow-control waits are
         always waited here."""
-        for attempt in itertools.count():
+        attempt = 0
+        while True:
             delivery = Delivery(job.name, data, attempt, dispatch_id)
             outcome = self.run(delivery, settlement, job, wait_up_to=math.inf)
             if not outcome.should_retry:
                 return outcome
             if wait and outcome.retry_in:
                 time.sleep(outcome.retry_in.total_seconds())
-        raise AssertionError("unreachable")
+            attempt += 1
 
     async def run_in_process_async(
         self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
-    ) -> JobOutcome:
+    ) -> Outcome:
         """`run_in_process` on the caller's event loop."""
-        for attempt in itertools.count():
+        attempt = 0
+        while True:
             delivery = Delivery(job.name, data, attempt, dispatch_id)
             outcome = await self.run_async(delivery, settlement, job, wait_up_to=math.inf)
             if not outcome.should_retry:
                 return outcome
             if wait and outcome.retry_in:
                 await asyncio.sleep(outcome.retry_in.total_seconds())
-        raise AssertionError("unreachable")
+            attempt += 1
 
-    async def settle_lost_async(
+    async def backend_gave_up_async(
         self, job: Job[Any, Any], delivery: Delivery, error: BaseException
     ) -> None:
         """The backend failed `delivery`'s run without the worker's answer (the worker died in
-        the last attempt, the call timed out): run `on_failure` once and record `failed`."""
-        await settle_lost_run(
-            job,
-            delivery.data,
-            error,
-            context=self.context,
-            attempt=delivery.attempt,
-            dispatch_id=delivery.dispatch_id,
-            backend=self.backend,
-            instrumentation=self.instrumentation,
-        )
+        the last attempt, the call timed out; see `WorkerLostError`): run `on_failure` once with
+        `error` and record `failed`, as a give-up of the core's own would."""
+        try:
+            payload: Any = parse_payload(job, delivery.data)
+        except JobPayloadError:
+            payload = delivery.data
+        ctx = await _failure_context(job, self.context)
+        await _call_on_failure(job, error, payload, ctx, delivery)
+        self.events.record("failed", delivery, error=error)
 
-    def settle_lost(self, job: Job[Any, Any], delivery: Delivery, error: BaseException) -> None:
-        """`settle_lost_async` from sync code."""
-        run_to_end(self.settle_lost_async(job, delivery, error), job, self.context)
+    def backend_gave_up(self, job: Job[Any, Any], delivery: Delivery, error: BaseException) -> None:
+        """`backend_gave_up_async` from sync code."""
+        self._run_to_end(job, self.backend_gave_up_async(job, delivery, error))
+
+    # -- flow control ------------------------------------------------------------------------
 
     def _turn(self, job: Job[Any, Any], delivery: Delivery, budget: float) -> _Turn:
         assert job.flow is not None
@@ -330,11 +523,11 @@ class JobWorker(Generic[C]):
             )
             return Admission(STORE_ERROR_WAIT)
 
-    def _defer(self, delivery: Delivery, wait: float, settlement: Settlement) -> JobOutcome:
+    def _defer(self, delivery: Delivery, wait: float, settlement: Settlement) -> Outcome:
         if not isinstance(settlement, Deferral):
-            raise TypeError(
+            raise JobConfigError(
                 f"{type(settlement).__name__} cannot defer a run; a backend whose worker has a "
-                "flow limiter must give a settlement with defer()"
+                "flow limiter must give a settlement with defer() (see JobWorker.check)"
             )
         delay = timedelta(seconds=min(wait, MAX_DEFER))
         logger.debug(
@@ -345,7 +538,9 @@ class JobWorker(Generic[C]):
             delay.total_seconds(),
         )
         settlement.defer(delivery, delay)
-        return JobOutcome("deferred", delivery.attempt, retry_in=delay)
+        return Outcome("deferred", delivery.attempt, retry_in=delay)
+
+    # -- what cannot run -----------------------------------------------------------------------
 
     def _job(self, delivery: Delivery, settlement: Settlement) -> Job[Any, Any] | None:
         job = self.registry.get(delivery.job_name) if self.registry is not None else None
@@ -366,7 +561,7 @@ class JobWorker(Generic[C]):
             self.backend,
             hint,
         )
-        self._record_failed(delivery, f"UnknownJob: {error}")
+        self.events.record("failed", delivery, error=f"UnknownJob: {error}")
         return error
 
     def report_malformed(
@@ -392,24 +587,10 @@ class JobWorker(Generic[C]):
             reason[:300],
         )
         delivery = Delivery(job_name or UNKNOWN_JOB, None, 0, message_id)
-        self._record_failed(delivery, f"MalformedMessage: {reason[:300]}")
-
-    def _record_failed(self, delivery: Delivery, error: str) -> None:
-        safe_record(
-            self.instrumentation,
-            JobEvent(
-                "failed",
-                "execute",
-                delivery.job_name,
-                delivery.dispatch_id,
-                delivery.attempt,
-                self.backend,
-                error=error,
-            ),
-        )
+        self.events.record("failed", delivery, error=f"MalformedMessage: {reason[:300]}")
 
 
-_UNKNOWN_OUTCOME = JobOutcome("failed", 0)
+_UNKNOWN_OUTCOME = Outcome("failed", 0)
 
 
 class _Turn:
@@ -433,13 +614,3 @@ class _Turn:
             return None
         self.waited += wait
         return wait
-
-
-def settle(delivery: Delivery, outcome: JobOutcome, settlement: Settlement) -> JobOutcome:
-    """Carry out `outcome` through `settlement` (the one place the outcome is switched on)."""
-    if outcome.should_retry:
-        settlement.retry(delivery, outcome.retry_in or timedelta(0))
-    elif outcome.gave_up:
-        assert outcome.error is not None
-        settlement.give_up(delivery, outcome.error)
-    return outcome

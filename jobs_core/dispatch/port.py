@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeAlias, TypedDict, runtime_checkable
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
-from .job import Job, JobRequest, P
+from ..jobs.job import Job, JobRequest, P
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,8 +18,8 @@ class DispatchReceipt:
     """Proof that a backend accepted a job.
 
     `dispatch_id` is what the backend traces the job by: the Celery task id, the Dramatiq message
-    id, the Inngest event id (jobs_core chooses it, see `jobs_core.ids`, or `<job>:<key>` with
-    an idempotency key). `deduplicated` is True when an earlier dispatch with the same
+    id, the Inngest event id: jobs_core chooses it, 32 random hex digits, or `<job>:<key>` with
+    an idempotency key. `deduplicated` is True when an earlier dispatch with the same
     idempotency key made this one a no-op (C9).
     """
 
@@ -27,27 +27,6 @@ class DispatchReceipt:
     dispatch_id: str
     backend: str
     deduplicated: bool = False
-
-
-_new_object = object.__new__
-_set_job_name, _set_dispatch_id, _set_backend, _set_deduplicated = (
-    getattr(DispatchReceipt, name).__set__
-    for name in ("job_name", "dispatch_id", "backend", "deduplicated")
-)
-
-
-def new_receipt(
-    job_name: str, dispatch_id: str, backend: str, deduplicated: bool = False
-) -> DispatchReceipt:
-    """`DispatchReceipt(job_name, dispatch_id, backend, deduplicated)` in half the time: the
-    dispatch path makes one for every job, and a frozen dataclass's `__init__` sets each field
-    through `object.__setattr__` where this sets its slot directly."""
-    receipt: DispatchReceipt = _new_object(DispatchReceipt)
-    _set_job_name(receipt, job_name)
-    _set_dispatch_id(receipt, dispatch_id)
-    _set_backend(receipt, backend)
-    _set_deduplicated(receipt, deduplicated)
-    return receipt
 
 
 DispatchItem: TypeAlias = JobRequest[Any] | tuple[Job[Any, Any], BaseModel | Mapping[str, Any]]

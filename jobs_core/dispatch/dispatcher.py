@@ -8,11 +8,13 @@ Validation (C4–C6), the payload size limit, delays (C8), idempotency keys (C9,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import operator
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 
@@ -20,10 +22,14 @@ import pydantic_core
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
-from .errors import DispatchArgumentError, DispatchError, JobConfigError, JobPayloadError, JobsError
-from .idempotency import IdempotencyStore, scoped_key
-from .ids import new_dispatch_id
-from .instrumentation import (
+from ..errors import (
+    DispatchArgumentError,
+    DispatchError,
+    JobConfigError,
+    JobPayloadError,
+    JobsError,
+)
+from ..instrumentation import (
     DEFAULT_LOGGING,
     Instrumentation,
     JobEvent,
@@ -32,15 +38,10 @@ from .instrumentation import (
     safe_record,
     with_logging,
 )
-from .job import Job, JobRequest, P
-from .payload import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    encode_mapping,
-    encode_payload,
-    parse_payload,
-    validate_payload,
-)
-from .port import BatchOptions, DispatchItem, DispatchOptions, DispatchReceipt, new_receipt
+from ..jobs.job import Job, JobRequest, P
+from ..jobs.payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload, validate_payload
+from .idempotency import IdempotencyStore, payload_key, scoped_key
+from .port import BatchOptions, DispatchItem, DispatchOptions, DispatchReceipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
 
@@ -52,46 +53,32 @@ logger = logging.getLogger("jobs_core.dispatch")
 _KEY_OF = operator.attrgetter("idempotency_key")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True)
 class PreparedJob:
     """A validated dispatch, ready for a backend: `body` is the payload's JSON, serialised
     once; an adapter puts it into its message as it is where its library allows, and uses
     `data` (the same JSON, parsed) where it does not.
 
     `dispatch_id` is chosen here so that it is known before the enqueue (idempotency records
-    it); adapters use it as the task / message id where their library allows. Treat it as
-    immutable (it is not frozen only because a frozen dataclass takes four times as long to
-    make, on every dispatch).
+    it); adapters use it as the task / message id where their library allows.
     """
 
     job: Job[Any, Any]
-    model: BaseModel | None
-    """The validated payload, or None where it was validated straight into `body`
-    (`payload` then reads it back on first use)."""
+    payload: BaseModel
+    """The validated payload (equal to the one a worker gets, C10)."""
     body: bytes
     dispatch_id: str
     eta: datetime | None = None
     idempotency_key: str | None = None
-    _data: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.job.name
 
-    @property
-    def payload(self) -> BaseModel:
-        """The validated payload as its model (equal to the one a worker gets, C10)."""
-        if self.model is None:
-            self.model = parse_payload(self.job, self.body)
-        return self.model
-
-    @property
+    @functools.cached_property
     def data(self) -> Any:
-        """The payload as JSON-ready data (dicts, lists, str, numbers), parsed from `body`
-        on first use."""
-        if self._data is None:
-            self._data = pydantic_core.from_json(self.body)
-        return self._data
+        """The payload as JSON-ready data (dicts, lists, str, numbers), parsed from `body`."""
+        return pydantic_core.from_json(self.body)
 
     def delay_seconds(self, now: datetime | None = None) -> float:
         """Seconds from `now` until the job may start (0 when it has no eta or the eta passed)."""
@@ -195,20 +182,16 @@ def prepare_dispatch(
         not isinstance(idempotency_key, str) or not idempotency_key
     ):
         raise DispatchArgumentError("idempotency_key= must be a non-empty str")
-    model: BaseModel | None = None
-    body = encode_mapping(job, payload, max_payload_bytes) if type(payload) is dict else None
-    if body is None:
-        model = validate_payload(job, payload)
-        body = encode_payload(job, model, max_payload_bytes, fresh=model is not payload)
-    eta = resolve_eta(delay, run_at) if delay is not None or run_at is not None else None
-    prepared = PreparedJob(job, model, body, "", eta, idempotency_key)
-    if idempotency_key is None and job.flow is not None:  # C27: an explicit key wins
-        idempotency_key = job.flow.idempotency_key(job.name, lambda: prepared.payload, body)
-        prepared.idempotency_key = idempotency_key
-    prepared.dispatch_id = (
-        keyed_dispatch_id(job.name, idempotency_key) if idempotency_key else new_dispatch_id()
-    )
-    return prepared
+    model = validate_payload(job, payload)
+    body = encode_payload(job, model, max_payload_bytes, fresh=model is not payload)
+    eta = resolve_eta(delay, run_at)
+    if idempotency_key is None and job.idempotency is not None:  # C27: an explicit key wins
+        idempotency_key = payload_key(job.name, job.idempotency, lambda: model, body)
+    if idempotency_key:
+        dispatch_id = keyed_dispatch_id(job.name, idempotency_key)
+    else:
+        dispatch_id = secrets.token_hex(16)
+    return PreparedJob(job, model, body, dispatch_id, eta, idempotency_key)
 
 
 Prepared = TypeVar("Prepared")
@@ -448,11 +431,11 @@ class BaseDispatcher(PortMethods[PreparedJob]):
         """The receipt of one job `_send` gave `result` for, with its `scheduled` event when
         it was sent."""
         if isinstance(result, AlreadyClaimed):
-            return new_receipt(name, result.dispatch_id, self.backend_name, True)
+            return DispatchReceipt(name, result.dispatch_id, self.backend_name, True)
         if self._wants("scheduled"):  # built only when something keeps it
             event = JobEvent("scheduled", "schedule", name, result, 0, self.backend_name)
             safe_record(self.events, event)
-        return new_receipt(name, result, self.backend_name)
+        return DispatchReceipt(name, result, self.backend_name)
 
     def _submit(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
         if len(prepared) == 1 and prepared[0].idempotency_key is None:

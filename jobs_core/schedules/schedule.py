@@ -24,9 +24,9 @@ from typing import Any, Generic, Protocol
 
 from cronsim import CronSim, CronSimError
 
-from .errors import JobConfigError, JobPayloadError
-from .job import JOB_NAME_PATTERN, Job, P
-from .payload import to_wire, validate_payload
+from ..errors import JobConfigError, JobPayloadError
+from ..jobs.job import JOB_NAME_PATTERN, Job, P
+from ..jobs.payload import to_wire, validate_payload
 
 
 class _Jobs(Protocol):

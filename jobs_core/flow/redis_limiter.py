@@ -1,6 +1,6 @@
 """Flow control on Redis, shared by every Celery or Dramatiq worker: `RedisFlowLimiter`.
 
-The rule is `jobs_core.flow_limit`'s, applied by one Lua script on the Redis clock, so that any
+The rule is `jobs_core.flow.limiter`'s, applied by one Lua script on the Redis clock, so that any
 number of worker processes share it exactly. Per job, limit and key value, three sorted sets
 under `jobs_core:flow:`:
 
@@ -24,12 +24,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .config import load_settings, redact_url
-from .errors import JobConfigError
-from .flow import Resource, flow_refusal
-from .flow_limit import Admission
-from .idempotency import is_redis_url, redis_client
-from .registry import JobRegistry
+from ..config import load_settings, redact_url
+from ..dispatch.idempotency import is_redis_url, redis_client
+from ..errors import JobConfigError
+from ..jobs.registry import JobRegistry
+from .limiter import Admission
+from .options import Resource, flow_refusal
 
 KEY_PREFIX = "jobs_core:flow:"
 
@@ -147,7 +147,7 @@ class RedisFlowLimiter:
     `lease` (seconds) bounds how long a dead worker's slots stay taken; `poll` / `max_poll` how
     often a run waiting for a concurrency slot asks again (growing with its place in the
     queue); `slack`, how late a waiter may be and keep its turn; `grace`, how late it may be
-    and keep its place (see `jobs_core.flow_limit`). A worker process renews its leases in a
+    and keep its place (see `jobs_core.flow.limiter`). A worker process renews its leases in a
     daemon thread, started with its first lease (in each process, after a fork).
     """
 

@@ -13,12 +13,12 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from typing_extensions import TypedDict
 
-from ._compat import callable_name, is_async_callable
-from .errors import JobConfigError
-from .flow import Concurrency, FlowControl, IdempotencyRule, Throttle, flow_control
-from .payload import validate_payload
+from ..calling import callable_name, is_async_callable
+from ..dispatch.idempotency import IdempotencyRule, check_rule
+from ..errors import JobConfigError
+from ..flow.options import Concurrency, FlowControl, Throttle, flow_control
+from .payload import check_travels, validate_payload
 from .retry import Retry
-from .travel import check_travels
 
 P = TypeVar("P", bound=BaseModel)
 C = TypeVar("C")
@@ -45,8 +45,9 @@ class JobOptions(TypedDict, Generic[C], total=False):
 
 
 class Job(Generic[P, C]):
-    """One background job: a name, a payload model, a retry policy, a handler, a failure hook
-    and its flow control (`flow`: None without concurrency, throttle or idempotency options).
+    """One background job: a name, a payload model, a retry policy, a handler, a failure hook,
+    its flow control (`flow`: None without concurrency or throttle options) and the rule that
+    derives an idempotency key from its payload (`idempotency`, C27).
 
     Create jobs with `JobRegistry.job` or `JobRegistry.define_job`; a `Job` is immutable once made.
     """
@@ -55,6 +56,7 @@ class Job(Generic[P, C]):
         "flow",
         "handler",
         "handler_is_async",
+        "idempotency",
         "name",
         "on_failure",
         "payload_model",
@@ -69,6 +71,7 @@ class Job(Generic[P, C]):
         retry: Retry,
         on_failure: FailureHook[C] | None = None,
         flow: FlowControl | None = None,
+        idempotency: IdempotencyRule | None = None,
     ) -> None:
         self.name = name
         self.payload_model = payload_model
@@ -76,6 +79,7 @@ class Job(Generic[P, C]):
         self.retry = retry
         self.on_failure = on_failure
         self.flow = flow
+        self.idempotency = idempotency
         self.handler_is_async = is_async_callable(handler)
 
     async def call(self, payload: P | Mapping[str, Any], ctx: C) -> None:
@@ -102,9 +106,10 @@ class Job(Generic[P, C]):
 
     def __repr__(self) -> str:
         flow = f", flow={self.flow.describe()!r}" if self.flow is not None else ""
+        key = f", idempotency={self.idempotency!r}" if self.idempotency is not None else ""
         return (
             f"Job(name={self.name!r}, payload={self.payload_model.__name__}, "
-            f"retry={self.retry!r}, handler={callable_name(self.handler)}{flow})"
+            f"retry={self.retry!r}, handler={callable_name(self.handler)}{flow}{key})"
         )
 
 
@@ -200,6 +205,7 @@ def make_job(
         else _payload_model_from_handler(name, handle)
     )
     check_travels(name, model)
-    flow = flow_control(name, model, concurrency, throttle, idempotency)
-    job: Job[P, C] = Job(name, typing.cast(type[P], model), handle, retry, on_failure, flow)
+    flow = flow_control(name, model, concurrency, throttle)
+    rule = check_rule(name, model, idempotency)
+    job: Job[P, C] = Job(name, typing.cast(type[P], model), handle, retry, on_failure, flow, rule)
     return job

@@ -1,26 +1,22 @@
-"""Flow control on a job (C25–C28): `Concurrency`, `Throttle` and payload idempotency.
+"""Flow control on a job (C25–C28): `Concurrency` and `Throttle`.
 
 The options are checked when the job is defined, against its payload model. Each backend maps
-them onto its own mechanism where it has one (Inngest's function `concurrency`, `throttle` and
-event ids), and the core's limiters elsewhere (`jobs_core.flow_limit` within one process for
-inline, `jobs_core.flow_redis` on Redis for Celery and Dramatiq). A backend that cannot honour an
-option exactly refuses it with `flow_refusal` when its worker is built.
+them onto its own mechanism where it has one (Inngest's function `concurrency` and `throttle`),
+and the core's limiters elsewhere (`jobs_core.flow.limiter` within one process for inline,
+`jobs_core.flow.redis_limiter` on Redis for Celery and Dramatiq). A backend that cannot honour
+an option exactly refuses it with `flow_refusal` when its worker is built.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .errors import JobConfigError
-
-IdempotencyRule = str | Callable[[Any], "str | None"]
-"""A payload field's name, or a callable of the payload model returning the key (or None)."""
+from ..errors import JobConfigError
+from ..jobs.payload import key_text, payload_field, require_field
 
 
 def _check_limit(what: str, limit: Any) -> None:
@@ -79,30 +75,12 @@ class Resource:
     """The throttle's period; unused for concurrency."""
 
 
-def key_text(value: Any) -> str:
-    """A payload field's value as a limit's key or an idempotency key: text as it is, anything
-    else as compact JSON (so 42 and "42" stay apart from `[42]`)."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-
-
-def _field(data: Any, name: str) -> Any:
-    if isinstance(data, (str, bytes, bytearray)):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            return None
-    return data.get(name) if isinstance(data, Mapping) else None
-
-
 @dataclass(frozen=True, slots=True)
 class FlowControl:
     """A job's flow-control options, checked against its payload model (see `flow_control`)."""
 
     concurrency: Concurrency | None = None
     throttle: Throttle | None = None
-    idempotency: IdempotencyRule | None = None
     limited: bool = field(init=False, default=False)
     """True when runs must pass a limit (concurrency or throttle) before they start."""
 
@@ -122,28 +100,10 @@ class FlowControl:
                 continue
             name = f"{{{job_name}}}:{kind}"
             if option.key is not None:
-                name += ":=" + key_text(_field(data, option.key))
+                name += ":=" + key_text(payload_field(data, option.key))
             seconds = option.period.total_seconds() if isinstance(option, Throttle) else 0.0
             found.append(Resource(kind, name, option.limit, seconds))
         return tuple(found)
-
-    def idempotency_key(
-        self, job_name: str, payload: Callable[[], BaseModel], data: Any
-    ) -> str | None:
-        """The dispatch's idempotency key derived from its payload (C27), or None: a field that
-        is None or empty, or a callable returning None, means no key for that dispatch."""
-        rule = self.idempotency
-        if rule is None:
-            return None
-        value = _field(data, rule) if isinstance(rule, str) else rule(payload())
-        if value is None or value == "":
-            return None
-        if callable(rule) and not isinstance(value, str):
-            raise JobConfigError(
-                f"job {job_name!r}: the idempotency callable returned {value!r}; "
-                "it must return a str (or None for no key)"
-            )
-        return key_text(value)
 
     def describe(self) -> dict[str, Any]:
         """The options as plain data (for `python -m jobs_core list`)."""
@@ -159,11 +119,6 @@ class FlowControl:
                 "period_seconds": self.throttle.period.total_seconds(),
                 "key": self.throttle.key,
             }
-        if self.idempotency is not None:
-            rule = self.idempotency
-            described["idempotency"] = (
-                rule if isinstance(rule, str) else getattr(rule, "__qualname__", repr(rule))
-            )
         return described
 
 
@@ -172,11 +127,10 @@ def flow_control(
     model: type[BaseModel],
     concurrency: Concurrency | None,
     throttle: Throttle | None,
-    idempotency: IdempotencyRule | None,
 ) -> FlowControl | None:
-    """The job's `FlowControl` (None without options), every option checked now (C25–C27):
-    a key or idempotency field must be a field of the payload model."""
-    if concurrency is None and throttle is None and idempotency is None:
+    """The job's `FlowControl` (None without options), every option checked now (C25, C26):
+    a key must be a field of the payload model."""
+    if concurrency is None and throttle is None:
         return None
     for name, option, kind in (
         ("concurrency", concurrency, Concurrency),
@@ -188,24 +142,8 @@ def flow_control(
             )
         key = getattr(option, "key", None)
         if key is not None:
-            _check_field(job_name, model, f"{name}.key", key)
-    if isinstance(idempotency, str):
-        _check_field(job_name, model, "idempotency", idempotency)
-    elif idempotency is not None and not callable(idempotency):
-        raise JobConfigError(
-            f"job {job_name!r}: idempotency= must be a payload field's name or a callable of "
-            f"the payload, got {idempotency!r}"
-        )
-    return FlowControl(concurrency, throttle, idempotency)
-
-
-def _check_field(job_name: str, model: type[BaseModel], option: str, name: str) -> None:
-    if name not in model.model_fields:
-        fields = ", ".join(model.model_fields) or "none"
-        raise JobConfigError(
-            f"job {job_name!r}: {option}={name!r} is not a field of {model.__name__} "
-            f"(fields: {fields})"
-        )
+            require_field(job_name, model, f"{name}.key", key)
+    return FlowControl(concurrency, throttle)
 
 
 def flow_refusal(job_name: str, option: str, backend: str, why: str) -> JobConfigError:

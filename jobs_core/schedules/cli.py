@@ -9,10 +9,10 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from .config import JobsSettings, import_string, resolve_backend_factory
-from .errors import JobsError
-from .execution import ContextSource
-from .registry import JobRegistry
+from ..config import JobsSettings, import_string, resolve_backend_factory
+from ..errors import JobsError
+from ..jobs.registry import JobRegistry
+from ..worker import ContextSource
 from .scheduler import Clock, Scheduler
 
 logger = logging.getLogger("jobs_core.scheduler")

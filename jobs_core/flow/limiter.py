@@ -2,7 +2,7 @@
 
 A limiter answers one question for a run about to start: may it start now, or how long should
 it wait before asking again. Every limiter applies the same rule, so that inline (this module's
-`LocalFlowLimiter`) and Celery and Dramatiq (`jobs_core.flow_redis.RedisFlowLimiter`, the same
+`LocalFlowLimiter`) and Celery and Dramatiq (`jobs_core.flow.redis_limiter.RedisFlowLimiter`, the same
 rule in one Redis script) behave alike:
 
 - concurrency: a run holds a slot from its start to its end; at most `limit` slots are held;
@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .errors import DispatchError
-from .flow import Resource
+from ..errors import DispatchError
+from .options import Resource
 
 WAIT_IN_WORKER = 1.0
 """Seconds a Celery or Dramatiq worker thread waits for a slot itself before it defers the run

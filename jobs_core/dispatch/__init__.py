@@ -1,0 +1,1 @@
+"""Dispatching: `JobDispatcherPort`, `DispatchReceipt`, the base dispatcher, idempotency."""

@@ -1,0 +1,1 @@
+"""Flow control: `Concurrency`, `Throttle`, and the limiters that enforce them (C25-C28)."""

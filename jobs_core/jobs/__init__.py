@@ -1,0 +1,1 @@
+"""Defining jobs: `Job`, `JobRegistry`, `Retry`, and the payload (validate, JSON, its trip)."""
