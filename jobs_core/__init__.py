@@ -1,6 +1,7 @@
 """jobs_core: define background jobs once, run them on Inngest, Celery, Dramatiq or inline."""
 
-from .config import JobsSettings, create_dispatcher
+from .backend import create_dispatcher
+from .config import JobsSettings
 from .dispatch.port import BatchOptions, DispatchOptions, DispatchReceipt, JobDispatcherPort
 from .errors import (
     DispatchArgumentError,

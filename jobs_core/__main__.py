@@ -19,24 +19,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from .config import create_dispatcher, import_backend, import_string, load_settings
+from .backend import create_dispatcher, load_backend
+from .config import load_context, load_registry, load_settings
 from .dispatch.idempotency import describe_rule
 from .errors import JobsError
 from .jobs.job import Job
 from .jobs.registry import JobRegistry
 from .schedules.cli import describe_schedules, load_clock, print_schedules, run_scheduler
-
-
-def load_registry(target: str) -> JobRegistry[Any]:
-    """Import `module:attribute` and check that it is a `JobRegistry`."""
-    registry = import_string(target, "APP:REGISTRY")
-    if not isinstance(registry, JobRegistry):
-        raise JobsError(f"{target} is a {type(registry).__name__}, not a JobRegistry")
-    return registry
-
-
-def load_context(target: str | None) -> Any:
-    return import_string(target, "--context") if target else None
 
 
 def _describe(registry: JobRegistry[Any]) -> list[dict[str, Any]]:
@@ -140,17 +129,12 @@ def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
         )
     if ":" in settings.backend:
         raise JobsError("`worker` starts built-in backends only; start a third-party one its way")
-    module = import_backend(settings.backend)
+    backend = load_backend(settings.backend)
     registry = load_registry(args.registry)
-    code: int = module.run_worker(
-        registry,
-        context=load_context(args.context),
-        settings=settings,
-        argv=extra,
-        registry_path=args.registry,
-        context_path=args.context,
+    settings = settings.model_copy(update={"registry": args.registry, "context": args.context})
+    return backend.run_worker(
+        registry, context=load_context(args.context), settings=settings, argv=extra
     )
-    return code
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:

@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .dispatch.dispatcher import DEFAULT_DISPATCH_TIMEOUT
-from .dispatch.port import JobDispatcherPort
 from .errors import JobConfigError
-from .instrumentation import Instrumentation
 from .jobs.payload import DEFAULT_MAX_PAYLOAD_BYTES
-from .worker import ContextSource
 
-BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
-    # name: (adapter module, extra that installs its library)
-    "inline": ("jobs_core.backends.inline", ""),
-    "inngest": ("jobs_core.backends.inngest", "inngest"),
-    "celery": ("jobs_core.backends.celery", "celery"),
-    "dramatiq": ("jobs_core.backends.dramatiq", "dramatiq"),
-}
-BACKEND_LIBRARIES: dict[str, tuple[str, ...]] = {
-    "inngest": ("inngest", "httpx"),
-    "celery": ("celery", "kombu", "redis"),
-    "dramatiq": ("dramatiq", "redis"),
-}
 _FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -66,6 +50,15 @@ class JobsSettings(BaseSettings):
     )
     """The Redis transport of Celery workers: `kombu` (kombu's own) or `reliable-redis` (the
     opt-in `jobs-core[celery-reliable-redis]`). RabbitMQ needs neither."""
+    registry: str | None = Field(
+        default=None, validation_alias=AliasChoices("JOBS_REGISTRY", "registry")
+    )
+    """The registry a worker runs, as `module:attribute` (the command line sets it from its
+    argument; a backend whose worker is another process imports it from there)."""
+    context: str | None = Field(
+        default=None, validation_alias=AliasChoices("JOBS_CONTEXT", "context")
+    )
+    """The context (or context factory) a worker's runs get, as `module:attribute`."""
     flow_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("JOBS_FLOW_URL", "flow_url"),
@@ -154,93 +147,16 @@ def import_string(target: str, what: str = "object") -> Any:
     return obj
 
 
-def import_backend(name: str) -> Any:
-    """The adapter module of a built-in backend; a missing extra is a `JobConfigError` (C24)."""
-    if name not in BUILTIN_BACKENDS:
-        raise unknown_backend(name)
-    module_name, extra = BUILTIN_BACKENDS[name]
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) or ""
-        libraries = BACKEND_LIBRARIES.get(name, ())
-        if extra and (missing.split(".")[0] in libraries or not missing):
-            raise missing_extra(name, extra, missing or str(exc)) from exc
-        raise
+def load_registry(target: str) -> Any:
+    """Import the `JobRegistry` at `module:attribute`; anything else is a `JobConfigError`."""
+    from .jobs.registry import JobRegistry
+
+    registry = import_string(target, "APP:REGISTRY")
+    if not isinstance(registry, JobRegistry):
+        raise JobConfigError(f"{target} is a {type(registry).__name__}, not a JobRegistry")
+    return registry
 
 
-def missing_extra(backend: str, extra: str, missing: str) -> JobConfigError:
-    return JobConfigError(
-        f"the {backend!r} backend needs the {extra!r} extra ({missing} is not installed): "
-        f"pip install 'jobs-core[{extra}]'"
-    )
-
-
-def unknown_backend(name: str) -> JobConfigError:
-    valid = ", ".join(BUILTIN_BACKENDS)
-    return JobConfigError(
-        f"unknown JOBS_BACKEND {name!r}: use one of {valid}, "
-        "or 'package.module:factory' for a third-party adapter"
-    )
-
-
-def resolve_backend_factory(name: str) -> Callable[..., JobDispatcherPort]:
-    """The dispatcher factory for `name`: a built-in backend or a `module:factory` string."""
-    if name in BUILTIN_BACKENDS:
-        factory: Callable[..., JobDispatcherPort] = import_backend(name).create_dispatcher
-        return factory
-    if ":" in name:
-        target = import_string(name, "JOBS_BACKEND")
-        if not callable(target):
-            raise JobConfigError(f"JOBS_BACKEND {name!r} does not name a callable factory")
-        return target  # type: ignore[no-any-return]
-    raise unknown_backend(name)
-
-
-D_co = TypeVar("D_co", bound=JobDispatcherPort, covariant=True)
-
-
-class DispatcherFactory(Protocol[D_co]):
-    """A backend's `create_dispatcher`: what `create_dispatcher()` calls with the settings."""
-
-    def __call__(
-        self, settings: JobsSettings, *, context: ContextSource = None, **options: Any
-    ) -> D_co: ...
-
-
-def broker_dispatcher_factory(
-    dispatcher: Callable[..., D_co], backend: str
-) -> DispatcherFactory[D_co]:
-    """The `create_dispatcher` of a backend whose dispatcher is made as
-    `dispatcher(broker_url, queue, **options)` (Celery, Dramatiq): one home for how the settings
-    become such a dispatcher, so that the adapters cannot drift apart. `context` is ignored, as
-    the producer side of a broker runs no job."""
-
-    def create_dispatcher(
-        settings: JobsSettings, *, context: ContextSource = None, **options: Any
-    ) -> D_co:
-        options = settings.dispatcher_options(**options)
-        return dispatcher(settings.broker_url, settings.queue, **options)
-
-    create_dispatcher.__doc__ = (
-        f"The `JOBS_BACKEND={backend}` factory used by `jobs_core.create_dispatcher`."
-    )
-    return create_dispatcher
-
-
-def create_dispatcher(
-    context: ContextSource = None,
-    *,
-    settings: JobsSettings | None = None,
-    instrumentation: Instrumentation | None = None,
-    **options: Any,
-) -> JobDispatcherPort:
-    """The dispatcher for the configured backend (`JOBS_BACKEND`, default `inline`).
-
-    `context` is what the inline backend runs jobs with (a ctx object or a sync or async
-    factory); durable backends ignore it on the producer side. A third-party factory is called
-    as `factory(settings, context=..., instrumentation=..., **options)`.
-    """
-    settings = settings or load_settings()
-    factory = resolve_backend_factory(settings.backend)
-    return factory(settings, context=context, instrumentation=instrumentation, **options)
+def load_context(target: str | None) -> Any:
+    """Import the context (or context factory) at `module:attribute`, or None."""
+    return import_string(target, "--context") if target else None

@@ -195,9 +195,9 @@ if pytest is not None:
         A job that gives up raises `JobFailedError` from `dispatch`, unless the ini option
         `jobs_inline_raise_on_failure = false` (or `.raise_on_failure = False`) says otherwise.
         """
-        from .config import import_backend
+        from .backend import load_backend
 
-        inline = import_backend("inline")
+        inline: Any = load_backend("inline")
         return inline.InlineDispatcher(
             context=None,
             instrumentation=RecordingInstrumentation(),

@@ -63,7 +63,7 @@ def test_an_apps_own_backends_module_does_not_clash(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "jobs_core.backends.celery.dispatcher",
-        "jobs_core.backends.dramatiq",
+        "jobs_core.backends.dramatiq.dispatcher",
         "the app module",
     ]
 

@@ -9,7 +9,7 @@ own transport, or on the opt-in reliable one (`JOBS_CELERY_TRANSPORT=reliable-re
 
 from __future__ import annotations
 
-from jobs_core.config import missing_extra
+from jobs_core.backend import missing_extra
 
 try:
     import celery as _celery  # noqa: F401

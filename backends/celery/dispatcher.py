@@ -21,7 +21,8 @@ from kombu.transport.native_delayed_delivery import (
     level_name,
 )
 
-from jobs_core.config import broker_dispatcher_factory, redact_url
+from jobs_core.backend import broker_dispatcher_factory
+from jobs_core.config import redact_url
 from jobs_core.dispatch.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
 from jobs_core.dispatch.idempotency import (
     IDEMPOTENCY_TTL_SECONDS,

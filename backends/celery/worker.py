@@ -30,7 +30,6 @@ def run_worker(
     context: ContextSource,
     settings: JobsSettings,
     argv: list[str],
-    **_: Any,
 ) -> int:
     """Run a Celery worker for `registry` in the foreground; `argv` goes to `celery worker`.
 

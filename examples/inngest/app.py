@@ -40,4 +40,8 @@ async def sign_up(body: SignUp) -> dict[str, Any]:
 
 
 inngest_client = dispatcher.inngest.client  # type: ignore[attr-defined]
-serve(app, inngest_client, create_inngest_functions(inngest_client, jobs, context=create_context))
+serve(
+    app,
+    inngest_client,
+    create_inngest_functions(jobs, context=create_context, client=inngest_client),
+)

@@ -40,7 +40,7 @@ def __getattr__(name: str) -> Any:
     except ImportError as exc:
         if (getattr(exc, "name", None) or "").split(".")[0] not in {"sqlalchemy", "greenlet"}:
             raise
-        from ..config import missing_extra
+        from ..backend import missing_extra
 
         raise missing_extra("outbox", "sqlalchemy", exc.name or str(exc)) from exc
 

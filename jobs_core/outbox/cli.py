@@ -9,7 +9,8 @@ import logging
 from typing import Any
 
 from .. import JobRegistry
-from ..config import import_string, load_settings, resolve_backend_factory
+from ..backend import dispatcher_factory
+from ..config import import_string, load_settings
 from ..errors import JobsError
 
 DATABASE_URL_ENV = "JOBS_DATABASE_URL"
@@ -45,7 +46,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
             n = _run(outbox.store.requeue_failed(), is_async)
             print(json.dumps({"requeued": n}))
             return 0
-        factory = resolve_backend_factory(settings.backend)
+        factory = dispatcher_factory(settings.backend)
         dispatcher = factory(settings, context=context, instrumentation=None)
         relay = outbox.relay(
             dispatcher, registry, batch_size=args.batch_size, poll_interval=args.poll_interval

@@ -9,7 +9,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from ..config import JobsSettings, import_string, resolve_backend_factory
+from ..backend import dispatcher_factory
+from ..config import JobsSettings, import_string
 from ..errors import JobsError
 from ..jobs.registry import JobRegistry
 from ..worker import ContextSource
@@ -105,7 +106,7 @@ def run_scheduler(
             "run a single scheduler, or two replicas may both dispatch a tick",
             settings.backend,
         )
-    factory = resolve_backend_factory(settings.backend)
+    factory = dispatcher_factory(settings.backend)
     dispatcher = factory(settings, context=context, instrumentation=None)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}

@@ -15,12 +15,12 @@ import dramatiq
 
 from jobs_core import JobRegistry
 from jobs_core.backends.dramatiq import (
-    NAMESPACE,
     DramatiqDispatcher,
     close_broker,
     make_worker_broker,
     register_actors,
 )
+from jobs_core.backends.dramatiq.broker import NAMESPACE
 from jobs_core.instrumentation import Instrumentation
 
 from .harness_redis import RedisBrokerHarness, RedisSession, forget_queue

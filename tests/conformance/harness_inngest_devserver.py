@@ -86,7 +86,9 @@ class DevServerHarness(InngestBackendHarness):
             probed.set()
 
         app = fastapi.FastAPI()
-        functions = create_inngest_functions(client, registry, context, instrumentation)
+        functions = create_inngest_functions(
+            registry, context=context, instrumentation=instrumentation, client=client
+        )
         serve(app, client, [*functions, probe])
         with run_asgi_app(app) as base_url:
             sync = httpx.put(f"{base_url}/api/inngest", timeout=SYNC_WAIT)

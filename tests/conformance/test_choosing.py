@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobs_core import JobConfigError, JobsSettings, create_dispatcher
-from jobs_core.config import BACKEND_LIBRARIES, BUILTIN_BACKENDS
+from jobs_core.backend import BACKEND_LIBRARIES, BUILTIN_BACKENDS
 
 from .harness import BackendHarness
 

@@ -299,7 +299,7 @@ def test_C28_inngest_refuses_a_throttle_period_it_cannot_take(seconds: float) ->
     )
     client = inngest.Inngest(app_id="c28", is_production=False)
     with pytest.raises(JobConfigError) as caught:
-        create_inngest_functions(client, jobs, context=None)
+        create_inngest_functions(jobs, context=None, client=client)
     message = str(caught.value)
     assert "c28.throttle" in message and "throttle" in message and "inngest" in message
 
@@ -318,7 +318,7 @@ def test_C28_inngest_takes_whole_second_periods_and_keys() -> None:
         throttle=Throttle(limit=10, period=timedelta(minutes=1), key="n"),
     )
     client = inngest.Inngest(app_id="c28", is_production=False)
-    [fn] = create_inngest_functions(client, jobs, context=None)
+    [fn] = create_inngest_functions(jobs, context=None, client=client)
     config = fn.get_config("http://127.0.0.1/api/inngest").main
     assert [c.model_dump() for c in config.concurrency or []] == [
         {"key": "event.data.text", "limit": 3, "scope": "fn"}

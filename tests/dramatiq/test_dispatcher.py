@@ -13,13 +13,15 @@ import redis
 
 from jobs_core import JobRegistry, JobRequest, Retry
 from jobs_core.backends.dramatiq import (
-    DEFAULT_HEARTBEAT_TIMEOUT_MS,
-    DEFAULT_MAINTENANCE_CHANCE,
     DramatiqDispatcher,
     JobGaveUp,
     close_broker,
     make_worker_broker,
     register_actors,
+)
+from jobs_core.backends.dramatiq.broker import (
+    DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    DEFAULT_MAINTENANCE_CHANCE,
 )
 from tests.dramatiq.app import Work, jobs, work
 

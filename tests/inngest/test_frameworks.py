@@ -37,7 +37,7 @@ WAIT = 15.0
 @contextlib.contextmanager
 def served(framework: str, client: inngest.Inngest, registry: JobRegistry[Any]) -> Iterator[str]:
     """Serve `registry` from an app of `framework`; yield the serve URL."""
-    functions = create_inngest_functions(client, registry, context=None)
+    functions = create_inngest_functions(registry, context=None, client=client)
     if framework == "fastapi":
         import fastapi
 
@@ -162,7 +162,7 @@ def test_the_inngest_extra_needs_no_fastapi(monkeypatch: pytest.MonkeyPatch) -> 
     import jobs_core.backends.inngest as adapter
 
     client = inngest.Inngest(app_id="no-fastapi", is_production=False)
-    functions = adapter.create_inngest_functions(client, _registry("sync", []), context=None)
+    functions = adapter.create_inngest_functions(_registry("sync", []), context=None, client=client)
     with django_app([adapter.serve_django(client, functions)]):
         pass
     adapter.InngestDispatcher(client).close()

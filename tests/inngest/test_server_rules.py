@@ -24,13 +24,12 @@ from jobs_core import (
     RetryLater,
 )
 from jobs_core.backends.inngest import (
-    MAX_RETRY_WAIT,
-    SETTLEMENT,
     InngestDispatcher,
     create_dispatcher,
     create_inngest_app,
     create_inngest_job_function,
 )
+from jobs_core.backends.inngest.functions import MAX_RETRY_WAIT, SETTLEMENT
 from jobs_core.testing import RecordingInstrumentation
 from jobs_core.worker import Delivery
 from tests.inngest.app import Greeting, greet

@@ -14,8 +14,8 @@ import pytest
 from pydantic import BaseModel
 
 from jobs_core import JobConfigError, JobRegistry
-from jobs_core.backends._inngest_schedules import timer_tick
 from jobs_core.backends.inngest import create_inngest_app, event_id_for
+from jobs_core.backends.inngest.schedules import timer_tick
 from jobs_core.testing import RecordingInstrumentation
 from tests.inngest_harness import InngestHarness, run_asgi_app
 from tests.schedules.app import jobs as app_jobs

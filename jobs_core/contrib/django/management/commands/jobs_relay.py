@@ -37,10 +37,10 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps({"requeued": store.requeue_failed()}))
             return
         registry = jobs_registry(options["registry"])
-        from jobs_core.config import resolve_backend_factory
+        from jobs_core.backend import dispatcher_factory
 
         settings = jobs_settings()
-        dispatcher = resolve_backend_factory(settings.backend)(
+        dispatcher = dispatcher_factory(settings.backend)(
             settings, context=jobs_context(), instrumentation=None
         )
         relay = Relay(

@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings as dj_settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from jobs_core.config import import_backend
+from jobs_core.backend import load_backend
 from jobs_core.contrib.django.settings import jobs_context, jobs_registry, jobs_settings
 
 
@@ -34,13 +34,12 @@ class Command(BaseCommand):
             extra = extra[1:]
         jobs = dj_settings.JOBS if isinstance(getattr(dj_settings, "JOBS", None), dict) else {}
         registry_path = options["registry"] or jobs.get("REGISTRY")
-        code = import_backend(settings.backend).run_worker(
-            jobs_registry(registry_path),
-            context=jobs_context(),
-            settings=settings,
-            argv=extra,
-            registry_path=registry_path,  # for workers that start another process (dramatiq)
-            context_path=jobs.get("CONTEXT"),
+        # a worker that starts another process (dramatiq) imports them there by these paths
+        settings = settings.model_copy(
+            update={"registry": registry_path, "context": jobs.get("CONTEXT")}
+        )
+        code = load_backend(settings.backend).run_worker(
+            jobs_registry(registry_path), context=jobs_context(), settings=settings, argv=extra
         )
         if code:
             raise CommandError(f"the worker exited with {code}", returncode=int(code))

@@ -24,6 +24,8 @@ from jobs_core.instrumentation import Instrumentation
 from jobs_core.jobs.registry import JobRegistry
 from jobs_core.schedules.schedule import Schedule
 
+from .dispatcher import InngestDispatcher
+
 UTC = timezone.utc
 
 FUNCTION_ID_PREFIX = "schedule:"
@@ -109,8 +111,6 @@ def create_inngest_schedule_functions(
     def get_dispatcher() -> JobDispatcherPort:
         with lock:
             if not made:
-                from .inngest import InngestDispatcher
-
                 made.append(InngestDispatcher(client, instrumentation=instrumentation))
             return made[0]
 

@@ -11,26 +11,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import inngest
 from inngest._internal import errors as sdk_errors
 
-from jobs_core.config import JobsSettings, missing_extra
+from jobs_core.backend import missing_extra
+from jobs_core.config import JobsSettings
 from jobs_core.errors import JobConfigError
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.jobs.registry import JobRegistry
 from jobs_core.worker import ContextSource
 
-from ._inngest_patches import (
+from .dispatcher import create_inngest_client, require_key
+from .fixes import (
     MAX_SIGNATURE_AGE,
     RejectStaleSignatures,
     logger,
     reject_stale_signatures_view,
     reject_stale_signatures_wsgi,
 )
+from .functions import create_inngest_functions
 
 if TYPE_CHECKING:
     import fastapi
@@ -38,15 +40,6 @@ if TYPE_CHECKING:
     from django.urls import URLPattern
 
 DEFAULT_SERVE_PATH = "/api/inngest"
-
-
-def require_key(client: inngest.Inngest, attribute: str, variable: str, why: str) -> None:
-    """In production mode, a `JobConfigError` naming `variable` when the client lacks it."""
-    if client.is_production and not getattr(client, attribute, None):
-        raise JobConfigError(
-            f"{variable} is not set: Inngest in production mode {why} "
-            "(set INNGEST_DEV=1 to use the Inngest Dev Server instead)"
-        )
 
 
 def _helper(module: str, extra: str, client: inngest.Inngest | None) -> Any:
@@ -137,11 +130,11 @@ def create_inngest_app(
 ) -> fastapi.FastAPI:
     """A FastAPI app that serves every job of `registry` as an Inngest function."""
     framework = _helper("fastapi", "inngest-fastapi", None)
-    from .inngest import create_inngest_client, create_inngest_functions
-
     client = client or create_inngest_client(settings)
     app: fastapi.FastAPI = framework.FastAPI(title=f"{client.app_id} jobs")
-    functions = create_inngest_functions(client, registry, context, instrumentation)
+    functions = create_inngest_functions(
+        registry, context=context, instrumentation=instrumentation, client=client
+    )
     serve(app, client, functions, serve_path=serve_path)
     return app
 
@@ -150,10 +143,8 @@ def run_worker(
     registry: JobRegistry[Any],
     *,
     context: ContextSource,
-    settings: JobsSettings | None = None,
-    argv: Sequence[str] = (),
-    instrumentation: Instrumentation | None = None,
-    **_: Any,
+    settings: JobsSettings,
+    argv: list[str],
 ) -> int:
     """Serve `registry` with uvicorn until interrupted (`python -m jobs_core worker`)."""
     uvicorn = _helper("uvicorn", "inngest-fastapi", None)
@@ -166,7 +157,6 @@ def run_worker(
     app = create_inngest_app(
         registry,
         context=context,
-        instrumentation=instrumentation,
         settings=settings,
         serve_path=args.path,
     )

@@ -18,10 +18,11 @@ from jobs_core.config import JobsSettings
 from jobs_core.dispatch.dispatcher import BaseDispatcher, ErrorCallback, PreparedJob
 from jobs_core.dispatch.idempotency import MemoryIdempotencyStore
 from jobs_core.dispatch.port import DispatchReceipt
-from jobs_core.errors import JobFailedError
+from jobs_core.errors import JobConfigError, JobFailedError
 from jobs_core.flow.limiter import LocalFlowLimiter
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.jobs.job import Job
+from jobs_core.jobs.registry import JobRegistry
 from jobs_core.worker import ContextSource, Delivery, JobWorker
 
 
@@ -110,3 +111,17 @@ def create_dispatcher(
     """The `JOBS_BACKEND=inline` factory used by `jobs_core.create_dispatcher`."""
     options = settings.dispatcher_options(instrumentation=instrumentation, **options)
     return InlineDispatcher(context=context, **options)
+
+
+def run_worker(
+    registry: JobRegistry[Any],
+    *,
+    context: ContextSource,
+    settings: JobsSettings,
+    argv: list[str],
+) -> int:
+    """The inline backend has no worker: its jobs run inside `dispatch`."""
+    raise JobConfigError(
+        "JOBS_BACKEND is 'inline': jobs run inside dispatch, there is no worker to start. "
+        "Set JOBS_BACKEND to celery, dramatiq or inngest."
+    )

@@ -1,9 +1,7 @@
-"""The Inngest backend: a dispatch is an Inngest event, and each job an Inngest function.
+"""The Inngest producer: a dispatch is an Inngest event named after its job.
 
 An event's `name` is the job's name, `data` the payload, `id` the dispatch id (C9) and `ts`
-the start time (C8). A job's function (id and trigger = the job's name, `retries` =
-`retry.attempts`) runs it through the core's worker; a job with `on_failure` also gets the
-SDK's failure function, the hook's safety net for a run Inngest failed without an answer.
+the start time (C8), sent to the Event API by `sender.EventSender`.
 """
 
 from __future__ import annotations
@@ -14,39 +12,23 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import inngest
 import pydantic_core
+from inngest._internal import errors as sdk_errors
 
-from jobs_core.config import JobsSettings, load_settings, missing_extra
+from jobs_core.config import JobsSettings, load_settings
 from jobs_core.dispatch.dispatcher import (
     BaseDispatcher,
     PartialSend,
     PreparedJob,
     keyed_dispatch_id,
 )
-from jobs_core.errors import DispatchError, JobConfigError, JobPayloadError, WorkerLostError
-from jobs_core.instrumentation import Instrumentation, JobEvent, describe_error, safe_record
+from jobs_core.errors import DispatchError, JobConfigError, JobPayloadError
+from jobs_core.instrumentation import JobEvent, safe_record
 from jobs_core.jobs.job import Job
-from jobs_core.jobs.registry import JobRegistry
-from jobs_core.worker import ContextSource, Delivery, JobWorker
+from jobs_core.worker import ContextSource
 
-try:
-    import inngest
-    from inngest._internal import errors as sdk_errors
-
-    from ._inngest_patches import EventApiError, EventSender, mask_event_keys
-    from ._inngest_patches import retry_failure_function as retry_failure_function
-except ImportError as _exc:  # pragma: no cover - exercised by C24 with the module hidden
-    raise missing_extra("inngest", "inngest", getattr(_exc, "name", None) or str(_exc)) from _exc
-
-from ._inngest_flow import flow_options
-from ._inngest_schedules import create_inngest_schedule_functions
-from ._inngest_serve import DEFAULT_SERVE_PATH as DEFAULT_SERVE_PATH
-from ._inngest_serve import create_inngest_app as create_inngest_app
-from ._inngest_serve import require_key
-from ._inngest_serve import run_worker as run_worker
-from ._inngest_serve import serve as serve
-from ._inngest_serve import serve_django as serve_django
-from ._inngest_serve import serve_flask as serve_flask
+from .sender import EventApiError, EventSender, mask_event_keys
 
 BACKEND = "inngest"
 MAX_EVENTS_PER_REQUEST = 5_000
@@ -57,8 +39,6 @@ MAX_NAME = 255
 DEFAULT_MAX_DELAY = timedelta(days=7)
 """The longest `delay` Inngest's Free plan keeps (paid plans: a year); `INNGEST_MAX_DELAY`."""
 LATEST_TS = datetime(2100, 1, 1, tzinfo=timezone.utc)
-MAX_RETRY_WAIT = timedelta(hours=24) - timedelta(seconds=1)
-"""Inngest cuts a retry's wait to 24 h (ours round up to a whole second): longer is refused."""
 GAVE_UP = "jobs_core gave up"
 """Starts the message of the core's own give-up, which the failure function then skips."""
 
@@ -74,6 +54,15 @@ def create_inngest_client(settings: JobsSettings | None = None, **options: Any) 
         raise JobConfigError(f"cannot create the Inngest client: {exc}") from exc
 
 
+def require_key(client: inngest.Inngest, attribute: str, variable: str, why: str) -> None:
+    """In production mode, a `JobConfigError` naming `variable` when the client lacks it."""
+    if client.is_production and not getattr(client, attribute, None):
+        raise JobConfigError(
+            f"{variable} is not set: Inngest in production mode {why} "
+            "(set INNGEST_DEV=1 to use the Inngest Dev Server instead)"
+        )
+
+
 def check_job_name(job: Job[Any, Any]) -> None:
     """Refuse a name Inngest refuses: one its Event API rejects every dispatch of, and whose
     function makes the whole app fail to sync (its other jobs then never run)."""
@@ -86,8 +75,6 @@ def check_job_name(job: Job[Any, Any]) -> None:
         return
     raise JobConfigError(f"job {name[:60]!r}: option 'name' {problem} ({BACKEND} backend)")
 
-
-# -- producer -----------------------------------------------------------------------------
 
 event_id_for = keyed_dispatch_id
 """The event `id` of a keyed dispatch: `<job>:<key>`, its dispatch id on every backend."""
@@ -233,121 +220,3 @@ def create_dispatcher(
     client = client or create_inngest_client(settings)
     options.setdefault("max_delay", settings.inngest_max_delay)
     return InngestDispatcher(client, **settings.dispatcher_options(**options))
-
-
-# -- worker -------------------------------------------------------------------------------
-
-
-class _Settlement:
-    """The core's decisions as the SDK's errors, which the Inngest executor acts on."""
-
-    def retry(self, delivery: Delivery, delay: timedelta) -> None:
-        # Inngest reads retry-after in whole seconds and moves a time less than 1 s away to
-        # the next second + 1 s: a whole second at or after now + delay is never run early.
-        at = datetime.now(timezone.utc) + delay
-        at += timedelta(microseconds=-at.microsecond) + timedelta(seconds=bool(at.microsecond))
-        message = f"job {delivery.job_name!r} will retry"
-        raise inngest.RetryAfterError(message, retry_after=at, quiet=True)
-
-    def give_up(self, delivery: Delivery, error: BaseException) -> None:
-        message = f"{GAVE_UP} on job {delivery.job_name!r}: {describe_error(error)}"
-        raise inngest.NonRetriableError(message, quiet=True)
-
-
-SETTLEMENT = _Settlement()
-
-
-def _delivery(job: Job[Any, Any], ctx: inngest.Context | inngest.ContextSync) -> Delivery:
-    event_id = getattr(ctx.event, "id", None)
-    return Delivery(job.name, ctx.event.data, ctx.attempt, str(event_id) if event_id else None)
-
-
-def _lost(
-    job: Job[Any, Any], ctx: inngest.Context | inngest.ContextSync
-) -> tuple[Delivery, WorkerLostError] | None:
-    """The failed run's delivery and error, unless the core's own give-up ran `on_failure`."""
-    data = ctx.event.data
-    error, original = data.get("error"), data.get("event")
-    error = error if isinstance(error, dict) else {"message": str(error)}
-    original = original if isinstance(original, dict) else {}
-    message = str(error.get("message") or "")
-    if GAVE_UP in message:
-        return None
-    why = f"{error.get('name') or 'Error'}: {message[:300]}"
-    lost = WorkerLostError(f"Inngest failed run {data.get('run_id')} without an answer ({why})")
-    event_id = original.get("id")
-    attempt = job.retry.attempts
-    return Delivery(job.name, original.get("data"), attempt, event_id and str(event_id)), lost
-
-
-def _worker(
-    registry: JobRegistry[Any] | None, context: ContextSource, instrumentation: Any
-) -> JobWorker[Any]:
-    return JobWorker(
-        registry,
-        context=context,
-        backend=BACKEND,
-        instrumentation=instrumentation,
-        max_retry_wait=MAX_RETRY_WAIT,
-    )
-
-
-def create_inngest_job_function(
-    client: inngest.Inngest,
-    job: Job[Any, Any],
-    context: ContextSource,
-    instrumentation: Instrumentation | None = None,
-    worker: JobWorker[Any] | None = None,
-) -> inngest.Function[Any]:
-    """The Inngest function that runs `job`: id and trigger event = the job's name. Async when
-    a part of a run is async (it runs on the server's loop); sync otherwise, in the SDK's thread
-    pool with no event loop (what Django's ORM needs). A name or retry policy Inngest cannot
-    honour is a `JobConfigError` here (C28)."""
-    worker = worker or _worker(None, context, instrumentation)
-    check_job_name(job)
-    worker.check(job, SETTLEMENT)
-    handler: Any
-    on_failure: Any
-    if worker.needs_event_loop(job):
-
-        async def handler(ctx: inngest.Context) -> None:
-            await worker.run_async(_delivery(job, ctx), SETTLEMENT, job)
-
-        async def on_failure(ctx: inngest.Context) -> None:
-            lost = _lost(job, ctx)
-            if lost is not None:
-                await worker.backend_gave_up_async(job, *lost)
-
-    else:
-
-        def handler(ctx: inngest.ContextSync) -> None:
-            worker.run(_delivery(job, ctx), SETTLEMENT, job)
-
-        def on_failure(ctx: inngest.ContextSync) -> None:
-            lost = _lost(job, ctx)
-            if lost is not None:
-                worker.backend_gave_up(job, *lost)
-
-    return retry_failure_function(  # the safety net is not lost with the only worker (C13)
-        client.create_function(
-            fn_id=job.name,
-            name=job.name,
-            retries=job.retry.attempts,
-            trigger=inngest.TriggerEvent(event=job.name),
-            on_failure=on_failure if job.on_failure is not None else None,
-            **flow_options(job),  # C25, C26; a period Inngest cannot take is refused (C28)
-        )(handler)
-    )
-
-
-def create_inngest_functions(
-    client: inngest.Inngest,
-    registry: JobRegistry[Any],
-    context: ContextSource,
-    instrumentation: Instrumentation | None = None,
-) -> list[inngest.Function[Any]]:
-    """One Inngest function per job of `registry` (see `create_inngest_job_function`), and one
-    cron function per schedule (see `create_inngest_schedule_functions`)."""
-    worker = _worker(registry, context, instrumentation)
-    jobs = [create_inngest_job_function(client, job, context, worker=worker) for job in registry]
-    return jobs + create_inngest_schedule_functions(client, registry, instrumentation)

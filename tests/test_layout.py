@@ -1,0 +1,100 @@
+"""The shape of the code: one protocol for every backend, one shape for every worker factory, and
+no import circle anywhere in `jobs_core` or its backends."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs_core.backend import BUILTIN_BACKENDS, load_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_BACKENDS))
+def test_every_backend_offers_run_worker_and_create_dispatcher_of_one_shape(name: str) -> None:
+    backend: Any = load_backend(name)
+    worker = inspect.signature(backend.run_worker).parameters
+    assert list(worker) == ["registry", "context", "settings", "argv"]
+    assert [p.kind for p in worker.values()][1:] == [inspect.Parameter.KEYWORD_ONLY] * 3
+    dispatcher = inspect.signature(backend.create_dispatcher).parameters
+    assert next(iter(dispatcher)) == "settings"
+    assert dispatcher["context"].kind == inspect.Parameter.KEYWORD_ONLY
+
+
+def test_every_worker_factory_takes_the_registry_then_context_and_instrumentation() -> None:
+    from jobs_core.backends.celery import create_celery_app
+    from jobs_core.backends.dramatiq import register_actors
+    from jobs_core.backends.inngest import create_inngest_functions
+
+    for factory in (create_celery_app, register_actors, create_inngest_functions):
+        params = inspect.signature(factory).parameters
+        assert next(iter(params)) == "registry", factory
+        for name in ("context", "instrumentation"):
+            assert params[name].kind == inspect.Parameter.KEYWORD_ONLY, (factory, name)
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for root in ("jobs_core", "backends"):
+        for path in (ROOT / root).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[0] == "backends":
+                parts = ["jobs_core", *parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The modules of ours that `name` imports when it is imported (not under TYPE_CHECKING,
+    not inside functions: those run later, and cannot make a circle at import)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        nodes = [node] if not isinstance(node, (ast.Try, ast.If)) else list(ast.walk(node))
+        for inner in nodes:
+            if isinstance(inner, ast.Import):
+                found.update(alias.name for alias in inner.names)
+            elif isinstance(inner, ast.ImportFrom):
+                base = inner.module or ""
+                if inner.level:
+                    up = package.split(".")[: len(package.split(".")) - inner.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in inner.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def test_no_import_circle() -> None:
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+
+    def is_package_of(a: str, b: str) -> bool:
+        return b.startswith(a + ".")
+
+    circles = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if is_package_of(name, nxt):  # a package importing its own modules
+                continue
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert circles == []
