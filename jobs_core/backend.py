@@ -135,6 +135,8 @@ def broker_dispatcher_factory(
         **options: Any,
     ) -> D_co:
         options = settings.dispatcher_options(instrumentation=instrumentation, **options)
+        if settings.idempotency_url and "idempotency" not in options:
+            options.setdefault("idempotency_url", settings.idempotency_url)
         return dispatcher(settings.broker_url, settings.queue, **options)
 
     create_dispatcher.__doc__ = (

@@ -50,6 +50,13 @@ class JobsSettings(BaseSettings):
     )
     """The Redis transport of Celery workers: `kombu` (kombu's own) or `reliable-redis` (the
     opt-in `jobs-core[celery-reliable-redis]`). RabbitMQ needs neither."""
+    idempotency_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("JOBS_IDEMPOTENCY_URL", "idempotency_url"),
+        repr=False,
+    )
+    """Redis where Celery and Dramatiq producers keep idempotency keys (default: the broker,
+    when it is Redis; on RabbitMQ without it, keys are kept in each process only)."""
     registry: str | None = Field(
         default=None, validation_alias=AliasChoices("JOBS_REGISTRY", "registry")
     )

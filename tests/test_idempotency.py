@@ -1,20 +1,30 @@
-"""The in-process idempotency store: O(1) claims, expiry in claim order, a cap that says what
-it forgets (C9 on inline, and the fallback of the other backends)."""
+"""The idempotency stores (C9, C27, C32): the in-process store, and Redis with its two ways of
+claiming: pending until confirmed (the key apart from the queue), and in one transaction with
+the enqueue (the key beside the queue)."""
 
 from __future__ import annotations
 
 import logging
-import math
-import sys
 import threading
+import time
+from typing import Any
 
 import pytest
 
 from jobs_core.dispatch import idempotency
-from jobs_core.dispatch.idempotency import MemoryIdempotencyStore
+from jobs_core.dispatch.idempotency import (
+    Claim,
+    KeyPending,
+    MemoryIdempotencyStore,
+    RedisIdempotencyStore,
+)
 
 
-class FakeClock:
+def claims(*pairs: tuple[str, str]) -> list[Claim]:
+    return [Claim(key, dispatch_id) for key, dispatch_id in pairs]
+
+
+class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
 
@@ -23,173 +33,167 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
     monkeypatch.setattr(idempotency.time, "monotonic", fake)
     return fake
 
 
-def test_a_claimed_key_names_its_first_dispatch_until_it_expires(clock: FakeClock) -> None:
+# -- in process ------------------------------------------------------------------------------
+
+
+def test_memory_first_claim_wins_until_the_ttl(clock: Clock) -> None:
     store = MemoryIdempotencyStore(ttl_seconds=60)
-    assert store.claim([("a", "d1"), ("b", "d2")]) == [None, None]
-    assert store.claim([("a", "d3")]) == ["d1"]
+    assert store.claim(claims(("a", "d1"), ("b", "d2"))) == [None, None]
+    assert store.claim(claims(("a", "d3"))) == ["d1"]
     clock.now += 59
-    assert store.claim([("b", "d4")]) == ["d2"]
-    clock.now += 2  # both are past their 60 s now
-    assert store.claim([("a", "d5"), ("b", "d6")]) == [None, None]
+    assert store.claim(claims(("b", "d4"))) == ["d2"]
+    clock.now += 2  # both past their 60 s
+    assert store.claim(claims(("a", "d5"), ("b", "d6"))) == [None, None]
     assert len(store) == 2
 
 
-def test_expired_keys_are_dropped_without_a_full_scan(clock: FakeClock) -> None:
-    store = MemoryIdempotencyStore(ttl_seconds=10, max_keys=1_000_000)
-    for i in range(50_000):
-        store.claim([(f"k{i}", f"d{i}")])
-        clock.now += 0.001  # 50 s in all: only the last 10 s of keys are alive
-    assert 9_000 < len(store) <= 10_001
-    assert store.evicted == 0
+def test_memory_a_batch_that_repeats_a_key_claims_it_once() -> None:
+    store = MemoryIdempotencyStore()
+    assert store.claim(claims(("a", "d1"), ("a", "d2"), ("b", "d3"))) == [None, "d1", None]
 
 
-def test_beyond_the_cap_the_oldest_keys_go_first_and_it_says_so(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
+def test_memory_release_frees_only_its_own_claim() -> None:
+    store = MemoryIdempotencyStore()
+    mine = claims(("a", "d1"))
+    store.claim(mine)
+    store.release(claims(("a", "someone-else")))  # not its holder: nothing happens
+    assert store.claim(claims(("a", "d2"))) == ["d1"]
+    store.release(mine)
+    assert store.claim(claims(("a", "d2"))) == [None]
+
+
+def test_memory_a_full_store_forgets_its_oldest_keys_and_says_so(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = MemoryIdempotencyStore(max_keys=100)
     with caplog.at_level(logging.DEBUG, logger="jobs_core.idempotency"):
-        for i in range(250):
-            assert store.claim([(f"k{i}", f"d{i}")]) == [None]
-    kept = len(store)
-    assert 99 <= kept <= 100  # trimmed by a 64th of the cap (1 key) when over it
-    assert store.evicted == 250 - kept
-    assert store.claim([("k249", "again")]) == ["d249"]  # the newest are kept
-    assert store.claim([("k0", "again")]) == [None]  # the oldest were forgotten
+        for i in range(150):
+            assert store.claim(claims((f"k{i}", f"d{i}"))) == [None]
+    assert len(store) == 100 and store.evicted == 50
+    assert store.claim(claims(("k149", "again"))) == ["d149"]  # the newest are kept
+    assert store.claim(claims(("k0", "again"))) == [None]  # the oldest were forgotten
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "full (100 keys)" in warnings[0].getMessage()
-    forgotten = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert forgotten[0] == "idempotency key k0 forgotten (store full)"
-    assert len(forgotten) == 250 - kept
+    assert len(warnings) == 1 and "is full (100 keys)" in warnings[0].getMessage()
 
 
-def test_a_full_store_trims_a_64th_of_its_cap_at_once(clock: FakeClock) -> None:
-    store = MemoryIdempotencyStore(max_keys=6_400)
-    for i in range(6_400):
-        store.claim([(f"k{i}", f"d{i}")])
-    assert len(store) == 6_400 and store.evicted == 0  # the cap itself is kept
-    store.claim([("one-more", "d")])
-    assert len(store) == 6_300 and store.evicted == 101
-    assert store.claim([("k101", "again")]) == ["d101"]  # the oldest left
-    assert store.claim([("k100", "again")]) == [None]  # the newest forgotten (claimed anew)
-    for i in range(99):  # fills up to the cap again without trimming
-        store.claim([(f"more{i}", "d")])
-    assert len(store) == 6_400 and store.evicted == 101
-
-
-def test_a_batch_claims_each_key_once_and_names_the_first(clock: FakeClock) -> None:
+def test_memory_threads_racing_for_keys_win_each_once() -> None:
     store = MemoryIdempotencyStore()
-    assert store.claim([("a", "d1"), ("a", "d2"), ("b", "d3")]) == [None, "d1", None]
-    assert len(store) == 2
-
-
-def test_release_lets_a_failed_dispatch_be_sent_again(clock: FakeClock) -> None:
-    store = MemoryIdempotencyStore()
-    store.claim([("a", "d1")])
-    store.release(["a"])
-    assert store.claim([("a", "d2")]) == [None]
-
-
-def test_expiry_follows_the_oldest_live_key_after_releases_and_an_empty_store(
-    clock: FakeClock,
-) -> None:
-    store = MemoryIdempotencyStore(ttl_seconds=60)
-    store.claim([("a", "d1")])
-    store.release(["a"])
-    clock.now += 30
-    store.claim([("b", "d2")])  # expires at +90: the released key's +60 must not expire it
-    clock.now += 31
-    assert store.claim([("b", "d3")]) == ["d2"]
-    clock.now += 30  # +91: b is gone, and the store is empty
-    assert store.claim([("c", "d4")]) == [None]
-    assert len(store) == 1
-    clock.now += 61  # a key claimed into an emptied store still expires
-    assert store.claim([("c", "d5")]) == [None]
-
-
-def test_an_expired_key_is_claimed_anew_even_before_it_is_dropped(clock: FakeClock) -> None:
-    store = MemoryIdempotencyStore(ttl_seconds=60)
-    store.claim([("a", "d1")])
-    clock.now += 61
-    store._next_expiry = math.inf  # as if a concurrent expiry had not caught up yet
-    assert store.claim([("a", "d2")]) == [None]
-    assert store.claim([("a", "d3")]) == ["d2"]
-    assert len(store) == 1
-
-
-def test_threads_claiming_the_same_keys_get_each_key_exactly_once() -> None:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
-    store = MemoryIdempotencyStore(max_keys=100_000)
+    won: dict[str, list[str]] = {}
+    seen: dict[str, set[str]] = {}
+    lock = threading.Lock()
     keys = [f"k{i}" for i in range(2_000)]
-    won: list[list[str]] = [[] for _ in range(8)]
-    seen: list[dict[str, str]] = [{} for _ in range(8)]
-    start = threading.Barrier(8)
 
-    def claim_all(n: int) -> None:
-        start.wait()
-        order = keys[n % 2 :: 2] + keys[1 - n % 2 :: 2] if n % 3 else keys[::-1]
-        for key in order:
-            [earlier] = store.claim([(key, f"t{n}:{key}")])
-            if earlier is None:
-                won[n].append(key)
-            else:
-                seen[n][key] = earlier
+    def race(n: int) -> None:
+        for key in keys:
+            [earlier] = store.claim(claims((key, f"t{n}:{key}")))
+            with lock:
+                if earlier is None:
+                    won.setdefault(key, []).append(f"t{n}:{key}")
+                else:
+                    seen.setdefault(key, set()).add(earlier)
 
-    try:
-        threads = [threading.Thread(target=claim_all, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(previous)
-    winners = {key: n for n, keys_won in enumerate(won) for key in keys_won}
-    assert sorted(winners) == sorted(keys)  # each key won once...
-    assert sum(map(len, won)) == len(keys)  # ...and by one thread only
-    for n in range(8):  # every loser saw the winner's dispatch id
-        for key, earlier in seen[n].items():
-            assert earlier == f"t{winners[key]}:{key}"
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(len(winners) == 1 for winners in won.values()) and len(won) == len(keys)
+    assert all(seen[key] == set(won[key]) for key in seen), "every loser names the winner"
 
 
-def test_claims_and_releases_without_end_keep_live_keys_and_bounded_memory(
-    clock: FakeClock,
+def test_memory_refuses_nonsense_sizes() -> None:
+    with pytest.raises(ValueError):
+        MemoryIdempotencyStore(max_keys=0)
+    with pytest.raises(ValueError):
+        MemoryIdempotencyStore(ttl_seconds=0)
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_store(resources: Any) -> Any:
+    client = resources.redis
+    client.flushdb()
+    store = RedisIdempotencyStore(client, ttl_seconds=60, pending_seconds=1.0)
+    yield store
+    client.flushdb()
+
+
+def test_redis_a_claim_is_pending_until_confirmed_then_holds(redis_store: Any) -> None:
+    client = redis_store.client
+    mine = claims(("a", "d1"))
+    assert redis_store.claim(mine, wait=0) == [None]
+    assert client.get("a").decode().startswith(idempotency.PENDING)
+    assert 0 < client.pttl("a") <= 1000  # a sender that dies frees it soon
+    redis_store.confirm(mine)
+    assert client.get("a") == b"d1" and client.ttl("a") > 50
+    assert redis_store.claim(claims(("a", "d2")), wait=0) == ["d1"]
+
+
+def test_redis_a_released_claim_frees_the_key_and_a_stale_release_does_not(
+    redis_store: Any,
 ) -> None:
-    store = MemoryIdempotencyStore(max_keys=100)
-    store.claim([("live", "d-live")])
-    for i in range(10_000):  # failed sends of one key, each released
-        assert store.claim([("retry", f"r{i}")]) == [None]
-        store.release(["retry"])
-    assert store.claim([("live", "again")]) == ["d-live"]
-    assert store.evicted == 0 and len(store) == 1
-    assert len(store._order) <= idempotency.STALE_LIMIT * 100 + 1
+    first = claims(("a", "d1"))
+    redis_store.claim(first, wait=0)
+    redis_store.release(first)
+    second = claims(("a", "d1"))  # the same dispatch id, another attempt (another token)
+    assert redis_store.claim(second, wait=0) == [None]
+    redis_store.release(first)  # the first attempt's release comes late: it frees nothing
+    redis_store.confirm(second)
+    assert redis_store.claim(claims(("a", "d9")), wait=0) == ["d1"]
 
 
-def test_the_expiry_pass_leaves_a_key_claimed_anew(clock: FakeClock) -> None:
-    store = MemoryIdempotencyStore(ttl_seconds=60)
-    store.claim([("a", "d1")])
-    clock.now += 61
-    store._next_expiry = math.inf  # a's first claim is still in the order when it is claimed anew
-    assert store.claim([("a", "d2")]) == [None]
-    store._next_expiry = clock.now  # now the expiry pass meets a's first, expired claim
-    assert store.claim([("b", "d3")]) == [None]
-    assert store.claim([("a", "d4")]) == ["d2"]
+def test_redis_a_key_pending_for_a_dead_sender_is_waited_for_then_taken(redis_store: Any) -> None:
+    """A producer that claimed and died before sending: a resend waits for its claim to lapse
+    (`pending_seconds`, 1 s here), then claims and sends: the job runs once (C32)."""
+    redis_store.claim(claims(("a", "d1")), wait=0)  # the producer that died
+    with pytest.raises(KeyPending, match="still being sent"):
+        redis_store.claim(claims(("a", "d1")), wait=0.2)
+    started = time.monotonic()
+    assert redis_store.claim(claims(("a", "d1")), wait=5) == [None]
+    assert 0.5 < time.monotonic() - started < 3
 
 
-def test_a_live_holder_wins_over_a_claim_of_an_expired_one(clock: FakeClock) -> None:
-    store = MemoryIdempotencyStore(ttl_seconds=60)
-    store.claim([("a", "d1")])
-    late = ("d2", clock.now + 60, "a")  # a claimer that saw an expired holder, too late
-    assert store._claim_expired(late, clock.now) == store._keys["a"]
-    assert store.claim([("a", "d3")]) == ["d1"]
+def test_redis_a_key_pending_for_a_live_sender_ends_as_its_duplicate(redis_store: Any) -> None:
+    live = claims(("a", "d1"))
+    redis_store.claim(live, wait=0)
+    threading.Timer(0.3, redis_store.confirm, args=(live,)).start()
+    assert redis_store.claim(claims(("a", "d1")), wait=5) == ["d1"]
 
 
-@pytest.mark.parametrize("ttl", [0, -1, math.nan])
-def test_a_store_refuses_a_ttl_that_is_not_positive(ttl: float) -> None:
-    with pytest.raises(ValueError, match="ttl_seconds"):
-        MemoryIdempotencyStore(ttl_seconds=ttl)
+def test_redis_claim_and_enqueue_in_one_transaction(redis_store: Any) -> None:
+    client = redis_store.client
+    client.set("held", "d0")
+    enqueued: list[list[int]] = []
+
+    def enqueue(transaction: Any, free: list[int]) -> None:
+        enqueued.append(free)
+        for i in free:
+            transaction.rpush("queue", f"job{i}")
+
+    both = claims(("held", "d1"), ("free", "d2"))
+    assert redis_store.send_claiming(both, enqueue, wait=0) == ["d0", None]
+    assert enqueued == [[1]] and client.lrange("queue", 0, -1) == [b"job1"]
+    assert client.get("free") == b"d2"  # held at once: no confirm needed
+
+
+def test_redis_the_transaction_claims_nothing_when_its_enqueue_is_refused(
+    redis_store: Any,
+) -> None:
+    """The claim and the enqueue are one: an enqueue Redis refuses (here a malformed command;
+    in life, a Redis out of memory) aborts the whole transaction, the claim with it."""
+    client = redis_store.client
+
+    def enqueue(transaction: Any, free: list[int]) -> None:
+        transaction.execute_command("LPUSH", "queue")  # no value: refused when queued
+
+    with pytest.raises(Exception, match=r"EXECABORT|wrong number"):
+        redis_store.send_claiming(claims(("free", "d1")), enqueue, wait=0)
+    assert client.get("free") is None and client.llen("queue") == 0

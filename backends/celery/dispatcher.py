@@ -8,6 +8,8 @@ held by a worker, so one longer than the visibility timeout allows is refused.
 
 from __future__ import annotations
 
+import base64
+import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -23,13 +25,11 @@ from kombu.transport.native_delayed_delivery import (
 
 from jobs_core.backend import broker_dispatcher_factory
 from jobs_core.config import redact_url
-from jobs_core.dispatch.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
+from jobs_core.dispatch.dispatcher import BaseDispatcher, PreparedJob
 from jobs_core.dispatch.idempotency import (
-    IDEMPOTENCY_TTL_SECONDS,
     IdempotencyStore,
     idempotency_store_for,
     is_redis_url,
-    scoped_key,
 )
 from jobs_core.jobs.payload import PAYLOAD_MASK
 
@@ -42,7 +42,6 @@ from .broker import (
     is_amqp,
     longest_hold,
 )
-from .keyed import PRODUCER_TRANSPORT, claim_on_publish, claimed_by
 
 BACKEND = "celery"
 
@@ -103,23 +102,21 @@ class CeleryDispatcher(BaseDispatcher):
             broker_connection_max_retries=1,
             task_publish_retry_policy=dict(PUBLISH_RETRY_POLICY),
         )
-        if idempotency is None and idempotency_url is None and is_redis_url(broker_url):
-            self.app.conf.broker_transport = PRODUCER_TRANSPORT  # keys claimed as tasks are pushed
-            self.claims_when_sending = True
+        self.enqueues_in_store_transaction = (
+            idempotency is None and idempotency_url is None and is_redis_url(broker_url)
+        )  # the keys live in the broker's Redis: claimed in the transaction that pushes the task
         self._declared = False
 
-    def _send(self, jobs: Sequence[PreparedJob]) -> list[str | AlreadyClaimed]:
+    def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
         """Publish through Celery's own message layer (`app.amqp`), as `send_task` does, minus
         routing (the queue is known) and the result object (results are ignored). Several jobs
         go in kombu's `Producer.batch()`: one Redis pipeline, flushed at the end."""
         amqp, queue = self.app.amqp, self.app.amqp.queues[self.queue]
-        claims = self.claims_when_sending and any(p.idempotency_key for p in jobs)
-        # One Redis pipeline (kombu's batch), not retried in part; a keyed job's claim answers
-        # as it is pushed. RabbitMQ has no batch: each publish waits for its confirm.
-        batch = len(jobs) > 1 and not claims and not self.amqp
+        # One Redis pipeline (kombu's batch), not retried in part. RabbitMQ has no batch: each
+        # publish waits for its confirm.
+        batch = len(jobs) > 1 and not self.amqp
         options: dict[str, Any] = {"retry": False, "declare": []} if batch else {}
         options.update(content_type="application/json", content_encoding="utf-8")  # pre-encoded
-        results: list[str | AlreadyClaimed] = []
         with self.app.producer_or_acquire() as producer:
             if self.amqp and not self._declared:
                 self._declare(producer, queue)
@@ -128,16 +125,18 @@ class CeleryDispatcher(BaseDispatcher):
             with producer.batch(max_size=len(jobs) + 1) if batch else nullcontext():
                 for p in jobs:
                     message = _task_message(amqp, p)
-                    if claims and p.idempotency_key:
-                        key = scoped_key(p.name, p.idempotency_key)
-                        claim_on_publish(p.dispatch_id, key, IDEMPOTENCY_TTL_SECONDS)
                     route = self._delayed_route(p, queue) if self.amqp else {}
                     amqp.send_task_message(
                         producer, p.name, message, queue=queue, **route, **options
                     )
-                    held = claimed_by() if claims and p.idempotency_key else None
-                    results.append(AlreadyClaimed(held) if held else p.dispatch_id)
-        return results
+        return [p.dispatch_id for p in jobs]
+
+    def _enqueue_in(self, transaction: Any, jobs: Sequence[PreparedJob]) -> None:
+        """Push `jobs` onto the Redis list kombu consumes, as kombu's Redis transport pushes a
+        task message (`redis_item`), in the transaction that claims their keys."""
+        amqp, queue = self.app.amqp, self.app.amqp.queues[self.queue]
+        for p in jobs:
+            transaction.lpush(queue.name, redis_item(_task_message(amqp, p), queue.name))
 
     def _declare(self, producer: Any, queue: Any) -> None:
         """RabbitMQ, once: the queue, its dead-letter queue and the native delayed delivery
@@ -169,6 +168,29 @@ class CeleryDispatcher(BaseDispatcher):
 
     def __repr__(self) -> str:
         return f"CeleryDispatcher(broker_url={redact_url(self.broker_url)!r}, queue={self.queue!r})"
+
+
+def redis_item(message: Any, queue: str) -> bytes:
+    """The item kombu's Redis transport pushes onto `queue`'s list for Celery's task `message`
+    (what `producer.publish` and the channel's `basic_publish` make of it): the envelope of
+    `Channel.prepare_message`, its body base64-encoded, routed by the anonymous exchange.
+    tests/celery/test_dispatcher.py compares it with what kombu itself pushes."""
+    properties = {
+        **message.properties,
+        "delivery_mode": 2,
+        "priority": 0,
+        "body_encoding": "base64",
+        "delivery_tag": str(uuid.uuid4()),
+        "delivery_info": {"exchange": "", "routing_key": queue},
+    }
+    envelope = {
+        "body": base64.b64encode(message.body).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": message.headers,
+        "properties": properties,
+    }
+    return pydantic_core.to_json(envelope)
 
 
 def _task_message(amqp: Any, prepared: PreparedJob) -> Any:

@@ -1,40 +1,40 @@
 """The Dramatiq producer: a dispatch is a message for the actor named after its job (the payload
 its one argument, the dispatch id its message id), enqueued with Dramatiq's own
-`broker.enqueue`; several go to Redis in one transaction."""
+`broker.enqueue`. On Redis, several jobs, and a keyed job with the claim of its key, go to Redis
+in one transaction: Dramatiq's broker built on a redis-py pipeline (`RedisBroker(client=...)`)."""
 
 from __future__ import annotations
 
-import functools
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker as _RedisBroker
-from dramatiq.common import current_millis, dq_name
-from dramatiq.encoder import JSONEncoder
 
 from jobs_core.backend import broker_dispatcher_factory
 from jobs_core.config import redact_url
-from jobs_core.dispatch.dispatcher import AlreadyClaimed, BaseDispatcher, PreparedJob
+from jobs_core.dispatch.dispatcher import BaseDispatcher, PreparedJob
 from jobs_core.dispatch.idempotency import (
-    IDEMPOTENCY_TTL_SECONDS,
     IdempotencyStore,
+    RedisIdempotencyStore,
     idempotency_store_for,
     is_redis_url,
     redis_client,
-    scoped_key,
 )
 
 from .broker import BACKEND, amqp_broker, millis
-from .fixes import ClaimingDispatch, EncodedMessage
 
 RedisBroker: Any = _RedisBroker
 
 
 class DramatiqDispatcher(BaseDispatcher):
-    """Sends jobs to Dramatiq workers through the broker at `broker_url`, on `queue`."""
+    """Sends jobs to Dramatiq workers through the broker at `broker_url`, on `queue`.
+
+    Idempotency keys live in the broker's Redis, claimed in the transaction that enqueues the
+    job; on RabbitMQ, in `idempotency_url`'s Redis (claimed before the enqueue, confirmed
+    after), else in this process only.
+    """
 
     backend_name = BACKEND
 
@@ -51,14 +51,9 @@ class DramatiqDispatcher(BaseDispatcher):
         self.broker_url = broker_url
         self.queue = queue
         self.client: redis.Redis | None = None
-        self.script: ClaimingDispatch | None = None
         if is_redis_url(broker_url):
             self.client = redis_client(broker_url, self.timeout)
             self.broker = RedisBroker(client=self.client, middleware=[], maintenance_chance=0)
-            if idempotency is None and idempotency_url is None:  # keys live beside the queue
-                self.script = ClaimingDispatch(self.broker, IDEMPOTENCY_TTL_SECONDS)
-                self.broker.scripts["dispatch"] = self.script
-                self.claims_when_sending = True
         else:
             self.broker = amqp_broker(broker_url, middleware=[])
         self.broker.declare_queue(queue)
@@ -66,61 +61,42 @@ class DramatiqDispatcher(BaseDispatcher):
             shared = self.client if idempotency_url is None else None
             url = idempotency_url or broker_url
             self.idempotency = idempotency_store_for(url, self.timeout, what=BACKEND, client=shared)
+        self.enqueues_in_store_transaction = (
+            isinstance(self.idempotency, RedisIdempotencyStore)
+            and self.idempotency.client is self.client
+        )
 
-    def _message(
-        self, prepared: PreparedJob, queue: str, options: dict[str, Any]
-    ) -> dramatiq.Message[Any]:
-        fields: dict[str, Any] = {"queue_name": queue, "actor_name": prepared.name}
-        fields.update(kwargs={}, options=options, message_id=prepared.dispatch_id)
-        if type(dramatiq.get_encoder()) is JSONEncoder:  # the payload's JSON goes in as it is
-            return EncodedMessage(args=(), body=prepared.body, **fields)
-        return dramatiq.Message(args=(prepared.data,), **fields)
+    def _message(self, prepared: PreparedJob) -> dramatiq.Message[Any]:
+        return dramatiq.Message(
+            queue_name=self.queue,
+            actor_name=prepared.name,
+            args=(prepared.data,),
+            kwargs={},
+            options={},
+            message_id=prepared.dispatch_id,
+        )
 
-    def _send(self, jobs: Sequence[PreparedJob]) -> list[str | AlreadyClaimed]:
-        if len(jobs) > 1 and self.client is not None:
-            return self._send_in_one_transaction(jobs)
-        results: list[str | AlreadyClaimed] = []
-        for prepared in jobs:
-            wait = prepared.delay_seconds()
-            self._claim_with(prepared)
-            message = self._message(prepared, self.queue, {})
-            self.broker.enqueue(message, delay=millis(wait) if wait > 0 else None)
-            held = self.script.held if self.script is not None else None
-            results.append(AlreadyClaimed(held) if held else prepared.dispatch_id)
-        return results
+    def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
+        if len(jobs) > 1 and self.client is not None:  # one transaction: all or none
+            transaction = self.client.pipeline(transaction=True)
+            self._enqueue_in(transaction, jobs)
+            transaction.execute()
+        else:
+            for prepared in jobs:
+                self._enqueue(self.broker, prepared)
+        return [p.dispatch_id for p in jobs]
 
-    def _claim_with(self, prepared: PreparedJob) -> None:
-        """Have the next enqueue claim `prepared`'s idempotency key in the same script run."""
-        if self.script is not None:
-            key = prepared.idempotency_key
-            claim = (scoped_key(prepared.name, key), prepared.dispatch_id) if key else None
-            self.script.claim = claim
-
-    def _send_in_one_transaction(self, jobs: Sequence[PreparedJob]) -> list[str | AlreadyClaimed]:
-        """Dramatiq's own enqueue script, the call its `enqueue` ends in, on a broker whose client
-        is a Redis transaction: the calls (claiming keys as they enqueue) go to Redis in one
-        round trip, all or none. Each message is made once, as `enqueue` would leave it."""
-        assert self.client is not None
-        pipe = self.client.pipeline(transaction=True)
-        batch = RedisBroker(client=pipe, middleware=[], maintenance_chance=0)
+    def _enqueue_in(self, transaction: Any, jobs: Sequence[PreparedJob]) -> None:
+        """Dramatiq's own enqueue, on a broker whose client is the Redis transaction."""
+        batch = RedisBroker(client=transaction, middleware=[], maintenance_chance=0)
         batch.broker_id = self.broker.broker_id  # one producer in the heartbeats, not one a batch
         batch.scripts["maxstack"] = self.broker.scripts["maxstack"]  # a query, not a write
-        if self.script is not None:
-            batch.scripts["dispatch"] = functools.partial(self.script, client=pipe)
-        enqueue = batch.do_enqueue
         for prepared in jobs:
-            queue, wait = self.queue, prepared.delay_seconds()
-            options: dict[str, Any] = {"redis_message_id": secrets.token_hex(16)}
-            if wait > 0:
-                options["eta"], queue = current_millis() + millis(wait), dq_name(queue)
-            self._claim_with(prepared)
-            message = self._message(prepared, queue, options)
-            enqueue(queue, options["redis_message_id"], message.encode())
-        replies = pipe.execute()
-        return [
-            AlreadyClaimed(reply.decode()) if isinstance(reply, bytes) else p.dispatch_id
-            for p, reply in zip(jobs, replies)
-        ]
+            self._enqueue(batch, prepared)
+
+    def _enqueue(self, broker: Any, prepared: PreparedJob) -> None:
+        wait = prepared.delay_seconds()
+        broker.enqueue(self._message(prepared), delay=millis(wait) if wait > 0 else None)
 
     def close(self) -> None:
         self.broker.close()

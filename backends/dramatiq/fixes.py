@@ -20,11 +20,6 @@
   same id, and not at all if the lost attempt landed: a new id each time put the retry on the
   queue twice, and the job's last attempt and `on_failure` ran twice.
 
-`EncodedMessage` is a producer's message whose payload is JSON already: its encoding inserts
-the dispatch's bytes instead of serialising the payload a second time (with `json.dumps`, three
-times slower than the pydantic-core serialiser that made them). Dramatiq's own
-`RedisBroker.enqueue` sends it.
-
 `HidePayloads` shows a message in Dramatiq's worker log lines as `actor(<payload>) [id]`:
 upstream logs a message's arguments in full ("Failed to process message %s ..."), and payloads
 may hold personal data or secrets (C23).
@@ -34,14 +29,12 @@ Each patch has a test that fails without it (tests/poison, tests/dramatiq/test_d
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from typing import Any
 
 import dramatiq
-import pydantic_core
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import q_name
@@ -79,28 +72,6 @@ class HidePayloads(logging.Filter):
 
 
 _HIDE_PAYLOADS = HidePayloads()
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodedMessage(dramatiq.Message[Any]):
-    """A message whose one argument is `body`, a JSON document: `encode` writes the message as
-    Dramatiq's `JSONEncoder` would, with `body` as its `args[0]`. Only for a broker that
-    encodes with `JSONEncoder` (what the worker decodes is then the same message)."""
-
-    body: bytes = b"null"
-
-    def encode(self) -> bytes:
-        envelope = pydantic_core.to_json(
-            {
-                "queue_name": self.queue_name,
-                "actor_name": self.actor_name,
-                "kwargs": self.kwargs,
-                "options": self.options,
-                "message_id": self.message_id,
-                "message_timestamp": self.message_timestamp,
-            }
-        )
-        return b'{"args":[' + self.body + b"]," + envelope[1:]
 
 
 def hide_payloads(log: logging.Logger) -> None:
@@ -296,58 +267,3 @@ class WorkerRedisBroker(RedisBroker):
                 )
                 time.sleep(pause)
                 pause, tried = min(pause * 2, 2.0), True
-
-
-CLAIM_FIRST = """
-if KEYS[2] then
-  local held = redis.call("get", KEYS[2])
-  if held then return held end
-  redis.call("set", KEYS[2], ARGV[#ARGV], "EX", %d)
-end
-"""
-"""Run before Dramatiq's own `dispatch` script: claim the idempotency key in KEYS[2] for the
-dispatch id in the last ARGV (which Dramatiq's `enqueue` command does not read), or return
-the id that holds it and enqueue nothing."""
-
-
-class ClaimingDispatch:
-    """Stands in for a producer broker's `dispatch` script: a keyed enqueue claims its key and
-    enqueues its message in one script run, so no crash can leave the key claimed for a message
-    that was never enqueued (the claim lives and dies with the enqueue). Unkeyed calls run
-    Dramatiq's script unchanged.
-
-    Set `claim` to (key, dispatch id) around one `broker.enqueue`; `held` is then the id that
-    already held the key (the message was not enqueued), or None.
-    """
-
-    def __init__(self, broker: RedisBroker, ttl_seconds: int, client: Any = None) -> None:
-        self.plain: Any = broker.scripts["dispatch"]
-        script = self.plain.script
-        text = script if isinstance(script, str) else bytes(script).decode()
-        self.claiming: Any = broker.client.register_script((CLAIM_FIRST % ttl_seconds) + text)
-        self.client = client
-        self.local = threading.local()
-
-    @property
-    def claim(self) -> tuple[str, str] | None:
-        claim: tuple[str, str] | None = getattr(self.local, "claim", None)
-        return claim
-
-    @claim.setter
-    def claim(self, value: tuple[str, str] | None) -> None:
-        self.local.claim, self.local.held = value, None
-
-    @property
-    def held(self) -> str | None:
-        held: str | None = getattr(self.local, "held", None)
-        return held
-
-    def __call__(self, keys: list[Any], args: list[Any], client: Any = None) -> Any:
-        client = client or self.client
-        claim = self.claim
-        if claim is None:
-            return self.plain(keys=keys, args=args, client=client)
-        key, dispatch_id = claim
-        result = self.claiming(keys=[*keys, key], args=[*args, dispatch_id], client=client)
-        self.local.held = result.decode() if isinstance(result, bytes) else None
-        return result

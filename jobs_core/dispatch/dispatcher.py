@@ -40,7 +40,13 @@ from ..instrumentation import (
 )
 from ..jobs.job import Job, JobRequest, P
 from ..jobs.payload import DEFAULT_MAX_PAYLOAD_BYTES, encode_payload, validate_payload
-from .idempotency import IdempotencyStore, payload_key, scoped_key
+from .idempotency import (
+    Claim,
+    IdempotencyStore,
+    RedisIdempotencyStore,
+    payload_key,
+    scoped_key,
+)
 from .port import BatchOptions, DispatchItem, DispatchOptions, DispatchReceipt
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
@@ -88,14 +94,6 @@ class PreparedJob:
         return max(0.0, (self.eta - now).total_seconds())
 
 
-@dataclass(frozen=True, slots=True)
-class AlreadyClaimed:
-    """What `_send` gives, in place of an id, for a keyed job whose key an earlier dispatch
-    holds: the backend sent nothing for it (see `BaseDispatcher.claims_when_sending`)."""
-
-    dispatch_id: str
-
-
 class PartialSend(Exception):
     """Raised by `_send` when the backend took only the first `len(ids)` jobs and refused the
     rest: those it took will run (they get receipts), the others failed with `cause`."""
@@ -104,6 +102,40 @@ class PartialSend(Exception):
         super().__init__(str(cause))
         self.ids = ids
         self.cause = cause
+
+
+def _keyed(prepared: Sequence[PreparedJob]) -> tuple[list[int], list[Claim], dict[int, int]]:
+    """The keyed jobs of a batch: the index and claim of each key's first job, and the later
+    jobs of a key already in the batch (index -> its first job's index), which are its
+    duplicates whatever the store says."""
+    first_of: dict[str, int] = {}
+    firsts: list[int] = []
+    claims: list[Claim] = []
+    repeats: dict[int, int] = {}
+    for i, p in enumerate(prepared):
+        if not p.idempotency_key:
+            continue
+        claim = Claim(scoped_key(p.name, p.idempotency_key), p.dispatch_id)
+        if claim.key in first_of:
+            repeats[i] = first_of[claim.key]
+            continue
+        first_of[claim.key] = i
+        firsts.append(i)
+        claims.append(claim)
+    return firsts, claims, repeats
+
+
+def _duplicates(
+    prepared: Sequence[PreparedJob],
+    firsts: list[int],
+    held: Sequence[str | None],
+    repeats: dict[int, int],
+) -> dict[int, str]:
+    """index -> the dispatch id that holds its key, for each job that is not sent."""
+    duplicates = {i: h for i, h in zip(firsts, held) if h is not None}
+    for i, first in repeats.items():
+        duplicates[i] = duplicates.get(first, prepared[first].dispatch_id)
+    return duplicates
 
 
 def keyed_dispatch_id(job_name: str, idempotency_key: str) -> str:
@@ -262,10 +294,12 @@ class BaseDispatcher(PortMethods[PreparedJob]):
     backend_name: str = "base"
     max_delay: timedelta | None = None
     max_delay_reason: str = ""
-    claims_when_sending: bool = False
-    """True where `_send` claims each job's idempotency key in the same atomic step that
-    enqueues it (giving `AlreadyClaimed` for a repeat): no crash can leave a key claimed for a
-    job that was never sent. Otherwise the core claims keys in `idempotency` first."""
+    enqueues_in_store_transaction: bool = False
+    """True where the jobs go to the Redis that holds the idempotency keys and the adapter
+    implements `_enqueue_in`: a keyed dispatch then claims its key and enqueues its job in one
+    transaction (`RedisIdempotencyStore.send_claiming`), and no crash can leave one without the
+    other. Otherwise the core claims the keys (pending), sends, then confirms the claims, or
+    releases them if the send failed (docs/dispatching.md: the crash windows per broker)."""
     runs_jobs_in_dispatch: bool = False
     """True where a job runs, and may give up, inside `dispatch` (inline): only there can a
     give-up raise `JobFailedError` from `dispatch` or call `on_error`."""
@@ -311,14 +345,18 @@ class BaseDispatcher(PortMethods[PreparedJob]):
     # -- what an adapter implements -------------------------------------------------------
 
     @abstractmethod
-    def _send(self, jobs: Sequence[PreparedJob]) -> Sequence[str | AlreadyClaimed]:
-        """Enqueue `jobs` (in one round trip where the library allows) and return their ids
-        (`AlreadyClaimed` for a repeat, where the adapter `claims_when_sending`).
+    def _send(self, jobs: Sequence[PreparedJob]) -> Sequence[str]:
+        """Enqueue `jobs` (in one round trip where the library allows) and return their ids.
 
         Raise anything on failure: it becomes a `DispatchError`; raise `PartialSend` when the
         backend took some of them. Return the backend's id for each job, in order (usually
         `job.dispatch_id`).
         """
+
+    def _enqueue_in(self, transaction: Any, jobs: Sequence[PreparedJob]) -> None:
+        """Add to `transaction` (a redis-py pipeline in MULTI) the commands that enqueue
+        `jobs`: what an adapter that `enqueues_in_store_transaction` implements."""
+        raise NotImplementedError
 
     def _check(self, prepared: PreparedJob) -> None:
         """Refuse, before anything is sent, what the backend would refuse about one job: raise
@@ -372,38 +410,19 @@ class BaseDispatcher(PortMethods[PreparedJob]):
 
     def _claim(
         self, prepared: Sequence[PreparedJob]
-    ) -> tuple[list[PreparedJob], dict[int, str], list[str]]:
-        """Split into jobs to send and duplicates (index → earlier id); returns claimed keys."""
-        if self.idempotency is None or not any(map(_KEY_OF, prepared)):
+    ) -> tuple[list[PreparedJob], dict[int, str], list[Claim]]:
+        """Claim the keys of `prepared`: (the jobs to send, the duplicates as index -> the id
+        that holds the key, the claims made). A store that fails is a `DispatchError`."""
+        firsts, claims, repeats = _keyed(prepared)
+        if self.idempotency is None or not claims:
             return list(prepared), {}, []
-        if len(prepared) == 1:  # one keyed dispatch: the common case, without the bookkeeping
-            p = prepared[0]
-            key = scoped_key(p.job.name, p.idempotency_key or "")
-            try:
-                [earlier] = self.idempotency.claim([(key, p.dispatch_id)])
-            except Exception as error:
-                self._fail_all(prepared, error)
-            return ([p], {}, [key]) if earlier is None else ([], {0: earlier}, [])
-        where: list[int] = []
-        claims: list[tuple[str, str]] = []
-        for i, p in enumerate(prepared):
-            if p.idempotency_key:
-                where.append(i)
-                claims.append((scoped_key(p.name, p.idempotency_key), p.dispatch_id))
         try:
-            held = self.idempotency.claim(claims)
+            held = self.idempotency.claim(claims, self.timeout)
         except Exception as error:
             self._fail_all(prepared, error)
-        duplicates: dict[int, str] = {}
-        claimed: list[str] = []
-        for i, (key, _), earlier in zip(where, claims, held):
-            if earlier is None:
-                claimed.append(key)
-            else:
-                duplicates[i] = earlier
-        if not duplicates:
-            return list(prepared), duplicates, claimed
-        return [p for i, p in enumerate(prepared) if i not in duplicates], duplicates, claimed
+        duplicates = _duplicates(prepared, firsts, held, repeats)
+        mine = [c for c, h in zip(claims, held) if h is None]
+        return [p for i, p in enumerate(prepared) if i not in duplicates], duplicates, mine
 
     def _fail_all(self, prepared: Sequence[PreparedJob], error: BaseException) -> Any:
         for p in prepared:
@@ -414,68 +433,70 @@ class BaseDispatcher(PortMethods[PreparedJob]):
         raise DispatchError(names, error) from error
 
     def _receipts(
-        self,
-        prepared: Sequence[PreparedJob],
-        results: Sequence[str | AlreadyClaimed],
-        duplicates: dict[int, str],
+        self, prepared: Sequence[PreparedJob], results: Sequence[str], duplicates: dict[int, str]
     ) -> list[DispatchReceipt]:
-        """One receipt per job: `results` are `_send`'s, for the jobs not in `duplicates`."""
+        """One receipt per job: `results` are the sent jobs' ids, the others are duplicates."""
         receipts = []
         sent = iter(results)
         for i, p in enumerate(prepared):
-            result = AlreadyClaimed(duplicates[i]) if i in duplicates else next(sent)
-            receipts.append(self._receipt(p.name, result))
+            if i in duplicates:
+                receipts.append(DispatchReceipt(p.name, duplicates[i], self.backend_name, True))
+            else:
+                receipts.append(self._receipt(p.name, next(sent)))
         return receipts
 
-    def _receipt(self, name: str, result: str | AlreadyClaimed) -> DispatchReceipt:
-        """The receipt of one job `_send` gave `result` for, with its `scheduled` event when
-        it was sent."""
-        if isinstance(result, AlreadyClaimed):
-            return DispatchReceipt(name, result.dispatch_id, self.backend_name, True)
+    def _receipt(self, name: str, dispatch_id: str) -> DispatchReceipt:
+        """The receipt of a job that was sent, with its `scheduled` event."""
         if self._wants("scheduled"):  # built only when something keeps it
-            event = JobEvent("scheduled", "schedule", name, result, 0, self.backend_name)
+            event = JobEvent("scheduled", "schedule", name, dispatch_id, 0, self.backend_name)
             safe_record(self.events, event)
-        return DispatchReceipt(name, result, self.backend_name)
+        return DispatchReceipt(name, dispatch_id, self.backend_name)
 
     def _submit(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
-        if len(prepared) == 1 and prepared[0].idempotency_key is None:
-            return self._submit_one(prepared)
-        duplicates: dict[int, str] = {}
-        claimed: list[str] = []
-        to_send: Sequence[PreparedJob] = prepared
-        if not self.claims_when_sending:  # else `_send` claims each key as it enqueues its job
-            to_send, duplicates, claimed = self._claim(prepared)
-        results: Sequence[str | AlreadyClaimed] = ()
+        if self.enqueues_in_store_transaction and any(map(_KEY_OF, prepared)):
+            return self._submit_claiming(prepared)
+        to_send, duplicates, claims = self._claim(prepared)
+        results: Sequence[str] = ()
         if to_send:
             try:
                 results = self._send(to_send)
             except PartialSend as partial:
-                self._fail_partly(to_send, partial, claimed)
+                self._fail_partly(to_send, partial, claims)
             except Exception as error:
-                self._release(claimed)
+                self._settle(claims, sent=False)
                 self._fail_all(to_send, error)
+        self._settle(claims, sent=True)
         return self._receipts(prepared, results, duplicates)
 
-    def _submit_one(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
-        """`_submit` of one job without a key: the common dispatch, without the bookkeeping."""
+    def _submit_claiming(self, prepared: Sequence[PreparedJob]) -> list[DispatchReceipt]:
+        """Keys claimed and jobs enqueued in one Redis transaction: all or nothing."""
+        assert isinstance(self.idempotency, RedisIdempotencyStore)
+        firsts, claims, repeats = _keyed(prepared)
+        keyless = [i for i, p in enumerate(prepared) if not p.idempotency_key]
+
+        def enqueue(transaction: Any, free: list[int]) -> None:
+            sending = sorted([firsts[j] for j in free] + keyless)
+            self._enqueue_in(transaction, [prepared[i] for i in sending])
+
         try:
-            [result] = self._send(prepared)
-        except PartialSend as partial:
-            self._fail_partly(prepared, partial, [])
+            held = self.idempotency.send_claiming(claims, enqueue, self.timeout)
         except Exception as error:
             self._fail_all(prepared, error)
-        return [self._receipt(prepared[0].job.name, result)]
+        duplicates = _duplicates(prepared, firsts, held, repeats)
+        results = [p.dispatch_id for i, p in enumerate(prepared) if i not in duplicates]
+        return self._receipts(prepared, results, duplicates)
 
     def _fail_partly(
-        self, to_send: Sequence[PreparedJob], partial: PartialSend, claimed: list[str]
+        self, to_send: Sequence[PreparedJob], partial: PartialSend, claims: list[Claim]
     ) -> None:
         """The backend took the first jobs and refused the rest: receipts (and `scheduled`)
         for those it took, `failed` for the others, and a `DispatchError` that lists both."""
         taken = len(partial.ids)
         accepted = self._receipts(to_send[:taken], partial.ids, {})
         refused = to_send[taken:]
-        refused_keys = {scoped_key(p.name, p.idempotency_key) for p in refused if p.idempotency_key}
-        self._release([k for k in claimed if k in refused_keys])
+        refused_ids = {p.dispatch_id for p in refused if p.idempotency_key}
+        self._settle([c for c in claims if c.dispatch_id not in refused_ids], sent=True)
+        self._settle([c for c in claims if c.dispatch_id in refused_ids], sent=False)
         for p in refused:
             self._record_schedule_failure(p.name, p.dispatch_id, partial.cause)
         names = ", ".join(sorted({p.name for p in refused}))
@@ -497,16 +518,21 @@ class BaseDispatcher(PortMethods[PreparedJob]):
         if close is not None:
             close()
 
-    def _release(self, keys: list[str]) -> None:
-        if keys and self.idempotency is not None:
-            try:
-                self.idempotency.release(keys)
-            except Exception as error:  # the broker is down: the keys expire on their own
-                logger.warning(
-                    "could not release idempotency keys %s after a failed dispatch: %s",
-                    keys,
-                    describe_error(error),
-                )
+    def _settle(self, claims: list[Claim], *, sent: bool) -> None:
+        """Confirm the claims of jobs that were sent, release those of jobs that were not. A
+        store that fails here is logged: an unconfirmed claim lapses on its own (a resend
+        then runs again), an unreleased one too (a resend waits for it)."""
+        if not claims or self.idempotency is None:
+            return
+        try:
+            (self.idempotency.confirm if sent else self.idempotency.release)(claims)
+        except Exception as error:
+            logger.warning(
+                "could not %s idempotency keys %s: %s",
+                "confirm" if sent else "release",
+                [c.key for c in claims],
+                describe_error(error),
+            )
 
     def _record_schedule_failure(
         self, job_name: str, dispatch_id: str | None, error: BaseException

@@ -123,10 +123,10 @@ class _Killed(BaseException):
 def test_a_keyed_dispatch_killed_before_its_publish_leaves_no_claim(
     broker: tuple[str, redis.Redis], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The key is claimed by the script that pushes the task, so a producer that dies before
-    that push (a relay killed mid-send, C32) leaves nothing claimed and the resend goes out; a
-    repeat after it is deduplicated. Claimed in a call of its own first, the resend came back
-    'deduplicated' and the job never ran."""
+    """The key is claimed in the Redis transaction that pushes the task, so a producer that
+    dies before that transaction (a relay killed mid-send, C32) leaves nothing claimed and the
+    resend goes out; a repeat after it is deduplicated. Claimed in a call of its own first, the
+    resend came back 'deduplicated' and the job never ran."""
     url, client = broker
     dispatcher = CeleryDispatcher(url, "killed")
     try:
@@ -135,7 +135,7 @@ def test_a_keyed_dispatch_killed_before_its_publish_leaves_no_claim(
             def die(*args: Any, **kwargs: Any) -> None:
                 raise _Killed
 
-            patch.setattr(dispatcher.app.amqp, "send_task_message", die)
+            patch.setattr(dispatcher, "_enqueue_in", die)
             with pytest.raises(_Killed):
                 dispatcher.dispatch_sync(note, {"text": "1"}, idempotency_key="order-1")
         again = dispatcher.dispatch_sync(note, {"text": "1"}, idempotency_key="order-1")
@@ -148,4 +148,25 @@ def test_a_keyed_dispatch_killed_before_its_publish_leaves_no_claim(
     assert repeat.dispatch_id == again.dispatch_id
     assert [r.deduplicated for r in many] == [False, False, True]
     assert client.llen("killed") == 3
-    assert _calls(client, "eval") + _calls(client, "evalsha") >= 3  # claimed where pushed
+    assert _calls(client, "exec") == 2  # claim and push in one MULTI/EXEC; a repeat writes nothing
+
+
+def test_a_keyed_task_is_pushed_as_kombu_pushes_it(broker: tuple[str, redis.Redis]) -> None:
+    """The item a keyed dispatch pushes in its transaction (`redis_item`) is the item kombu's
+    own publish pushes for the same task message, but for kombu's random delivery tag."""
+    import json
+
+    url, client = broker
+    dispatcher = CeleryDispatcher(url, "items")
+    try:
+        dispatcher.dispatch_sync(note, {"text": "x"})
+        dispatcher.dispatch_sync(note, {"text": "x"}, idempotency_key="k")
+    finally:
+        dispatcher.close()
+    keyed, plain = (json.loads(item) for item in client.lrange("items", 0, -1))
+    for item in (keyed, plain):
+        item["properties"].pop("delivery_tag")
+        for name in ("id", "root_id"):
+            item["headers"].pop(name)
+        item["properties"].pop("correlation_id")
+    assert keyed == plain

@@ -203,10 +203,10 @@ class _Killed(BaseException):
 def test_a_keyed_dispatch_killed_before_its_enqueue_leaves_no_claim(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The key is claimed in the same script run that enqueues the message, so a producer that
-    dies before that run (a relay killed mid-send, C32) leaves nothing claimed: the resend goes
-    out. When the key was claimed in a call of its own first, the resend came back
-    'deduplicated' and the job never ran."""
+    """The key is claimed in the Redis transaction that enqueues the message, so a producer
+    that dies before that transaction (a relay killed mid-send, C32) leaves nothing claimed:
+    the resend goes out. When the key was claimed in a call of its own first, the resend came
+    back 'deduplicated' and the job never ran."""
     dispatcher = DramatiqDispatcher(url, "killed")
     try:
         with monkeypatch.context() as patch:
@@ -214,7 +214,7 @@ def test_a_keyed_dispatch_killed_before_its_enqueue_leaves_no_claim(
             def die(*args: Any, **kwargs: Any) -> None:
                 raise _Killed
 
-            patch.setattr(dispatcher.broker, "enqueue", die)
+            patch.setattr(dispatcher, "_enqueue_in", die)
             with pytest.raises(_Killed):
                 dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="order-1")
         again = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="order-1")
@@ -225,13 +225,14 @@ def test_a_keyed_dispatch_killed_before_its_enqueue_leaves_no_claim(
     assert [m.args[0]["n"] for m in _messages(redis.Redis.from_url(url), "killed")] == [1]
 
 
-def test_a_keyed_dispatch_claims_and_enqueues_in_one_round_trip(
+def test_a_keyed_dispatch_claims_and_enqueues_in_one_transaction(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dispatcher = DramatiqDispatcher(url, "keyed")
+    client = redis.Redis.from_url(url)
     try:
         dispatcher.dispatch_sync(work, {"n": 0}, idempotency_key="warm")  # load the script
-        sent = _count_round_trips(monkeypatch)
+        client.config_resetstat()
         first = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="k")
         second = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="k")
         many = dispatcher.dispatch_many_sync(
@@ -242,7 +243,11 @@ def test_a_keyed_dispatch_claims_and_enqueues_in_one_round_trip(
         )
     finally:
         dispatcher.close()
-    assert len(sent) == 2 + 2  # one each single dispatch; script check + transaction for many
+    stats: dict[str, Any] = client.info("commandstats")
+    calls = {
+        name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("exec", "set")
+    }
+    assert calls == {"exec": 2, "set": 2}  # one transaction each, claim and enqueue: no repeat
     assert not first.deduplicated and second.deduplicated
     assert second.dispatch_id == first.dispatch_id
     assert [r.deduplicated for r in many] == [False, True]

@@ -1,12 +1,14 @@
 """Processes the end-to-end outbox tests start (and SIGKILL).
 
     python -m tests.outbox.procs produce URL FIRST COUNT   # commit COUNT rows, then SIGKILL itself
-    python -m tests.outbox.procs relay URL [--kill-after-send] [--batch-size N]
+    python -m tests.outbox.procs relay URL [--kill-after-send | --kill-before-publish] [--batch-size N]
 
 `relay` is `python -m jobs_core relay` with the configured backend's dispatcher wrapped (through
 the public port only) so that every batch the backend accepted is counted in the store Redis
 (`SENT_KEYS`), and, with `--kill-after-send`, the process SIGKILLs itself right after the
-backend accepted its first batch: before the relay marks the rows sent.
+backend accepted its first batch: before the relay marks the rows sent. With
+`--kill-before-publish` it SIGKILLs itself once its dispatcher has claimed the idempotency keys
+of its first batch, before anything is published.
 """
 
 from __future__ import annotations
@@ -72,10 +74,24 @@ class CountingDispatcher:
         return getattr(self.inner, name)
 
 
-def relay(url: str, kill_after_send: bool, batch_size: int) -> None:
+def die_before_publishing(dispatcher: Any) -> None:
+    """Have `dispatcher` die (SIGKILL) when it is about to hand its first jobs to the backend:
+    after the core claimed their keys, before the publish."""
+
+    def send(jobs: Any) -> Any:
+        print(f"claimed {len(jobs)}, dying before publishing them", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    dispatcher._send = send
+
+
+def relay(url: str, kill_after_send: bool, batch_size: int, kill_before_publish: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(process)d %(levelname)s %(message)s")
     store = redis.Redis.from_url(os.environ["DURABILITY_REDIS_URL"])
-    dispatcher = CountingDispatcher(create_dispatcher(), store, kill_after_send)
+    inner = create_dispatcher()
+    if kill_before_publish:
+        die_before_publishing(inner)
+    dispatcher = CountingDispatcher(inner, store, kill_after_send)
     engine = create_engine(url)
     outbox_relay = Outbox(engine).relay(
         dispatcher,  # type: ignore[arg-type]
@@ -98,12 +114,13 @@ def main(argv: list[str]) -> None:
     r = sub.add_parser("relay")
     r.add_argument("url")
     r.add_argument("--kill-after-send", action="store_true")
+    r.add_argument("--kill-before-publish", action="store_true")
     r.add_argument("--batch-size", type=int, default=200)
     args = parser.parse_args(argv)
     if args.command == "produce":
         produce(args.url, args.first, args.count)
     else:
-        relay(args.url, args.kill_after_send, args.batch_size)
+        relay(args.url, args.kill_after_send, args.batch_size, args.kill_before_publish)
 
 
 if __name__ == "__main__":
