@@ -1,5 +1,7 @@
 """jobs_core: define background jobs once, run them on Inngest, Celery, Dramatiq or inline."""
 
+from pydantic import BaseModel as Payload
+
 from .backend import create_dispatcher
 from .config import JobsSettings
 from .dispatch.port import BatchOptions, DispatchOptions, DispatchReceipt, JobDispatcherPort
@@ -47,6 +49,7 @@ __all__ = [
     "JobsSettings",
     "LoggingInstrumentation",
     "MultiInstrumentation",
+    "Payload",
     "PermanentError",
     "Retry",
     "RetryLater",

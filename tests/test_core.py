@@ -372,11 +372,10 @@ def test_recording_instrumentation_wait_for_times_out() -> None:
     "handler",
     [
         lambda: None,
-        lambda payload: None,
         lambda payload, ctx, extra: None,
         lambda *, payload, ctx: None,
     ],
-    ids=["no-params", "payload-only", "three-required", "keyword-only"],
+    ids=["no-params", "three-required", "keyword-only"],
 )
 def test_a_handler_that_cannot_take_payload_and_ctx_is_refused_at_definition(
     handler: Any,
@@ -385,6 +384,23 @@ def test_a_handler_that_cannot_take_payload_and_ctx_is_refused_at_definition(
     with pytest.raises(JobConfigError, match=r"cannot be called as handler\(payload, ctx\)"):
         jobs.define_job("t.arity", payload=Item, handle=handler)
     assert "t.arity" not in jobs
+
+
+def test_a_handler_without_a_context_parameter_runs_without_one() -> None:
+    """`handler(payload)`: the job needs no context; the context factory is not called for it,
+    and `Job.call` needs none either."""
+    jobs = JobRegistry()
+    seen: list[str] = []
+    made: list[int] = []
+
+    @jobs.job("t.no-ctx")
+    def handler(payload: Item) -> None:
+        seen.append(payload.sku)
+
+    assert not handler.takes_context
+    InlineDispatcher(context=lambda: made.append(1)).dispatch_sync(handler, {"sku": "a"})
+    asyncio.run(handler.call({"sku": "b"}))
+    assert seen == ["a", "b"] and made == []
 
 
 def test_handlers_that_can_take_payload_and_ctx_are_accepted() -> None:

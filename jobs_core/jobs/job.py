@@ -8,10 +8,10 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
 from pydantic import BaseModel
-from typing_extensions import TypedDict
+from typing_extensions import TypedDict, TypeVar
 
 from ..calling import callable_name, is_async_callable
 from ..dispatch.idempotency import IdempotencyRule, check_rule
@@ -21,11 +21,13 @@ from .payload import check_travels, validate_payload
 from .retry import Retry
 
 P = TypeVar("P", bound=BaseModel)
-C = TypeVar("C")
+C = TypeVar("C", default=Any)
+"""The app's context type; a registry made without one (`JobRegistry()`) takes any context."""
 
 JOB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
-Handler = Callable[[P, C], "Awaitable[None] | Any | None"]
+Handler = Callable[[P, C], "Awaitable[None] | Any | None"] | Callable[[P], Any]
+"""`handler(payload, ctx)`, or `handler(payload)` for a job that needs no context."""
 FailureHook = Callable[[BaseException, Any, C], "Awaitable[None] | None"]
 
 
@@ -61,6 +63,7 @@ class Job(Generic[P, C]):
         "on_failure",
         "payload_model",
         "retry",
+        "takes_context",
     )
 
     def __init__(
@@ -81,11 +84,19 @@ class Job(Generic[P, C]):
         self.flow = flow
         self.idempotency = idempotency
         self.handler_is_async = is_async_callable(handler)
+        self.takes_context = _takes_context(name, handler)
+        """Whether the handler is `handler(payload, ctx)` (else `handler(payload)`)."""
 
-    async def call(self, payload: P | Mapping[str, Any], ctx: C) -> None:
+    def run_handler(self, payload: P, ctx: C) -> Any:
+        """Call the handler with what it takes; its result (maybe awaitable) is returned."""
+        if self.takes_context:
+            return typing.cast(Callable[[P, C], Any], self.handler)(payload, ctx)
+        return typing.cast(Callable[[P], Any], self.handler)(payload)
+
+    async def call(self, payload: P | Mapping[str, Any], ctx: C | None = None) -> None:
         """Validate `payload` and run the handler once, without retries: how a test runs a job."""
         model = typing.cast(P, validate_payload(self, payload))
-        result = self.handler(model, ctx)
+        result = self.run_handler(model, typing.cast(C, ctx))
         if inspect.isawaitable(result):
             await result
 
@@ -150,19 +161,23 @@ def _payload_model_from_handler(name: str, handler: Callable[..., Any]) -> type[
     )
 
 
-def _check_arity(name: str, handler: Callable[..., Any]) -> None:
-    """Refuse a handler that cannot be called as `handler(payload, ctx)`, at definition."""
+def _takes_context(name: str, handler: Callable[..., Any]) -> bool:
+    """Whether `handler` is `handler(payload, ctx)` rather than `handler(payload)`; a handler
+    that can be called as neither is refused, when the job is defined."""
     try:
         signature = inspect.signature(handler)
-    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
-        return
-    try:
-        signature.bind(None, None)
-    except TypeError as exc:
-        raise JobConfigError(
-            f"job {name!r}: the handler {callable_name(handler)}{signature} cannot be called as "
-            f"handler(payload, ctx): {exc}"
-        ) from None
+    except (TypeError, ValueError):  # a builtin or C callable: as it always was called
+        return True
+    for arguments in ((None, None), (None,)):
+        try:
+            signature.bind(*arguments)
+        except TypeError:
+            continue
+        return len(arguments) == 2
+    raise JobConfigError(
+        f"job {name!r}: the handler {callable_name(handler)}{signature} cannot be called as "
+        "handler(payload, ctx) or handler(payload)"
+    )
 
 
 def _check_model(name: str, payload: Any) -> type[BaseModel]:
@@ -176,7 +191,7 @@ def _check_model(name: str, payload: Any) -> type[BaseModel]:
 def make_job(
     name: str,
     *,
-    handle: Callable[[P, C], Any],
+    handle: Handler[P, C],
     payload: type[P] | None = None,
     retry: Retry | None = None,
     on_failure: FailureHook[C] | None = None,
@@ -198,7 +213,6 @@ def make_job(
         raise JobConfigError(f"job {name!r}: retry= must be a Retry, got {retry!r}")
     if on_failure is not None and not callable(on_failure):
         raise JobConfigError(f"job {name!r}: on_failure= must be callable, got {on_failure!r}")
-    _check_arity(name, handle)
     model = (
         _check_model(name, payload)
         if payload is not None

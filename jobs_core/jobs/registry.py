@@ -10,7 +10,7 @@ from typing_extensions import Unpack
 from ..calling import callable_name
 from ..errors import JobConfigError
 from ..schedules.schedule import Schedule, define_schedule
-from .job import C, Job, JobOptions, P, make_job
+from .job import C, Handler, Job, JobOptions, P, make_job
 
 
 class JobRegistry(Generic[C]):
@@ -23,17 +23,18 @@ class JobRegistry(Generic[C]):
     @overload
     def job(
         self, name: str, **options: Unpack[JobOptions[C]]
-    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
+    ) -> Callable[[Handler[P, C]], Job[P, C]]: ...
 
     @overload
     def job(
         self, name: str, *, payload: type[P], **options: Unpack[JobOptions[C]]
-    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]: ...
+    ) -> Callable[[Handler[P, C]], Job[P, C]]: ...
 
     def job(
         self, name: str, *, payload: type[P] | None = None, **options: Unpack[JobOptions[C]]
-    ) -> Callable[[Callable[[P, C], Any]], Job[P, C]]:
-        """Decorator: define a job from `handler(payload, ctx)`; returns the `Job`.
+    ) -> Callable[[Handler[P, C]], Job[P, C]]:
+        """Decorator: define a job from `handler(payload, ctx)` (or `handler(payload)`, which
+        needs no context); returns the `Job`.
 
         The payload model is the handler's first parameter's annotation unless `payload=` names
         it. Options (`JobOptions`): `retry=Retry(...)`, `on_failure=hook(error, payload, ctx)`,
@@ -50,7 +51,7 @@ class JobRegistry(Generic[C]):
 
         _check_options(name, options)
 
-        def decorate(handler: Callable[[P, C], Any]) -> Job[P, C]:
+        def decorate(handler: Handler[P, C]) -> Job[P, C]:
             return self.define_job(name, handle=handler, payload=payload, **options)
 
         return decorate
@@ -59,7 +60,7 @@ class JobRegistry(Generic[C]):
         self,
         name: str,
         *,
-        handle: Callable[[P, C], Any],
+        handle: Handler[P, C],
         payload: type[P] | None = None,
         **options: Unpack[JobOptions[C]],
     ) -> Job[P, C]:

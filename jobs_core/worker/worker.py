@@ -243,9 +243,10 @@ async def execute(
     have_ctx = False
     try:
         payload = parse_payload(job, delivery.data)
-        ctx = await _context(context)
-        have_ctx = True
-        result = job.handler(payload, ctx)
+        if job.takes_context:
+            ctx = await _context(context)
+            have_ctx = True
+        result = job.run_handler(payload, ctx)
         if inspect.isawaitable(result):
             await result
     except Exception as error:
