@@ -1,5 +1,7 @@
 """jobs_core: define background jobs once, run them on Inngest, Celery, Dramatiq or inline."""
 
+from . import checkout  # noqa: F401, I001  (first: where the other modules come from)
+
 from pydantic import BaseModel as Payload
 
 from .backend import create_dispatcher
@@ -14,7 +16,10 @@ from .errors import (
     JobsError,
     PermanentError,
     RetryLater,
+    StepError,
+    StepFailedError,
 )
+from .events import JOB_FAILED, Event, EventReceipt, JobFailed
 from .flow.options import Concurrency, Throttle
 from .instrumentation import (
     Instrumentation,
@@ -27,19 +32,24 @@ from .jobs.registry import JobRegistry
 from .jobs.retry import Retry
 from .schedules.schedule import Schedule
 from .schedules.scheduler import Scheduler
+from .steps import Steps, StepsSync
 
 __all__ = [
+    "JOB_FAILED",
     "BatchOptions",
     "Concurrency",
     "DispatchArgumentError",
     "DispatchError",
     "DispatchOptions",
     "DispatchReceipt",
+    "Event",
+    "EventReceipt",
     "Instrumentation",
     "Job",
     "JobConfigError",
     "JobDispatcherPort",
     "JobEvent",
+    "JobFailed",
     "JobFailedError",
     "JobOptions",
     "JobPayloadError",
@@ -55,6 +65,10 @@ __all__ = [
     "RetryLater",
     "Schedule",
     "Scheduler",
+    "StepError",
+    "StepFailedError",
+    "Steps",
+    "StepsSync",
     "Throttle",
     "create_dispatcher",
 ]

@@ -1,26 +1,29 @@
-"""`python -m jobs_core`: list an app's jobs, dispatch one, or start the configured backend's worker.
+"""`jobs-core` (or `python -m jobs_core`): list an app's jobs, dispatch one, or start the
+configured backend's worker.
 
-    python -m jobs_core list myapp.jobs:jobs [--json]
-    python -m jobs_core dispatch myapp.jobs:jobs mail.welcome '{"email": "a@example.com"}'
-    python -m jobs_core worker myapp.jobs:jobs --context myapp.infra:create_context [-- extra]
-    python -m jobs_core scheduler myapp.jobs:jobs
-    python -m jobs_core relay myapp.jobs:jobs --database-url postgresql+psycopg://...
+    jobs-core list myapp.jobs:jobs [--json]
+    jobs-core dispatch myapp.jobs:jobs mail.welcome '{"email": "a@example.com"}'
+    jobs-core worker myapp.jobs:jobs --context myapp.infra:create_context [-- extra]
+    jobs-core scheduler myapp.jobs:jobs
+    jobs-core relay myapp.jobs:jobs --database-url postgresql+psycopg://...
 
-The backend is `JOBS_BACKEND` (default `inline`); `worker` passes unknown options to it.
+The backend is `--backend NAME`, else `JOBS_BACKEND` (default `inline`); `worker` passes
+unknown options to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from .backend import create_dispatcher, load_backend
-from .config import load_context, load_registry, load_settings
+from .backend import announce, create_dispatcher, load_backend, require_context
+from .config import JobsSettings, load_context, load_registry, load_settings
 from .dispatch.idempotency import describe_rule
 from .errors import JobsError
 from .jobs.job import Job
@@ -95,7 +98,7 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
         raise JobsError(f"the payload is not valid JSON: {exc}") from None
-    dispatcher = create_dispatcher(load_context(args.context))
+    dispatcher = create_dispatcher(load_context(args.context), settings=command_settings(args))
     try:
         receipt = dispatcher.dispatch_sync(
             job,
@@ -120,39 +123,78 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_settings(args: argparse.Namespace) -> JobsSettings:
+    """The settings of a command: the environment's, with `--backend` over `JOBS_BACKEND`."""
+    backend = getattr(args, "backend", None)
+    return load_settings(backend=backend) if backend else load_settings()
+
+
+def given_options(args: argparse.Namespace) -> dict[str, str]:
+    """The settings the command line gave, by field, for the line that names the backend."""
+    return {"backend": "--backend"} if getattr(args, "backend", None) else {}
+
+
+def log_to_stderr() -> None:
+    """INFO lines to stderr for the long-running commands (the worker, the scheduler, the
+    relay), unless the app configured logging itself: the backend they run on is the first."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+
 def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
-    settings = load_settings()
+    settings = command_settings(args)
     if settings.backend == "inline":
         raise JobsError(
-            "JOBS_BACKEND is 'inline': jobs run inside dispatch, there is no worker to start. "
-            "Set JOBS_BACKEND to celery, dramatiq or inngest."
+            "the backend is 'inline' (set JOBS_BACKEND or --backend): jobs run inside "
+            "dispatch, there is no worker to start. Use --backend celery, dramatiq or inngest."
         )
     if ":" in settings.backend:
         raise JobsError("`worker` starts built-in backends only; start a third-party one its way")
     backend = load_backend(settings.backend)
     registry = load_registry(args.registry)
+    context = load_context(args.context)
+    require_context(registry, context, "--context MODULE:FACTORY")
     settings = settings.model_copy(update={"registry": args.registry, "context": args.context})
-    return backend.run_worker(
-        registry, context=load_context(args.context), settings=settings, argv=extra
-    )
+    log_to_stderr()
+    announce(settings, "worker", given_options(args))
+    return backend.run_worker(registry, context=context, settings=settings, argv=extra)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     registry = load_registry(args.registry)
-    settings = load_settings()
+    settings = command_settings(args)
     clock = load_clock(args.clock) if args.clock else None
+    log_to_stderr()
+    announce(settings, "scheduler", given_options(args))
     return run_scheduler(registry, settings, context=load_context(args.context), clock=clock)
 
 
+def program_name() -> str:
+    """How the command was called: `jobs-core` (the console script) or `python -m jobs_core`."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "jobs-core" if called.startswith("jobs-core") else "python -m jobs_core"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs_core", description=__doc__.split("\n")[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog=program_name(), description=summary)
     sub = parser.add_subparsers(dest="command", required=True)
+    backend = argparse.ArgumentParser(add_help=False)
+    backend.add_argument(
+        "--backend",
+        metavar="NAME",
+        help="inline, inngest, celery, dramatiq or package.module:factory (default: $JOBS_BACKEND)",
+    )
 
     p_list = sub.add_parser("list", help="list the jobs of a registry")
     p_list.add_argument("registry", metavar="APP:REGISTRY")
     p_list.add_argument("--json", action="store_true", help="print JSON")
 
-    p_dispatch = sub.add_parser("dispatch", help="dispatch one job through JOBS_BACKEND")
+    p_dispatch = sub.add_parser(
+        "dispatch", parents=[backend], help="dispatch one job through the backend"
+    )
     p_dispatch.add_argument("registry", metavar="APP:REGISTRY")
     p_dispatch.add_argument("name", help="the job's name")
     p_dispatch.add_argument("payload", metavar="JSON", help="the payload as a JSON object")
@@ -160,12 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_dispatch.add_argument("--idempotency-key", default=None)
     p_dispatch.add_argument("--context", metavar="MODULE:FACTORY", help="inline only")
 
-    p_worker = sub.add_parser("worker", help="run the JOBS_BACKEND worker for a registry")
+    p_worker = sub.add_parser(
+        "worker", parents=[backend], help="run the backend's worker for a registry"
+    )
     p_worker.add_argument("registry", metavar="APP:REGISTRY")
     p_worker.add_argument("--context", metavar="MODULE:FACTORY", help="context or factory")
 
     p_scheduler = sub.add_parser(
-        "scheduler", help="dispatch the registry's schedules through JOBS_BACKEND (any replicas)"
+        "scheduler",
+        parents=[backend],
+        help="dispatch the registry's schedules through the backend (any replicas)",
     )
     p_scheduler.add_argument("registry", metavar="APP:REGISTRY")
     p_scheduler.add_argument("--context", metavar="MODULE:FACTORY", help="inline only")
@@ -173,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--clock", metavar="MODULE:NAME", help="a jobs_core.scheduler.Clock (or a factory of one)"
     )
 
-    p_relay = sub.add_parser("relay", help="send committed outbox rows through JOBS_BACKEND")
+    p_relay = sub.add_parser(
+        "relay", parents=[backend], help="send committed outbox rows through the backend"
+    )
     p_relay.add_argument("registry", metavar="APP:REGISTRY")
     p_relay.add_argument(
         "--database-url",
@@ -191,7 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_from_here() -> None:
+    """Put the current directory first on `sys.path`, as `python -m` does, so that the
+    `jobs-core` console script finds the app's modules (`myapp.jobs:jobs`) where it runs."""
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (`jobs-core`, `python -m jobs_core`): returns the exit status."""
+    import_from_here()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "worker":

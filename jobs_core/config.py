@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import logging
+import os
 import re
+import threading
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +20,8 @@ from .errors import JobConfigError
 from .jobs.payload import DEFAULT_MAX_PAYLOAD_BYTES
 
 _FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+logger = logging.getLogger("jobs_core.config")
 
 
 def redact_url(url: str) -> str:
@@ -77,6 +84,20 @@ class JobsSettings(BaseSettings):
         default=30.0, gt=0, validation_alias=AliasChoices("JOBS_FLOW_LEASE", "flow_lease")
     )
     """Seconds a worker that died keeps its concurrency slots at most (renewed every third)."""
+    step_store_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("JOBS_STEP_STORE_URL", "step_store_url"),
+        repr=False,
+    )
+    """Where Celery and Dramatiq workers keep the steps of runs with steps: `redis://...`, a
+    SQLAlchemy database URL (`postgresql://...`, `sqlite:///...`), or `django` (the Django
+    app's database). Default: the broker, when it is Redis."""
+    step_retention: timedelta = Field(
+        default=timedelta(days=7),
+        ge=timedelta(0),
+        validation_alias=AliasChoices("JOBS_STEP_RETENTION", "step_retention"),
+    )
+    """How long a finished run's step records are kept (seconds, or ISO 8601 such as P7D)."""
     inngest_app_name: str = Field(
         default="jobs-app", validation_alias=AliasChoices("INNGEST_APP_NAME", "inngest_app_name")
     )
@@ -88,7 +109,7 @@ class JobsSettings(BaseSettings):
         "plan, a year on paid plans (seconds, or ISO 8601 such as P365D).",
     )
 
-    @field_validator("inngest_max_delay", mode="before")
+    @field_validator("inngest_max_delay", "step_retention", mode="before")
     @classmethod
     def _seconds_as_duration(cls, value: Any) -> Any:
         # An environment variable arrives as text: '604800' means seconds, as a number would.
@@ -120,8 +141,68 @@ class JobsSettings(BaseSettings):
         yield "broker_url", self.redacted_broker_url
 
 
+OTHER_VARIABLES: dict[str, str] = {
+    "JOBS_DATABASE_URL": "the outbox relay's database (`python -m jobs_core relay`)",
+    "JOBS_DRAMATIQ_HEARTBEAT_TIMEOUT": "set by the Dramatiq worker command for its processes",
+    "JOBS_DRAMATIQ_MAINTENANCE_CHANCE": "set by the Dramatiq worker command for its processes",
+    "JOBS_TEST_POSTGRES_URL": "the PostgreSQL of jobs_core's own test suite",
+    "JOBS_TEST_POSTGRES_BIN": "the PostgreSQL binaries of jobs_core's own test suite",
+}
+"""The `JOBS_*` variables jobs_core reads besides the `JobsSettings` fields."""
+
+SIMILAR_ENOUGH = 0.8
+"""How close a `JOB_*` name must be to a known one to be taken for a typo of it: `JOB_` is also
+the prefix of other tools' variables (Jenkins sets JOB_NAME and JOB_URL), which are left alone."""
+
+
+def known_variables() -> list[str]:
+    """Every `JOBS_*` environment variable jobs_core knows: the env name of each `JobsSettings`
+    field, and `OTHER_VARIABLES`."""
+    names = set(OTHER_VARIABLES)
+    for field in JobsSettings.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        names.update(c for c in choices if isinstance(c, str) and c.startswith("JOBS_"))
+    return sorted(names)
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warn (once per process and name) about each `JOBS_*` or `JOB_*` environment variable
+    jobs_core does not know, naming the nearest known one: a typo of a variable's name (a
+    missing S, a missing _URL) must not silently leave the default in place. Returns the
+    warnings given."""
+    known = known_variables()
+    given: list[str] = []
+    for name in sorted(os.environ if environ is None else environ):
+        upper = name.upper()  # pydantic-settings reads the variables whatever their case
+        if not upper.startswith(("JOBS_", "JOB_")) or upper in known:
+            continue
+        cutoff = 0.0 if upper.startswith("JOBS_") else SIMILAR_ENOUGH
+        nearest = difflib.get_close_matches(upper, known, n=1, cutoff=cutoff)
+        if not nearest:
+            continue
+        with _warned_lock:
+            if name in _warned:
+                continue
+            _warned.add(name)
+        warning = (
+            f"environment variable {name} is not one jobs_core reads, and is ignored: did you "
+            f"mean {nearest[0]}? (every setting: docs/configuration.md)"
+        )
+        logger.warning(warning)
+        given.append(warning)
+    return given
+
+
 def load_settings(**overrides: Any) -> JobsSettings:
-    """Read `JobsSettings` from the environment; a bad value is a `JobConfigError` naming it."""
+    """Read `JobsSettings` from the environment; a bad value is a `JobConfigError` naming it.
+
+    An unknown `JOBS_*` variable (a typo of a known one) is logged as a warning, once."""
+    check_environment()
     try:
         return JobsSettings(**overrides)
     except Exception as exc:  # pydantic ValidationError, without echoing secrets

@@ -103,3 +103,41 @@ class JobFailedError(JobsError):
         super().__init__(
             f"job {job_name!r} gave up after {runs} run(s): {type(error).__name__}: {error}"
         )
+
+
+class StepError(JobsError):
+    """A step used in a way no retry can fix: an output that cannot be stored (not JSON, over
+    4 MB, an integer beyond ±(2**53 - 1)), a step started inside another step, more than 1,000
+    steps in a run, an empty step id, a sleep of more than a year (C34, C37). The run gives up
+    at once: `on_failure` runs and `failed` is recorded. Names the job and the step."""
+
+    def __init__(self, job_name: str, step_id: str, message: str) -> None:
+        self.job_name = job_name
+        self.step_id = step_id
+        super().__init__(f"job {job_name!r}, step {step_id!r}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.job_name, self.step_id, str(self)))
+
+
+class StepFailedError(JobsError):
+    """Raised inside a handler by a step that ran out of attempts (C36): `step_id` and the last
+    error (`error`, also its `__cause__`). The handler may catch it and go on; uncaught, the run
+    gives up and `on_failure` runs once."""
+
+    def __init__(self, job_name: str, step_id: str, error: BaseException | str) -> None:
+        self.job_name = job_name
+        self.step_id = step_id
+        self.error = error
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        super().__init__(f"job {job_name!r}, step {step_id!r} failed: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_name, self.step_id, str(self.error)))
+
+
+def _rebuild(cls: type[StepError], job_name: str, step_id: str, text: str) -> StepError:
+    error = cls.__new__(cls)
+    error.job_name, error.step_id = job_name, step_id
+    Exception.__init__(error, text)
+    return error

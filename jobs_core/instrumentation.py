@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal, Protocol, runtime_checkable
 
-EventKind = Literal["scheduled", "started", "completed", "retrying", "failed"]
+EventKind = Literal[
+    "scheduled",
+    "started",
+    "completed",
+    "retrying",
+    "failed",
+    "step.started",
+    "step.completed",
+    "step.failed",
+    "run.suspended",
+    "run.resumed",
+]
+"""The job's events, and those of a job with steps (C39): `step.*` per step attempt (with its
+`step_id`), `run.suspended` / `run.resumed` around a sleep, a wait for an event or an invoke."""
 Phase = Literal["schedule", "execute"]
 
 logger = logging.getLogger("jobs_core")
@@ -22,8 +37,9 @@ def _now() -> datetime:
 class JobEvent:
     """What happened to a job: `kind` in `phase`, for which dispatch, on which attempt (0-based).
 
-    `error` is `"ExcType: message"` for `retrying` and `failed`; `duration` is set on execute
-    events that end a run (`completed`, `retrying`, `failed`), and `retry_in` on `retrying`.
+    `error` is `"ExcType: message"` for `retrying` and `failed` (and `step.failed`); `duration`
+    is set on execute events that end a run (`completed`, `retrying`, `failed`), `retry_in` on
+    `retrying` (and `step.failed`), and `step_id` on the events of a step.
     """
 
     kind: EventKind
@@ -36,6 +52,7 @@ class JobEvent:
     at: datetime = field(default_factory=_now)
     duration: timedelta | None = None
     retry_in: timedelta | None = None
+    step_id: str | None = None
 
 
 @runtime_checkable
@@ -70,10 +87,52 @@ _LEVELS: dict[str, int] = {
     "completed": logging.DEBUG,
     "retrying": logging.WARNING,
     "failed": logging.ERROR,
+    "step.started": logging.DEBUG,
+    "step.completed": logging.DEBUG,
+    "step.failed": logging.WARNING,
+    "run.suspended": logging.DEBUG,
+    "run.resumed": logging.DEBUG,
 }
-"""The level of each kind's line. `completed` is DEBUG: a production worker logs at INFO, and
-a line for every job that went well cost it more than all the rest of the core's work on the
-job, saying nothing an operator acts on (docs/instrumentation.md, docs/performance.md)."""
+"""The level of each kind's line: one line per event, whichever backend runs the job.
+
+A worker at INFO (the default of `jobs-core worker`) writes nothing for a run that went well,
+one WARNING line per retry and one ERROR line per give-up: what an operator acts on. `started`
+and `completed` are DEBUG: a line for every job that went well cost a production worker more
+than all the rest of the core's work on the job (docs/instrumentation.md, docs/performance.md);
+a worker at DEBUG writes them, one line each. The worker entry points drop their library's own
+line about the same event (Celery's "received", "succeeded", "retry" and "raised unexpected",
+Dramatiq's "Retrying" and "Aborting"), so these lines are the record of every run."""
+
+
+class LoggedOutcomes:
+    """The runs whose `retrying` or `failed` line jobs_core's logging wrote lately (the last
+    `size` dispatch ids of each kind): a backend's worker drops its library's own line about
+    the same outcome when `logged(kind, dispatch_id)`, and keeps it (a failure jobs_core did not
+    see, such as a broker error while sending a retry) otherwise."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._ids: dict[str, OrderedDict[str, None]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, kind: str, dispatch_id: str) -> None:
+        with self._lock:
+            ids = self._ids.setdefault(kind, OrderedDict())
+            ids[dispatch_id] = None
+            ids.move_to_end(dispatch_id)
+            if len(ids) > self.size:
+                ids.popitem(last=False)
+
+    def logged(self, kind: str, dispatch_id: object) -> bool:
+        """Whether jobs_core logged `kind` for the run `dispatch_id` lately."""
+        if not isinstance(dispatch_id, str):
+            return False
+        with self._lock:
+            return dispatch_id in self._ids.get(kind, {})
+
+
+LOGGED_OUTCOMES = LoggedOutcomes()
+"""What the default logging of this process wrote about runs' outcomes (`LoggedOutcomes`)."""
 
 
 class LoggingInstrumentation:
@@ -105,9 +164,13 @@ class LoggingInstrumentation:
             parts.append(f"duration={event.duration.total_seconds():.3f}s")
         if event.retry_in is not None:
             parts.append(f"retry_in={event.retry_in.total_seconds():.3f}s")
+        if event.step_id is not None:
+            parts.append(f"step={event.step_id}")
         if event.error:
             parts.append(f"error={event.error}")
         self.log.log(level, " ".join(parts), extra={"job_event": event})
+        if event.kind in ("retrying", "failed") and event.dispatch_id is not None:
+            LOGGED_OUTCOMES.add(event.kind, event.dispatch_id)
 
 
 class MultiInstrumentation:

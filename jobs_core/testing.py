@@ -17,7 +17,8 @@ from .dispatch.idempotency import MemoryIdempotencyStore
 from .errors import JobFailedError
 from .instrumentation import Instrumentation, JobEvent
 from .jobs.job import Job
-from .worker import ContextSource, Delivery, JobWorker
+from .steps.store import MemoryStepStore
+from .worker import ContextSource, Delivery, JobWorker, StepsSetup
 
 try:
     import pytest
@@ -55,6 +56,11 @@ class RecordingDispatcher(BaseDispatcher):
             **options,
         )
         self.dispatched: list[RecordedDispatch] = []
+        self.steps = MemoryStepStore()
+        """Where `run_all` keeps the steps of jobs with steps (as the inline backend does)."""
+        self.waits = self.steps.waits
+        """Runs parked by `run_all` at `step.wait_for_event`: a `send` resumes them (recorded,
+        then run by the next `run_all`); their timeouts do not pass on their own."""
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
         for p in jobs:
@@ -95,13 +101,20 @@ class RecordingDispatcher(BaseDispatcher):
             )
 
     def run_all(self, context: ContextSource, *, raise_on_failure: bool = True) -> int:
-        """Run every recorded dispatch (and any they dispatch in turn) with the inline policy.
+        """Run every recorded dispatch (and any they dispatch in turn) with the inline policy:
+        retries and step sleeps do not wait, a job with steps runs delivery after delivery
+        until it ends, its steps kept in `self.steps`.
 
         Returns how many ran. A job that gives up raises `JobFailedError` unless told not to.
         """
         worker: JobWorker[Any] = JobWorker(
-            None, context=context, backend=self.backend_name, instrumentation=self.events
+            None,
+            context=context,
+            backend=self.backend_name,
+            instrumentation=self.events,
+            steps=StepsSetup(self.steps, wait_sleeps=False, wait_backoff=False),
         )
+        worker.outbound = lambda: self  # JOB_FAILED is recorded, then run in turn
         ran = 0
         while self.dispatched:
             pending, self.dispatched = self.dispatched, []
@@ -126,6 +139,9 @@ class _RecordFailure:
 
     def retry(self, delivery: Delivery, delay: timedelta) -> None:
         """The in-process loop runs the next attempt."""
+
+    def defer(self, delivery: Delivery, delay: timedelta) -> None:
+        """The in-process loop delivers a run with steps again."""
 
     def give_up(self, delivery: Delivery, error: BaseException) -> None:
         self.error, self.runs = error, delivery.attempt + 1

@@ -9,6 +9,8 @@ messages are reported through the core and kept in `<queue>.dead`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from datetime import timedelta
 from typing import Any
@@ -17,13 +19,17 @@ from celery import Celery, bootsteps, signals
 from celery.exceptions import Ignore, Reject, Retry
 from celery.worker.consumer.tasks import Tasks
 
+from jobs_core import hooks
+from jobs_core.backend import require_context
 from jobs_core.config import load_settings, redact_url
 from jobs_core.errors import JobConfigError
 from jobs_core.flow.redis_limiter import redis_flow_limiter
+from jobs_core.hooks import HEADERS_KEY, carried
 from jobs_core.instrumentation import Instrumentation
 from jobs_core.jobs.job import Job
 from jobs_core.jobs.registry import JobRegistry
-from jobs_core.worker import ContextSource, Delivery, JobWorker, delivery_from_call
+from jobs_core.steps.stores import step_store_for
+from jobs_core.worker import ContextSource, Delivery, JobWorker, StepsSetup, delivery_from_call
 
 from .broker import (
     DEFAULT_DELIVERY_LIMIT,
@@ -35,6 +41,7 @@ from .broker import (
     is_redis,
     longest_hold,
 )
+from .dispatcher import MESSAGE_OPTIONS, CeleryDispatcher
 from .fixes import (
     CONSUMER,
     PATIENT_PUBLISH,
@@ -45,6 +52,9 @@ from .fixes import (
 )
 
 BACKEND = "celery"
+HIDDEN_ARGS = {k: MESSAGE_OPTIONS[k] for k in ("argsrepr", "kwargsrepr")}
+"""What Celery logs of a re-sent message's arguments (a retry, a deferral): not the payload
+(C23), as for a dispatched one."""
 TRANSPORTS = ("kombu", "reliable-redis")
 """`transport=` of `create_celery_app` (`JOBS_CELERY_TRANSPORT`): kombu's own, or the opt-in
 reliable Redis transport (`jobs_core.backends.celery.reliable_redis`)."""
@@ -78,6 +88,7 @@ class _Settlement:
             countdown=delay.total_seconds(),
             max_retries=self.job.retry.attempts,
             queue=self.queue,
+            **HIDDEN_ARGS,
         )
 
     def give_up(self, delivery: Delivery, error: BaseException) -> None:
@@ -88,7 +99,8 @@ class _Settlement:
         raise error
 
     def defer(self, delivery: Delivery, delay: timedelta) -> None:
-        """Send the message on again as the same attempt: it waits for its flow-control turn."""
+        """Send the message on again as the same attempt (its flow-control turn; a run with
+        steps going on), no later than the broker holds a delay: a longer wait hops."""
         task = self.task
         countdown = min(max(delay.total_seconds(), 0.0), self.max_hold)
         task.signature_from_request(
@@ -98,6 +110,7 @@ class _Settlement:
             countdown=countdown,
             retries=task.request.retries,
             queue=self.queue,
+            **HIDDEN_ARGS,
         ).apply_async(retry_policy=PATIENT_PUBLISH)
 
 
@@ -112,6 +125,10 @@ def _register_job(
         delivery = delivery_from_call(
             job.name, args, kwargs, attempt=request.retries, dispatch_id=request.id
         )
+        if hooks.HOOKS:  # what hooks (tracing) sent with the job, kept by Celery's retries
+            custom = request.headers or {}
+            traced = carried(custom.get(HEADERS_KEY) or getattr(request, HEADERS_KEY, None))
+            delivery = dataclasses.replace(delivery, headers=traced)
         worker.run(delivery, settlement, job)
 
     run.__name__ = run.__qualname__ = "job_" + "".join(c if c.isalnum() else "_" for c in job.name)
@@ -175,11 +192,13 @@ def _connect_keepers(app: Any, worker: JobWorker[Any], dead: Any, amqp: bool) ->
 
 class DeclareDeadLetters(bootsteps.StartStopStep):  # type: ignore[misc]
     """Declares the queue's dead-letter queue when the worker connects (RabbitMQ drops what it
-    dead-letters into an exchange without a queue), and says once what the broker can lose."""
+    dead-letters into an exchange without a queue), says once what the broker can lose, and
+    ends timed-out waits while the worker runs."""
 
     requires = (Tasks,)
 
     def start(self, c: Any) -> None:
+        c.app.jobs_core_worker.start_sweeping()  # the waits past their deadline end (C42)
         dead = c.app.jobs_core_dead_letters
         with c.app.connection_for_write() as connection:
             dead.bind(connection.default_channel).declare()
@@ -188,6 +207,9 @@ class DeclareDeadLetters(bootsteps.StartStopStep):  # type: ignore[misc]
             warning = c.app.jobs_core_warning
             if warning:
                 logger.warning(*warning)
+
+    def shutdown(self, c: Any) -> None:
+        c.app.jobs_core_worker.close()
 
 
 def _use_transport(app: Any, transport: str, visibility_timeout: float) -> None:
@@ -231,6 +253,7 @@ def create_celery_app(
     (Redis) and `delivery_limit` (RabbitMQ) must match the producers'. The remaining keyword
     arguments go to `app.conf` last (a `broker_transport_options` dict is merged).
     """
+    require_context(registry, context, "context= to create_celery_app")
     settings = load_settings()
     broker_url = broker_url or settings.broker_url
     queue = queue or settings.queue
@@ -250,14 +273,29 @@ def create_celery_app(
     app.conf.update(conf)
     _use_transport(app, transport, vt)
     hold = longest_hold(broker_url, vt)
+    store = step_store_for(registry, BACKEND, broker_url=broker_url)  # C28: refused if none
     worker = JobWorker(
         registry,
         context=context,
         backend=BACKEND,
         instrumentation=instrumentation,
         max_retry_wait=hold,
+        steps=StepsSetup(store, retention=settings.step_retention) if store else None,
     )
     worker.flow = redis_flow_limiter(registry, BACKEND, broker_url=broker_url)  # C25-C26, C28
+
+    @functools.lru_cache(maxsize=1)
+    def outbound() -> CeleryDispatcher:  # JOB_FAILED, made when first needed
+        return CeleryDispatcher(
+            broker_url,
+            queue,
+            visibility_timeout=vt,
+            delivery_limit=delivery_limit,
+            idempotency_url=settings.idempotency_url,
+        )
+
+    worker.outbound = outbound
+    app.jobs_core_worker = worker
     max_hold = hold.total_seconds() if hold is not None else float("inf")
     for job in registry:
         _register_job(app, job, worker, queue, max_hold)
@@ -269,6 +307,7 @@ def create_celery_app(
     app.steps["consumer"].add(DeclareDeadLetters)
     if is_amqp(broker_url):
         logger.debug("celery app for %s: quorum queue %r", redact_url(broker_url), queue)
+    registry.built_into("the Celery app of create_celery_app")
     return app
 
 

@@ -31,7 +31,9 @@ from jobs_core.dispatch.idempotency import (
     idempotency_store_for,
     is_redis_url,
 )
+from jobs_core.hooks import HEADERS_KEY
 from jobs_core.jobs.payload import PAYLOAD_MASK
+from jobs_core.steps.stores import waits_for_producer
 
 from .broker import (
     DEFAULT_DELIVERY_LIMIT,
@@ -106,6 +108,8 @@ class CeleryDispatcher(BaseDispatcher):
             idempotency is None and idempotency_url is None and is_redis_url(broker_url)
         )  # the keys live in the broker's Redis: claimed in the transaction that pushes the task
         self._declared = False
+        shared = getattr(self.idempotency, "client", None) if idempotency_url is None else None
+        self.waits = waits_for_producer(broker_url, shared)  # C42
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
         """Publish through Celery's own message layer (`app.amqp`), as `send_task` does, minus
@@ -202,6 +206,8 @@ def _task_message(amqp: Any, prepared: PreparedJob) -> Any:
     )
     _, kwargs, embed = message.body
     rest = pydantic_core.to_json([kwargs, embed])[1:]
+    if prepared.headers:  # what hooks (tracing) send with the job: a header of its own
+        message.headers[HEADERS_KEY] = dict(prepared.headers)
     return message._replace(body=b"[[" + prepared.body + b"]," + rest)
 
 

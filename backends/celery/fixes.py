@@ -41,9 +41,10 @@ from jobs_core.worker import BROKER_AWAY_SECONDS
 
 logger = logging.getLogger("jobs_core.celery")
 
-_CeleryConsumer: Any = _celery_consumer.Consumer
-_RedisChannel: Any = _kombu_redis.Channel
-_RedisTransport: Any = _kombu_redis.Transport
+# The upstream classes the fixes below subclass (untyped upstream, so typed Any here).
+UpstreamConsumer: Any = _celery_consumer.Consumer
+UpstreamRedisChannel: Any = _kombu_redis.Channel
+UpstreamRedisTransport: Any = _kombu_redis.Transport
 
 CONSUMER = f"{__name__}:Consumer"
 """`worker_consumer`: Celery's consumer with fix 1."""
@@ -55,7 +56,7 @@ STRATEGY = f"{__name__}:malformed_messages_are_invalid"
 """The `Strategy=` option of a job's task (fix 2)."""
 
 
-class Consumer(_CeleryConsumer):  # type: ignore[misc]
+class Consumer(UpstreamConsumer):  # type: ignore[misc]
     """Celery's consumer: undecodable bodies rejected and announced instead of acked (fix 1);
     every malformed message logged with what finds it again."""
 
@@ -133,7 +134,7 @@ def retry_patiently(task: Any, args: Any, kwargs: Any, **options: Any) -> None:
         raise Reject(dropped.reason, requeue=True) from dropped
 
 
-class RedisChannel(_RedisChannel):  # type: ignore[misc]
+class RedisChannel(UpstreamRedisChannel):  # type: ignore[misc]
     """kombu's Redis channel; a collected connection is a lost connection (fix 4)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -152,7 +153,7 @@ class RedisChannel(_RedisChannel):  # type: ignore[misc]
         return params
 
 
-class RedisTransport(_RedisTransport):  # type: ignore[misc]
+class RedisTransport(UpstreamRedisTransport):  # type: ignore[misc]
     """kombu's Redis transport with `RedisChannel` (`broker_transport` = `REDIS_TRANSPORT`)."""
 
     Channel = RedisChannel

@@ -1,6 +1,6 @@
-"""The Celery worker entry point of `python -m jobs_core worker` (JOBS_BACKEND=celery): the app
-made by `create_celery_app`, run in the foreground, with log levels a production worker can
-afford."""
+"""The Celery worker entry point of `jobs-core worker` (JOBS_BACKEND=celery): the app made by
+`create_celery_app`, run in the foreground, logging one line per job event (jobs_core's), at a
+level a production worker can afford."""
 
 from __future__ import annotations
 
@@ -8,20 +8,57 @@ import argparse
 import logging
 from typing import Any
 
-from celery import signals
+from celery.app import trace
 
 from jobs_core.config import JobsSettings
+from jobs_core.instrumentation import LOGGED_OUTCOMES
 from jobs_core.jobs.registry import JobRegistry
 from jobs_core.worker import ContextSource
 
 from .app import create_celery_app
 
 PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+"""The loggers of Celery's own line per task: received, succeeded, retry, raised."""
 
 
-def _quiet_task_lines(**_: Any) -> None:
+class TaskLines(logging.Filter):
+    """Drops Celery's own line about a job's run where jobs_core writes one for the same event:
+    "received" and "succeeded" (jobs_core's `started` and `completed`, DEBUG), "retry" and
+    "raised unexpected" of a run jobs_core logged as `retrying` or `failed`. A failure jobs_core
+    did not log (a broker error while sending a retry, say) keeps Celery's line. So a deferred
+    run is not "succeeded" twice, and a `PermanentError` is one ERROR line, without a traceback
+    of the worker's own frames."""
+
+    RECEIVED = trace.LOG_RECEIVED.strip()
+    SUCCEEDED = trace.LOG_SUCCESS.strip()
+    RETRIED = trace.LOG_RETRY.strip()
+    RAISED = trace.LOG_FAILURE.strip()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if message in (self.RECEIVED, self.SUCCEEDED):
+            return False
+        data = getattr(record, "data", None)
+        task_id = data.get("id") if isinstance(data, dict) else None
+        if message == self.RETRIED:
+            return not LOGGED_OUTCOMES.logged("retrying", task_id)
+        if message == self.RAISED and isinstance(data, dict) and not data.get("internal"):
+            return not LOGGED_OUTCOMES.logged("failed", task_id)
+        return True
+
+
+TASK_LINES = TaskLines()
+
+
+def quiet_task_logs() -> None:
+    """Leave jobs_core's lines as the record of each job's run in this Celery worker process:
+    Celery's own line per task is dropped where jobs_core writes one (`TaskLines`). `jobs-core
+    worker` does it; a worker started with `celery -A myapp.worker:celery_app worker` calls it
+    in that module. Idempotent."""
     for name in PER_TASK_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        log = logging.getLogger(name)
+        if TASK_LINES not in log.filters:
+            log.addFilter(TASK_LINES)
 
 
 def run_worker(
@@ -55,11 +92,10 @@ def run_worker(
         broker_transport_options=transport,
     )
     if not any(a == "-l" or a.startswith("--loglevel") for a in argv):
-        # INFO for the worker's own news, but not Celery's two lines per task (received,
-        # succeeded): a production worker pays for every line, and they say nothing to act on.
+        # INFO for the worker's own news; at INFO a job that went well writes no line (a
+        # production worker pays for every line), a retry one WARNING, a give-up one ERROR.
         argv = ["--loglevel", "INFO", *argv]
-        app.jobs_core_quiet_tasks = _quiet_task_lines
-        signals.after_setup_logger.connect(_quiet_task_lines, weak=True)
+    quiet_task_logs()  # at any level: jobs_core's lines are the record of each run
     try:
         app.worker_main(argv=["worker", *argv])
     except SystemExit as exit_:

@@ -22,6 +22,8 @@ from jobs_core.dispatch.idempotency import (
     is_redis_url,
     redis_client,
 )
+from jobs_core.hooks import HEADERS_KEY
+from jobs_core.steps.stores import waits_for_producer
 
 from .broker import BACKEND, amqp_broker, millis
 
@@ -40,18 +42,24 @@ class DramatiqDispatcher(BaseDispatcher):
 
     def __init__(
         self,
-        broker_url: str,
+        broker_url: str | None,
         queue: str = "default",
         *,
         idempotency: IdempotencyStore | None = None,
         idempotency_url: str | None = None,
+        broker: Any = None,
         **options: Any,
     ) -> None:
         super().__init__(idempotency=idempotency, **options)
-        self.broker_url = broker_url
+        self.broker_url = broker_url or ""
         self.queue = queue
         self.client: redis.Redis | None = None
-        if is_redis_url(broker_url):
+        if broker is not None:  # a worker's own broker (it sends JOB_FAILED through it)
+            self.broker = broker
+            self.client = broker.client if isinstance(broker, RedisBroker) else None
+        elif broker_url is None:
+            raise TypeError("DramatiqDispatcher needs a broker_url (or a broker)")
+        elif is_redis_url(broker_url):
             self.client = redis_client(broker_url, self.timeout)
             self.broker = RedisBroker(client=self.client, middleware=[], maintenance_chance=0)
         else:
@@ -59,8 +67,17 @@ class DramatiqDispatcher(BaseDispatcher):
         self.broker.declare_queue(queue)
         if idempotency is None:
             shared = self.client if idempotency_url is None else None
-            url = idempotency_url or broker_url
-            self.idempotency = idempotency_store_for(url, self.timeout, what=BACKEND, client=shared)
+            url = idempotency_url or self.broker_url
+            if shared is not None and broker is not None:  # the worker's Redis broker
+                self.idempotency = RedisIdempotencyStore(
+                    shared, pending_seconds=2 * self.timeout + 1
+                )
+            else:
+                self.idempotency = idempotency_store_for(
+                    url, self.timeout, what=BACKEND, client=shared
+                )
+        if broker is None:
+            self.waits = waits_for_producer(self.broker_url, self.client)  # C42
         self.enqueues_in_store_transaction = (
             isinstance(self.idempotency, RedisIdempotencyStore)
             and self.idempotency.client is self.client
@@ -72,7 +89,7 @@ class DramatiqDispatcher(BaseDispatcher):
             actor_name=prepared.name,
             args=(prepared.data,),
             kwargs={},
-            options={},
+            options={HEADERS_KEY: dict(prepared.headers)} if prepared.headers else {},
             message_id=prepared.dispatch_id,
         )
 

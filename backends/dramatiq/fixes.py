@@ -20,9 +20,7 @@
   same id, and not at all if the lost attempt landed: a new id each time put the retry on the
   queue twice, and the job's last attempt and `on_failure` ran twice.
 
-`HidePayloads` shows a message in Dramatiq's worker log lines as `actor(<payload>) [id]`:
-upstream logs a message's arguments in full ("Failed to process message %s ..."), and payloads
-may hold personal data or secrets (C23).
+(What Dramatiq's log lines would show of payloads is fixed in `privacy.py`.)
 
 Each patch has a test that fails without it (tests/poison, tests/dramatiq/test_durability.py).
 """
@@ -34,17 +32,14 @@ import threading
 import time
 from typing import Any
 
-import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import q_name
-from dramatiq.errors import ConnectionClosed as _ConnectionClosed
-from dramatiq.errors import DecodeError
 
-from jobs_core.jobs.payload import PAYLOAD_MASK
 from jobs_core.worker import BROKER_AWAY_SECONDS, JobWorker
 
-ConnectionClosed: Any = _ConnectionClosed  # untyped constructor
+from .consumer import HeldIds, SafeConsumer
+from .poison import fault_of
 
 logger = logging.getLogger("jobs_core.backends.dramatiq")
 
@@ -57,131 +52,9 @@ IDLE_SWEEP_SECONDS = 30.0
 """How often an idle consumer looks for ids left in its acks set that no ack will remove."""
 
 
-class HidePayloads(logging.Filter):
-    """Shows a message in Dramatiq's log lines as `actor(<payload>) [message id]`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                f"{a.actor_name}({PAYLOAD_MASK}) [{a.message_id}]"
-                if isinstance(a, (dramatiq.Message, dramatiq.broker.MessageProxy))
-                else a
-                for a in record.args
-            )
-        return True
-
-
-_HIDE_PAYLOADS = HidePayloads()
-
-
-def hide_payloads(log: logging.Logger) -> None:
-    """Install `HidePayloads` on `log` (once)."""
-    if _HIDE_PAYLOADS not in log.filters:
-        log.addFilter(_HIDE_PAYLOADS)
-
-
-class HeldIds:
-    """The Redis message ids of one queue that this worker process holds (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, message_id: str | None) -> None:
-        with self._lock:
-            self._ids.add(message_id or "")
-
-    def discard(self, message_id: str | None) -> None:
-        with self._lock:
-            self._ids.discard(message_id or "")
-
-    def clear(self) -> None:
-        with self._lock:
-            self._ids.clear()
-
-    def snapshot(self) -> set[str]:
-        with self._lock:
-            return set(self._ids)
-
-
-class SafeConsumer(dramatiq.broker.Consumer):
-    """Wraps a Redis consumer: tracks what this worker holds, and on start settles what a
-    broken predecessor left in the acks set (`WorkerRedisBroker.sort_out`)."""
-
-    def __init__(self, inner: Any, broker: WorkerRedisBroker, queue_name: str) -> None:
-        self.inner = inner
-        self.broker = broker
-        self.queue_name = queue_name
-        self.held = broker.held(queue_name)
-        self._swept: float | None = None
-
-    def __next__(self) -> Any:
-        if self._swept is None:  # what a broken predecessor left
-            if q_name(self.queue_name) != self.queue_name:  # a delay queue: nothing kept
-                self.held.clear()
-            self._sweep(requeue=True)
-        message = next(self.inner)
-        if message is not None:
-            self.held.add(message.options["redis_message_id"])
-        elif time.monotonic() - (self._swept or 0.0) > self.broker.idle_sweep_seconds:
-            self._sweep(requeue=False)  # an item whose ack missed it (a copied body)
-        return message
-
-    def _sweep(self, *, requeue: bool) -> None:
-        try:
-            self.broker.sort_out(self.queue_name, requeue=requeue)
-        except redis.ConnectionError as exc:
-            raise ConnectionClosed(exc) from None
-        self._swept = time.monotonic()
-
-    def ack(self, message: Any) -> None:
-        self.inner.ack(message)  # on a connection error the worker tries again: still held
-        self.held.discard(message.options.get("redis_message_id"))
-
-    def nack(self, message: Any) -> None:
-        self.inner.nack(message)
-        self.held.discard(message.options.get("redis_message_id"))
-
-    def requeue(self, messages: Any) -> None:
-        self.inner.requeue(messages)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-_TYPED_FIELDS = (("actor_name", str), ("message_id", str), ("kwargs", dict), ("options", dict))
-
-
-def fault_of(data: bytes | None, queue_name: str, redis_id: str | None = None) -> tuple[str, Any]:
-    """Why `data` cannot run as a message fetched from `queue_name` ("" when it can), and the
-    job name it carries. Dramatiq decodes any JSON object with the right keys whatever their
-    types; a wrong type or another queue's name then stops a consumer or worker thread, or
-    leaves the id in the acks set for as long as the worker lives."""
-    if data is None:
-        return "no message body", None
-    try:
-        message = dramatiq.Message.decode(data)
-    except DecodeError as exc:
-        return f"not a Dramatiq message: {type(exc.error).__name__}: {exc.error}", None
-    name = message.actor_name if isinstance(message.actor_name, str) else None
-    for field, kind in _TYPED_FIELDS:
-        if not isinstance(getattr(message, field), kind):
-            return f"its {field} is not a {kind.__name__}", name
-    options = message.options
-    if not isinstance(options.get("redis_message_id"), str) or redis_id not in (
-        None,
-        options["redis_message_id"],
-    ):
-        return "its options.redis_message_id is not the id it was queued under", name
-    if not isinstance(options.get("retries", 0), int):
-        return "its options.retries is not an int", name
-    if message.queue_name != queue_name:
-        return f"its queue_name {message.queue_name!r} is not {queue_name!r}", name
-    return "", name
-
-
 class WorkerRedisBroker(RedisBroker):
-    """Dramatiq's `RedisBroker` with the patches above, for worker processes."""
+    """Dramatiq's `RedisBroker` with the patches above, for worker processes (its consumer:
+    `consumer.SafeConsumer`; what cannot run: `poison.fault_of`)."""
 
     enqueue_retry_seconds = ENQUEUE_RETRY_SECONDS
     idle_sweep_seconds = IDLE_SWEEP_SECONDS

@@ -11,6 +11,8 @@ flow-control turn enqueued again as the same attempt.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -21,13 +23,17 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware
 
+from jobs_core import hooks
+from jobs_core.backend import require_context
 from jobs_core.config import JobsSettings, load_context, load_registry, load_settings
 from jobs_core.errors import JobConfigError
 from jobs_core.flow.redis_limiter import redis_flow_limiter
-from jobs_core.instrumentation import Instrumentation
+from jobs_core.hooks import HEADERS_KEY, carried
+from jobs_core.instrumentation import LOGGED_OUTCOMES, Instrumentation
 from jobs_core.jobs.job import Job
 from jobs_core.jobs.registry import JobRegistry
-from jobs_core.worker import ContextSource, Delivery, JobWorker, delivery_from_call
+from jobs_core.steps.stores import step_store_for
+from jobs_core.worker import ContextSource, Delivery, JobWorker, StepsSetup, delivery_from_call
 
 from .broker import (
     BACKEND,
@@ -38,9 +44,56 @@ from .broker import (
     make_worker_broker,
     millis,
 )
-from .fixes import WorkerRedisBroker, hide_payloads
+from .dispatcher import DramatiqDispatcher
+from .fixes import WorkerRedisBroker
+from .privacy import hide_payloads
 
 logger = logging.getLogger("jobs_core.backends.dramatiq")
+
+
+class MessageLines(logging.Filter):
+    """Drops Dramatiq's own line about a job's run where jobs_core writes one for the same event
+    (so each event is one line): "Retrying message" of a run jobs_core logged as `retrying`,
+    "Failed to process message ... with expected exception" and "Aborting message" of a run it
+    logged as `failed`. Lines about failures jobs_core did not log are kept."""
+
+    RETRYING = "Retrying message %r in %d milliseconds."
+    ABORTING = "Aborting message %r."
+    EXPECTED = "Failed to process message %s with expected exception %s."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not args:
+            return True
+        if record.msg == self.RETRYING:
+            return not LOGGED_OUTCOMES.logged("retrying", args[0])
+        if record.msg == self.ABORTING:
+            return not LOGGED_OUTCOMES.logged("failed", args[0])
+        if record.msg == self.EXPECTED:
+            return not LOGGED_OUTCOMES.logged("failed", _message_id(args[0]))
+        return True
+
+
+def _message_id(message: Any) -> str | None:
+    """The id of a message in a log record's arguments: a message, or `HidePayloads`'s text of
+    one (`actor(<payload>) [id]`)."""
+    found = getattr(message, "message_id", None)
+    if found is None and isinstance(message, str) and message.endswith("]"):
+        found = message.rpartition("[")[2][:-1]
+    return found if isinstance(found, str) else None
+
+
+MESSAGE_LINES = MessageLines()
+PER_MESSAGE_LOGGERS = ("dramatiq.worker.WorkerThread", "dramatiq.middleware.retries.Retries")
+
+
+def quiet_message_logs() -> None:
+    """Install `MessageLines` on Dramatiq's per-message loggers, ahead of their other filters
+    (idempotent)."""
+    for name in PER_MESSAGE_LOGGERS:
+        log = logging.getLogger(name)
+        if MESSAGE_LINES not in log.filters:
+            log.filters.insert(0, MESSAGE_LINES)
 
 
 class JobGaveUp(Exception):
@@ -82,6 +135,12 @@ class JobsMiddleware(Middleware):
 
     after_worker_thread_boot = after_consumer_thread_boot
 
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        self.worker.start_sweeping()  # the waits past their deadline end here too (C42)
+
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        self.worker.close()
+
     def before_nack(self, broker: Broker, message: Any) -> None:
         if message.actor_name not in broker.actors:
             delivery = Delivery(message.actor_name, None, 0, message.message_id)
@@ -107,6 +166,7 @@ def register_actors(
     with a module that calls this at import. `queue` defaults to `JOBS_QUEUE`; `context` is a
     ctx object or a sync or async factory called for each run.
     """
+    require_context(registry, context, "context= to register_actors")
     if broker is None or queue is None:
         settings = load_settings()
         queue = queue or settings.queue
@@ -119,14 +179,30 @@ def register_actors(
             dramatiq.set_broker(broker)
     if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
         broker.add_middleware(CurrentMessage())
-    worker = JobWorker(registry, context=context, backend=BACKEND, instrumentation=instrumentation)
     client = broker.client if isinstance(broker, RedisBroker) else None
+    store = step_store_for(registry, BACKEND, broker_url=broker_url, client=client)  # C28
+    retention = load_settings().step_retention
+    worker = JobWorker(
+        registry,
+        context=context,
+        backend=BACKEND,
+        instrumentation=instrumentation,
+        steps=StepsSetup(store, retention=retention) if store else None,
+    )
     worker.flow = redis_flow_limiter(registry, BACKEND, broker_url=broker_url, client=client)
+
+    @functools.lru_cache(maxsize=1)
+    def outbound() -> DramatiqDispatcher:  # JOB_FAILED: through this broker, made when needed
+        url = load_settings().idempotency_url
+        return DramatiqDispatcher(None, queue, broker=broker, idempotency_url=url)
+
+    worker.outbound = outbound
     if not any(isinstance(m, JobsMiddleware) for m in broker.middleware):
         broker.add_middleware(JobsMiddleware(worker))
     if isinstance(broker, WorkerRedisBroker):
         broker.worker = worker  # reports what it cannot decode
     hide_payloads(logging.getLogger("dramatiq.worker.WorkerThread"))
+    quiet_message_logs()
     settlement = _Settlement(broker)
     for job in registry:
         worker.check(job, settlement)
@@ -139,6 +215,7 @@ def register_actors(
             max_backoff=millis(job.retry.max_backoff.total_seconds()),
             throws=(JobGaveUp,),
         )(_actor_body(job, worker, settlement))
+    registry.built_into("the Dramatiq actors of register_actors")
     return broker
 
 
@@ -150,6 +227,9 @@ def _actor_body(job: Job[Any, Any], worker: JobWorker[Any], settlement: _Settlem
         delivery = delivery_from_call(
             job.name, args, kwargs, attempt=attempt, dispatch_id=dispatch_id
         )
+        if hooks.HOOKS and message is not None:  # what hooks (tracing) sent with the job
+            traced = carried(message.options.get(HEADERS_KEY))
+            delivery = dataclasses.replace(delivery, headers=traced)
         worker.run(delivery, settlement, job)
 
     run.__name__ = run.__qualname__ = f"job_{job.name}"

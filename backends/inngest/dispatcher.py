@@ -7,8 +7,10 @@ the start time (C8), sent to the Event API by `sender.EventSender`.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,14 +18,17 @@ import inngest
 import pydantic_core
 from inngest._internal import errors as sdk_errors
 
+from jobs_core import hooks
 from jobs_core.config import JobsSettings, load_settings
 from jobs_core.dispatch.dispatcher import (
     BaseDispatcher,
     PartialSend,
+    PreparedEvent,
     PreparedJob,
     keyed_dispatch_id,
 )
 from jobs_core.errors import DispatchError, JobConfigError, JobPayloadError
+from jobs_core.events.event import EventReceipt
 from jobs_core.instrumentation import JobEvent, safe_record
 from jobs_core.jobs.job import Job
 from jobs_core.worker import ContextSource
@@ -40,6 +45,8 @@ DEFAULT_MAX_DELAY = timedelta(days=7)
 """The longest `delay` Inngest's Free plan keeps (paid plans: a year); `INNGEST_MAX_DELAY`."""
 LATEST_TS = datetime(2100, 1, 1, tzinfo=timezone.utc)
 GAVE_UP = "jobs_core gave up"
+GAVE_UP_AT = re.compile(re.escape(GAVE_UP) + r" on job .*? at attempt (\d+): (.*)", re.S)
+"""A give-up's message, as the worker answers it: the attempt, and the error described."""
 """Starts the message of the core's own give-up, which the failure function then skips."""
 
 mask_event_keys()
@@ -84,12 +91,26 @@ def _millis(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+DATA_KEY = "_jobs_core_trace"
+"""Where what hooks (tracing) send with a job travels in its event: a key of the event's data
+that no payload model can have (pydantic fields do not start with `_`), removed before the
+payload is read."""
+
+
 def _event(p: PreparedJob, data: bytes = b"") -> bytes:
     """The event's JSON with `data` (the payload's JSON, serialised once at dispatch) as is."""
     event: dict[str, Any] = {"name": p.name, "id": p.dispatch_id}
     if p.eta is not None and p.eta > datetime.now(timezone.utc):
         event["ts"] = _millis(p.eta)  # a start time that has passed is "now", as elsewhere
+    if p.headers and data:
+        data = with_headers(data, p.headers)
     return pydantic_core.to_json(event)[:-1] + b',"data":' + data + b"}"
+
+
+def with_headers(data: bytes, headers: Mapping[str, str]) -> bytes:
+    """An event's data (a JSON object) with `headers` under `DATA_KEY`."""
+    carried = b'{"' + DATA_KEY.encode() + b'":' + pydantic_core.to_json(dict(headers))
+    return carried + (b"}" if data.strip() == b"{}" else b"," + data.lstrip()[1:])
 
 
 def _chunks(parts: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
@@ -198,6 +219,45 @@ class InngestDispatcher(BaseDispatcher):
                     raise PartialSend(taken, error) from error
                 raise
         return [p.dispatch_id for p in jobs]
+
+    def _submit_events(self, events: Sequence[PreparedEvent[PreparedJob]]) -> list[EventReceipt]:
+        """One Inngest event per `send`, named as the event, with its id: the server runs every
+        function it triggers (and runs none again for a repeated id within 24 h)."""
+        parts = []
+        traced = [hooks.Sending(e.event.name, e.event_id) for e in events]
+        seam: Any = hooks.dispatching(BACKEND, traced) if hooks.HOOKS else nullcontext([])
+        with seam as headers:
+            for i, e in enumerate(events):
+                event: dict[str, Any] = {"name": e.event.name, "id": e.event_id}
+                if e.eta is not None and e.eta > datetime.now(timezone.utc):
+                    event["ts"] = _millis(e.eta)
+                body = with_headers(e.body, headers[i]) if headers and headers[i] else e.body
+                parts.append(pydantic_core.to_json(event)[:-1] + b',"data":' + body + b"}")
+            self._send_event_parts(events, parts)
+        receipts = []
+        for e in events:
+            for job in e.event.jobs:
+                self._receipt(job.name, e.event_id)  # `scheduled`, as a fan-out records it
+            triggered = tuple(job.name for job in e.event.jobs)
+            receipts.append(EventReceipt(e.event.name, e.event_id, triggered))
+        return receipts
+
+    def _send_event_parts(
+        self, events: Sequence[PreparedEvent[PreparedJob]], parts: list[bytes]
+    ) -> None:
+        for start, end in _chunks(parts, self.max_request_bytes):
+            try:
+                self.sender.send(parts[start:end])
+            except Exception as error:
+                for e in events:
+                    self._record_schedule_failure(e.event.name, e.event_id, error)
+                names = ", ".join(sorted({e.event.name for e in events}))
+                raise DispatchError(names, error) from error
+
+    async def _submit_events_async(
+        self, events: Sequence[PreparedEvent[PreparedJob]]
+    ) -> list[EventReceipt]:
+        return await asyncio.to_thread(self._submit_events, events)
 
     def close(self) -> None:
         self.sender.close()

@@ -8,12 +8,14 @@ Validation (C4–C6), the payload size limit, delays (C8), idempotency keys (C9,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import operator
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
@@ -22,6 +24,7 @@ import pydantic_core
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
+from .. import hooks
 from ..errors import (
     DispatchArgumentError,
     DispatchError,
@@ -29,6 +32,7 @@ from ..errors import (
     JobPayloadError,
     JobsError,
 )
+from ..events.event import JOB_FAILED, Event, EventReceipt, M
 from ..instrumentation import (
     DEFAULT_LOGGING,
     Instrumentation,
@@ -47,7 +51,14 @@ from .idempotency import (
     payload_key,
     scoped_key,
 )
-from .port import BatchOptions, DispatchItem, DispatchOptions, DispatchReceipt
+from .port import (
+    BatchOptions,
+    DispatchItem,
+    DispatchOptions,
+    DispatchReceipt,
+    EventItem,
+    SendOptions,
+)
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
 
@@ -76,6 +87,8 @@ class PreparedJob:
     dispatch_id: str
     eta: datetime | None = None
     idempotency_key: str | None = None
+    headers: Mapping[str, str] | None = None
+    """What hooks (tracing) add to the job's message, besides the payload (`jobs_core.hooks`)."""
 
     @property
     def name(self) -> str:
@@ -185,6 +198,8 @@ def requests_of(
                 run_at=item.run_at if item.run_at is not None else run_at,
                 idempotency_key=item.idempotency_key,
             )
+            if item.headers:
+                options["headers"] = item.headers
             yield item.job, item.payload, options
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             yield item[0], item[1], DispatchOptions(delay=delay, run_at=run_at)
@@ -202,6 +217,7 @@ def prepare_dispatch(
     delay: timedelta | None = None,
     run_at: datetime | None = None,
     idempotency_key: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> PreparedJob:
     """One dispatch validated and serialised as every dispatcher does it (C4-C6, C10, C27):
     the payload fits the model and can travel, the options are sound, and a job with payload
@@ -223,10 +239,49 @@ def prepare_dispatch(
         dispatch_id = keyed_dispatch_id(job.name, idempotency_key)
     else:
         dispatch_id = secrets.token_hex(16)
-    return PreparedJob(job, model, body, dispatch_id, eta, idempotency_key)
+    return PreparedJob(job, model, body, dispatch_id, eta, idempotency_key, headers)
 
 
 Prepared = TypeVar("Prepared")
+
+
+@dataclass(frozen=True)
+class PreparedEvent(Generic[Prepared]):
+    """A validated `send`: the event, its data (`model`, and as JSON in `body`), its id, whether
+    the id was given (`keyed`: a repeat within 24 h runs no job again), when its jobs may start,
+    and the triggered jobs, each prepared as a dispatch."""
+
+    event: Event[Any]
+    model: BaseModel
+    body: bytes
+    event_id: str
+    keyed: bool
+    eta: datetime | None
+    jobs: list[Prepared]
+
+
+def prepare_event(
+    event: Event[Any], data: Any, max_payload_bytes: int, id: str | None
+) -> tuple[BaseModel, bytes, str]:
+    """An event's data validated and serialised (C4, C10), and its id (`id`, else a new one)."""
+    if not isinstance(event, Event):
+        raise DispatchArgumentError(
+            f"send expects an Event (from JobRegistry.event), got a {type(event).__name__}"
+        )
+    if event is JOB_FAILED:
+        raise DispatchArgumentError("JOB_FAILED is sent by jobs_core when a job gives up")
+    if id is not None and (not isinstance(id, str) or not id):
+        raise DispatchArgumentError("id= must be a non-empty str")
+    model = event.validate(data)
+    shape: Any = _EventShape(event.name, event.model)  # what encoding reads of a job
+    body = encode_payload(shape, model, max_payload_bytes)
+    return model, body, id or secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class _EventShape:
+    name: str
+    payload_model: type[BaseModel]
 
 
 class PortMethods(ABC, Generic[Prepared]):
@@ -247,6 +302,12 @@ class PortMethods(ABC, Generic[Prepared]):
     async def _submit_async(self, prepared: Sequence[Prepared]) -> list[DispatchReceipt]:
         """`_submit` for async callers."""
 
+    @contextmanager
+    def _hooked(self, prepared: list[Prepared]) -> Iterator[list[Prepared]]:
+        """`prepared` as it is sent, within every hook's view of the send (`jobs_core.hooks`):
+        a dispatcher of jobs adds the hooks' headers to each job."""
+        yield prepared
+
     def prepare_many(
         self,
         items: Iterable[DispatchItem],
@@ -262,25 +323,121 @@ class PortMethods(ABC, Generic[Prepared]):
         self, job: Job[P, Any], payload: P | Mapping[str, Any], **options: Unpack[DispatchOptions]
     ) -> DispatchReceipt:
         """Validate `payload` and hand the job on; see `JobDispatcherPort`."""
-        return (await self._submit_async([self.prepare(job, payload, **options)]))[0]
+        with self._hooked([self.prepare(job, payload, **options)]) as prepared:
+            return (await self._submit_async(prepared))[0]
 
     def dispatch_sync(
         self, job: Job[P, Any], payload: P | Mapping[str, Any], **options: Unpack[DispatchOptions]
     ) -> DispatchReceipt:
         """`dispatch` for sync code (Django views, Flask, scripts)."""
-        return self._submit([self.prepare(job, payload, **options)])[0]
+        with self._hooked([self.prepare(job, payload, **options)]) as prepared:
+            return self._submit(prepared)[0]
 
     async def dispatch_many(
         self, items: Iterable[DispatchItem], **options: Unpack[BatchOptions]
     ) -> list[DispatchReceipt]:
         """Validate every item, then hand them all on (one round trip where the backend allows)."""
-        return await self._submit_async(self.prepare_many(items, **options))
+        with self._hooked(self.prepare_many(items, **options)) as prepared:
+            return await self._submit_async(prepared)
 
     def dispatch_many_sync(
         self, items: Iterable[DispatchItem], **options: Unpack[BatchOptions]
     ) -> list[DispatchReceipt]:
         """`dispatch_many` for sync code."""
-        return self._submit(self.prepare_many(items, **options))
+        with self._hooked(self.prepare_many(items, **options)) as prepared:
+            return self._submit(prepared)
+
+    # -- events (C40) ---------------------------------------------------------------------
+
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+    def prepare_send(
+        self,
+        event: Event[Any],
+        data: Any,
+        *,
+        id: str | None = None,
+        delay: timedelta | None = None,
+        run_at: datetime | None = None,
+    ) -> PreparedEvent[Prepared]:
+        """Validate one `send`: its data, its options, and each triggered job's dispatch,
+        keyed by the event's id when one is given (`<job>:<id>`: a repeat runs no job)."""
+        model, body, event_id = prepare_event(event, data, self.max_payload_bytes, id)
+        eta = resolve_eta(delay, run_at)
+        jobs = [
+            self.prepare(job, model, delay=delay, run_at=run_at, idempotency_key=id)
+            for job in event.jobs
+        ]
+        return PreparedEvent(event, model, body, event_id, id is not None, eta, jobs)
+
+    def _submit_events(self, events: Sequence[PreparedEvent[Prepared]]) -> list[EventReceipt]:
+        """Fan the events out: every triggered job of every event in one `_submit` (all or
+        nothing, C6). A backend whose server fans events out (Inngest) overrides this."""
+        with self._hooked([p for e in events for p in e.jobs]) as flat:
+            return _event_receipts(events, self._submit(flat) if flat else [])
+
+    async def _submit_events_async(
+        self, events: Sequence[PreparedEvent[Prepared]]
+    ) -> list[EventReceipt]:
+        with self._hooked([p for e in events for p in e.jobs]) as flat:
+            return _event_receipts(events, await self._submit_async(flat) if flat else [])
+
+    def prepare_sends(
+        self, items: Iterable[EventItem], delay: timedelta | None, run_at: datetime | None
+    ) -> list[PreparedEvent[Prepared]]:
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+            raise DispatchArgumentError(
+                f"send_many expects an iterable of (event, data) pairs, got a {type(items).__name__}"
+            )
+        prepared = []
+        for item in items:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise DispatchArgumentError(
+                    f"send_many expects (event, data) pairs, got a {type(item).__name__}"
+                )
+            prepared.append(self.prepare_send(item[0], item[1], delay=delay, run_at=run_at))
+        return prepared
+
+    async def send(
+        self, event: Event[M], data: M | Mapping[str, Any], **options: Unpack[SendOptions]
+    ) -> EventReceipt:
+        """Validate `data` and run every job `event` triggers once with it; see
+        `JobDispatcherPort.send`."""
+        return (await self._submit_events_async([self.prepare_send(event, data, **options)]))[0]
+
+    def send_sync(
+        self, event: Event[M], data: M | Mapping[str, Any], **options: Unpack[SendOptions]
+    ) -> EventReceipt:
+        """`send` for sync code."""
+        return self._submit_events([self.prepare_send(event, data, **options)])[0]
+
+    async def send_many(
+        self, items: Iterable[EventItem], **options: Unpack[BatchOptions]
+    ) -> list[EventReceipt]:
+        """Send several events; nothing is sent unless every one is valid."""
+        prepared = self.prepare_sends(items, options.get("delay"), options.get("run_at"))
+        return await self._submit_events_async(prepared)
+
+    def send_many_sync(
+        self, items: Iterable[EventItem], **options: Unpack[BatchOptions]
+    ) -> list[EventReceipt]:
+        """`send_many` for sync code."""
+        prepared = self.prepare_sends(items, options.get("delay"), options.get("run_at"))
+        return self._submit_events(prepared)
+
+
+def _event_receipts(
+    events: Sequence[PreparedEvent[Any]], receipts: Sequence[DispatchReceipt]
+) -> list[EventReceipt]:
+    """One `EventReceipt` per event, from the receipts of its jobs (in order)."""
+    found = []
+    remaining = iter(receipts)
+    for e in events:
+        mine = tuple(next(remaining) for _ in e.jobs)
+        names = tuple(job.name for job in e.event.jobs)
+        repeat = bool(mine) and all(r.deduplicated for r in mine)
+        found.append(EventReceipt(e.event.name, e.event_id, names, repeat, mine))
+    return found
 
 
 class BaseDispatcher(PortMethods[PreparedJob]):
@@ -342,6 +499,57 @@ class BaseDispatcher(PortMethods[PreparedJob]):
         self.events = with_logging(value)
         self._wants = interest(self.events)
 
+    @contextmanager
+    def _hooked(self, prepared: list[PreparedJob]) -> Iterator[list[PreparedJob]]:
+        if not hooks.HOOKS or not prepared:
+            yield prepared
+            return
+        jobs = [hooks.Sending(p.name, p.dispatch_id, p.headers) for p in prepared]
+        with hooks.dispatching(self.backend_name, jobs) as headers:
+            yield [
+                dataclasses.replace(p, headers=h) if h else p
+                for p, h in zip(prepared, headers, strict=True)
+            ]
+
+    # -- events: runs waiting for them (C42) ---------------------------------------------
+
+    waits: Any = None
+    """Where runs waiting for events are kept (`jobs_core.steps.waits`), for `send` to resume
+    them; None where the backend resumes them itself (Inngest) or there is no such store."""
+
+    def _submit_events(self, events: Sequence[PreparedEvent[PreparedJob]]) -> list[EventReceipt]:
+        receipts = super()._submit_events(events)
+        self._resume_waiting(events)
+        return receipts
+
+    async def _submit_events_async(
+        self, events: Sequence[PreparedEvent[PreparedJob]]
+    ) -> list[EventReceipt]:
+        receipts = await super()._submit_events_async(events)
+        if self.waits is not None:
+            await asyncio.to_thread(self._resume_waiting, events)
+        return receipts
+
+    def _resume_waiting(self, events: Sequence[PreparedEvent[PreparedJob]]) -> None:
+        """Deliver again the runs that wait for these events, each once, with its event: a
+        wait sees the events sent after it began (C42)."""
+        if self.waits is None:
+            return
+        from ..steps.resume import resume
+
+        for e in events:
+            data = e.model.model_dump(mode="json")
+            try:
+                waiting = self.waits.take_matching(e.event.name, data)
+            except Exception:
+                logger.exception(
+                    "event %r sent; could not look for runs waiting for it", e.event.name
+                )
+                continue
+            if waiting:
+                registry = e.event.registry
+                resume(self, self.waits, waiting, registry.get if registry else lambda _: None)
+
     # -- what an adapter implements -------------------------------------------------------
 
     @abstractmethod
@@ -373,13 +581,14 @@ class BaseDispatcher(PortMethods[PreparedJob]):
         delay: timedelta | None = None,
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> PreparedJob:
         """Validate and serialise one dispatch; a bad payload or option is recorded as `failed`
         and raised (C4, C5): every error is a `JobsError`. The options are named here, not
         `**options`, so a keyed dispatch does not copy its options into a second dict."""
         try:
             prepared = prepare_dispatch(
-                job, payload, self.max_payload_bytes, delay, run_at, idempotency_key
+                job, payload, self.max_payload_bytes, delay, run_at, idempotency_key, headers
             )
         except (JobPayloadError, DispatchArgumentError, JobConfigError) as error:
             if isinstance(job, Job):

@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeAlias, TypedDict, runtime_checkable
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
+from ..events.event import Event, EventReceipt, M
 from ..jobs.job import Job, JobRequest, P
 
 
@@ -31,6 +32,9 @@ class DispatchReceipt:
 
 DispatchItem: TypeAlias = JobRequest[Any] | tuple[Job[Any, Any], BaseModel | Mapping[str, Any]]
 
+EventItem: TypeAlias = tuple[Event[Any], BaseModel | Mapping[str, Any]]
+"""One event of `send_many`: (event, data)."""
+
 
 class BatchOptions(TypedDict, total=False):
     """The options of `dispatch_many`; an item's own (`Job.request`) win over them."""
@@ -41,11 +45,20 @@ class BatchOptions(TypedDict, total=False):
     """When the job runs (an aware datetime); not with `delay`."""
 
 
+class SendOptions(BatchOptions, total=False):
+    """The options of `send`."""
+
+    id: str | None
+    """The event's id: a second send with the same id within 24 h runs no job again (C40)."""
+
+
 class DispatchOptions(BatchOptions, total=False):
     """The options of `dispatch`."""
 
     idempotency_key: str | None
     """Two dispatches of a job with the same key within 24 h run it once (C9)."""
+    headers: Mapping[str, str] | None
+    """What hooks (tracing) carry with the job; set by the outbox relay, not by apps."""
 
 
 @runtime_checkable
@@ -77,3 +90,25 @@ class JobDispatcherPort(Protocol):
         self, items: Iterable[DispatchItem], **options: Unpack[BatchOptions]
     ) -> list[DispatchReceipt]:
         """`dispatch_many` for sync code."""
+
+    async def send(
+        self, event: Event[M], data: M | Mapping[str, Any], **options: Unpack[SendOptions]
+    ) -> EventReceipt:
+        """Validate `data` with the event's model, then run every job triggered by `event`
+        once with it (C40); nothing is sent unless the data is valid."""
+
+    def send_sync(
+        self, event: Event[M], data: M | Mapping[str, Any], **options: Unpack[SendOptions]
+    ) -> EventReceipt:
+        """`send` for sync code."""
+
+    async def send_many(
+        self, items: Iterable[EventItem], **options: Unpack[BatchOptions]
+    ) -> list[EventReceipt]:
+        """Send several events (one round trip where the backend allows); nothing is sent
+        unless every one is valid."""
+
+    def send_many_sync(
+        self, items: Iterable[EventItem], **options: Unpack[BatchOptions]
+    ) -> list[EventReceipt]:
+        """`send_many` for sync code."""

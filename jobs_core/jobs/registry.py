@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, overload
 
+from pydantic import BaseModel
 from typing_extensions import Unpack
 
 from ..calling import callable_name
 from ..errors import JobConfigError
+from ..events.event import JOB_FAILED, Event, M, check_event_name
 from ..schedules.schedule import Schedule, define_schedule
 from .job import C, Handler, Job, JobOptions, P, make_job
+from .payload import check_travels
 
 
 class JobRegistry(Generic[C]):
@@ -19,6 +22,38 @@ class JobRegistry(Generic[C]):
     def __init__(self) -> None:
         self._jobs: dict[str, Job[Any, C]] = {}
         self._schedules: dict[str, Schedule[Any]] = {}
+        self._events: dict[str, Event[Any]] = {}
+        self._built_into: str | None = None
+
+    def built_into(self, worker: str) -> None:
+        """Record that `worker` (say "the Celery app of create_celery_app") was built from this
+        registry: it made one task per job, so a job defined afterwards would not be in it, and
+        its messages would be dead-lettered. Defining one is then a `JobConfigError`. Worker
+        factories call this once they have made their tasks."""
+        if self._built_into is None:
+            self._built_into = worker
+
+    def event(self, name: str, model: type[M]) -> Event[M]:
+        """Define an event: its name (as a job's, C1) and the pydantic model of its data (C40).
+        Jobs defined with `on=` it run once for each one `send` sends."""
+        check_event_name(name)
+        if name in self._events or name == JOB_FAILED.name:
+            raise JobConfigError(f"event name {name!r} is already defined in this registry")
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise JobConfigError(f"event {name!r}: its model must be a pydantic BaseModel class")
+        check_travels(name, model)
+        event: Event[M] = Event(name, model, self)
+        self._events[name] = event
+        return event
+
+    @property
+    def events(self) -> list[Event[Any]]:
+        """The events of this registry, in the order they were defined."""
+        return list(self._events.values())
+
+    def jobs_on(self, event: Event[Any]) -> tuple[Job[Any, C], ...]:
+        """The jobs of this registry that `event` triggers, in the order they were defined."""
+        return tuple(job for job in self._jobs.values() if job.on is event)
 
     @overload
     def job(
@@ -67,8 +102,22 @@ class JobRegistry(Generic[C]):
         """Define and register a job without a decorator; every check runs here, not at a worker."""
         if isinstance(name, str) and name in self._jobs:
             raise JobConfigError(f"job name {name!r} is already defined in this registry")
+        if self._built_into is not None:
+            raise JobConfigError(
+                f"job {name!r} is defined after {self._built_into} was built from this "
+                "registry, so that worker has no task for it and would dead-letter its "
+                "messages: define every job before building the worker (import the modules "
+                "that define jobs before the line that builds it)"
+            )
         _check_options(name, options)
+        on = options.get("on")
+        if isinstance(on, Event) and on is not JOB_FAILED and self._events.get(on.name) is not on:
+            raise JobConfigError(
+                f"job {name!r}: event {on.name!r} is not defined in this registry (define it "
+                "with jobs.event(name, Model) on the registry the job is defined in)"
+            )
         job = make_job(name, handle=handle, payload=payload, **options)
+        job.registry = self
         self._jobs[name] = job
         return job
 

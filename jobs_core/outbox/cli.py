@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from .. import JobRegistry
-from ..backend import dispatcher_factory
+from ..backend import announce, dispatcher_factory
 from ..config import import_string, load_settings
 from ..errors import JobsError
 
@@ -36,7 +36,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
     is_async = url.get_dialect().is_async
     engine: Any = create_async_engine(url) if is_async else create_engine(url)
     outbox = Outbox(engine)
-    settings = load_settings()
+    backend = getattr(args, "backend", None)  # --backend, over JOBS_BACKEND
+    settings = load_settings(backend=backend) if backend else load_settings()
     context = import_string(args.context, "--context") if args.context else None
     dispatcher: Any = None
     try:
@@ -51,6 +52,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
         relay = outbox.relay(
             dispatcher, registry, batch_size=args.batch_size, poll_interval=args.poll_interval
         )
+        announce(settings, "relay", {"backend": "--backend"} if backend else {})
         logging.getLogger("jobs_core.outbox").info(
             "outbox relay %s: %s -> %s", relay.owner, url.render_as_string(), settings.backend
         )

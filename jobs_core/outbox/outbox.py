@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
@@ -101,18 +101,20 @@ class Outbox:
         return isinstance(self.engine, AsyncEngine)
 
     def create_table(self) -> None:
-        """Create the outbox tables if they do not exist (sync engine)."""
+        """Create the outbox tables if they do not exist (sync engine); a table made by an
+        earlier version gets the columns it lacks (`headers`)."""
         if isinstance(self.engine, AsyncEngine):
             raise TypeError(
                 "this Outbox has an AsyncEngine: use `await outbox.create_table_async()`"
             )
-        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            _create_or_upgrade(conn)
 
     async def create_table_async(self) -> None:
         """Create the outbox tables if they do not exist (either engine)."""
         if isinstance(self.engine, AsyncEngine):
             async with self.engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
+                await conn.run_sync(_create_or_upgrade)
         else:
             self.create_table()
 
@@ -145,3 +147,12 @@ class Outbox:
 
     def __repr__(self) -> str:
         return f"Outbox({self.engine!r})"
+
+
+def _create_or_upgrade(conn: Any) -> None:
+    """`metadata.create_all`, then the columns a table made by an earlier version lacks."""
+    metadata.create_all(conn)
+    present = {column["name"] for column in inspect(conn).get_columns(outbox_table.name)}
+    if "headers" not in present:
+        kind = outbox_table.c.headers.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {outbox_table.name} ADD COLUMN headers {kind}"))

@@ -17,13 +17,16 @@ What happens to a row:
   put back with a backoff of its own, so it does not hold the others up.
 
 The relay never marks a row failed because the backend was down: only the row's content can
-make it fail.
+make it fail. On a dispatcher that runs jobs inside `dispatch` (inline), each row is sent alone
+and a job that gives up there (`JobFailedError`) is that job's outcome: the row is sent, and the
+rows behind it run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import socket
@@ -38,13 +41,16 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 from pydantic import BaseModel
 
-from .. import DispatchReceipt, JobDispatcherPort, JobRegistry, JobRequest
-from ..errors import JobPayloadError
+from .. import DispatchReceipt, JobDispatcherPort, JobRegistry, JobRequest, hooks
+from ..calling import run_without_loop
+from ..dispatch.dispatcher import keyed_dispatch_id
+from ..errors import JobFailedError, JobPayloadError
 from ..instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
 from ..jobs.payload import validate_payload
-from ..worker.loops import run_without_loop
 from .writer import BACKEND, utcnow
 
+BACKLOG_EVERY = 10.0
+"""Seconds between two counts of the outbox's backlog (a gauge, with tracing on)."""
 logger = logging.getLogger("jobs_core.outbox")
 
 Outcome: TypeAlias = Literal["sent", "failed", "retry"]
@@ -61,6 +67,8 @@ class PendingRow:
     run_at: datetime | None
     idempotency_key: str | None
     attempts: int
+    headers: Any = None
+    """What hooks (tracing) added when the row was written: sent on with the job."""
 
     @property
     def send_key(self) -> str:
@@ -208,8 +216,13 @@ class Relay:
         self.keep_sent = keep_sent
         self.instrumentation = with_logging(instrumentation)
         self.is_async = is_async
+        self.one_row_at_a_time = bool(getattr(dispatcher, "runs_jobs_in_dispatch", False))
+        """A dispatcher that runs each job inside `dispatch` (inline) gets one row at a time:
+        there is no round trip to save, and a job that gives up (`JobFailedError`) is then the
+        outcome of its own row alone."""
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.last_round = RoundReport()
+        self._backlog_at = -math.inf
         self._stopping = threading.Event()
         self._failed_rounds = 0
         self._holds_lease: bool | None = None
@@ -322,7 +335,7 @@ class Relay:
                 ready.append((row, self._request(row, now)))
             except Exception as error:
                 results.append(self._failed(row, error))
-        if len(ready) > 1:
+        if len(ready) > 1 and not self.one_row_at_a_time:
             try:
                 receipts = yield [request for _, request in ready]
             except Exception as error:
@@ -339,6 +352,8 @@ class Relay:
         for row, request in ready:
             try:
                 (receipt,) = yield [request]
+            except JobFailedError as error:  # it ran (inline), and gave up: its outcome
+                results.append(self._ran_and_gave_up(row, error))
             except Exception as error:
                 if _permanent(error):
                     results.append(self._failed(row, error))
@@ -347,7 +362,8 @@ class Relay:
                 if len(suspects) >= 2:
                     break  # two in a row: the backend is down, the rest wait untouched
                 continue
-            results.append(self._sent(row, receipt))
+            else:
+                results.append(self._sent(row, receipt))
             went_through = True
             results += [self._refused(r, e) for r, e in suspects]
             suspects = []
@@ -366,7 +382,10 @@ class Relay:
             )
         payload = validate_payload(job, _stored_payload(row.payload, job.name))
         run_at = row.run_at if row.run_at is not None and row.run_at > now else None
-        return JobRequest(job, payload, run_at=run_at, idempotency_key=row.send_key)
+        headers = hooks.carried(row.headers) or None
+        return JobRequest(
+            job, payload, run_at=run_at, idempotency_key=row.send_key, headers=headers
+        )
 
     def _sent(self, row: PendingRow, receipt: DispatchReceipt) -> RowResult:
         logger.debug(
@@ -378,6 +397,20 @@ class Relay:
             " (already sent before: deduplicated)" if receipt.deduplicated else "",
         )
         return RowResult(row, "sent", dispatch_id=receipt.dispatch_id)
+
+    def _ran_and_gave_up(self, row: PendingRow, error: JobFailedError) -> RowResult:
+        """The dispatcher ran the row's job inside `dispatch` (inline) and the job gave up: that
+        is the job's outcome (recorded as `failed`, its `on_failure` called), not a failure to
+        send the row, which is sent."""
+        dispatch_id = keyed_dispatch_id(row.job_name, row.send_key)
+        logger.debug(
+            "outbox row %s (%s) ran as dispatch %s and gave up: %s",
+            row.id,
+            row.job_name,
+            dispatch_id,
+            describe_error(error.error),
+        )
+        return RowResult(row, "sent", dispatch_id=dispatch_id)
 
     def _failed(self, row: PendingRow, error: BaseException) -> RowResult:
         text = describe_error(error)
@@ -420,6 +453,8 @@ class Relay:
 
     def _finish_round(self, report: RoundReport) -> int:
         self.last_round = report
+        if hooks.HOOKS and not self.is_async:
+            self._measure_backlog()
         if report.backend_down:
             self._failed_rounds += 1
         elif report.sent:
@@ -427,6 +462,20 @@ class Relay:
                 logger.warning("outbox: the backend accepts rows again; relaying")
             self._failed_rounds = 0
         return report.sent
+
+    def _measure_backlog(self) -> None:
+        """The rows waiting to be sent, as a gauge (with tracing on; counted at most every
+        `BACKLOG_EVERY` seconds, as the count reads the table)."""
+        now = time.monotonic()
+        if now - self._backlog_at < BACKLOG_EVERY:
+            return
+        self._backlog_at = now
+        try:
+            pending = self.store.counts().get("pending", 0)  # type: ignore[union-attr]
+        except Exception as error:
+            logger.debug("outbox: could not count the backlog: %s", error)
+            return
+        hooks.measure("jobs_core.outbox.backlog", pending, {})
 
     def _round_crashed(self, error: BaseException) -> None:
         self._failed_rounds += 1

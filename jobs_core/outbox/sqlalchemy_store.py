@@ -54,6 +54,7 @@ def _pending_row(row: Any) -> PendingRow:
         run_at=row.run_at,
         idempotency_key=row.idempotency_key,
         attempts=row.attempts,
+        headers=row.headers,
     )
 
 
@@ -67,6 +68,7 @@ def select_pending(conn: Connection, limit: int, lock: bool) -> list[PendingRow]
             _t.c.run_at,
             _t.c.idempotency_key,
             _t.c.attempts,
+            _t.c.headers,
         )
         .where(_t.c.status == PENDING, _t.c.available_at <= utcnow())
         .order_by(_t.c.id)

@@ -79,6 +79,9 @@ outbox_table = Table(
     Column("available_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime, nullable=True),
     Column("dispatch_id", Text, nullable=True),
+    # What hooks (tracing) added in the writing transaction; the relay sends it on (added in
+    # 0.2: an existing table gets it with `ALTER TABLE jobs_outbox ADD COLUMN headers JSON`).
+    Column("headers", JSON().with_variant(JSONB(), "postgresql"), nullable=True),
     # Only pending rows are ever searched for, in id order: a small partial index.
     Index("jobs_outbox_pending_idx", "id", postgresql_where=_PENDING, sqlite_where=_PENDING),
     Index("jobs_outbox_status_idx", "status", "sent_at"),

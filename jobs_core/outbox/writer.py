@@ -8,9 +8,11 @@ caller's transaction: they are sent by the relay once that transaction has commi
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
-from .. import DispatchReceipt, Job
+from .. import DispatchReceipt, Job, hooks
 from ..dispatch.dispatcher import PortMethods, prepare_dispatch
 from ..dispatch.port import DispatchOptions
 from ..errors import JobsError
@@ -52,6 +54,8 @@ class OutboxMessage:
     idempotency_key: str | None = None
     key: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: datetime = field(default_factory=utcnow)
+    headers: Mapping[str, str] | None = None
+    """What hooks (tracing) add in the writing transaction, for the relay to send on."""
 
     def as_row(self) -> dict[str, Any]:
         """The column values of a new (pending) row."""
@@ -65,6 +69,7 @@ class OutboxMessage:
             "attempts": 0,
             "created_at": self.created_at,
             "available_at": self.created_at,
+            "headers": dict(self.headers) if self.headers else None,
         }
 
     def receipt(self) -> DispatchReceipt:
@@ -92,6 +97,20 @@ class OutboxWriter(PortMethods[OutboxMessage]):
     async def _write_async(self, messages: Sequence[OutboxMessage]) -> None:
         self._write(messages)
 
+    @contextmanager
+    def _hooked(self, prepared: list[OutboxMessage]) -> Iterator[list[OutboxMessage]]:
+        """Within every hook's view of the write (a trace's span for it): their headers are
+        kept in the rows, so the jobs the relay sends later continue this trace."""
+        if not hooks.HOOKS or not prepared:
+            yield prepared
+            return
+        jobs = [hooks.Sending(m.job_name, m.key) for m in prepared]
+        with hooks.dispatching(BACKEND, jobs) as headers:
+            yield [
+                dataclasses.replace(m, headers=h) if h else m
+                for m, h in zip(prepared, headers, strict=True)
+            ]
+
     def _submit(self, prepared: Sequence[OutboxMessage]) -> list[DispatchReceipt]:
         if prepared:
             self._write(prepared)
@@ -118,4 +137,10 @@ class OutboxWriter(PortMethods[OutboxMessage]):
                 )
                 safe_record(self.instrumentation, event)
             raise
-        return OutboxMessage(job.name, prepared.data, prepared.eta, prepared.idempotency_key)
+        return OutboxMessage(
+            job.name,
+            prepared.data,
+            prepared.eta,
+            prepared.idempotency_key,
+            headers=prepared.headers,
+        )

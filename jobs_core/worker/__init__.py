@@ -8,6 +8,7 @@ from .worker import (
     JobWorker,
     Outcome,
     Settlement,
+    StepsSetup,
     delivery_from_call,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "JobWorker",
     "Outcome",
     "Settlement",
+    "StepsSetup",
     "delivery_from_call",
 ]

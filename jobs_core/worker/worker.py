@@ -21,6 +21,7 @@ backend; the adapter then keeps the message where an operator finds it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import math
@@ -31,15 +32,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
-from ..calling import is_async_callable
+from .. import hooks
+from ..calling import is_async_callable, run_on_thread_loop, run_without_loop
 from ..errors import (
     JobConfigError,
     JobPayloadError,
     JobsError,
     PermanentError,
     RetryLater,
+    StepError,
     UnknownJobError,
 )
+from ..events.event import JOB_FAILED, JobFailed
 from ..flow.limiter import MAX_DEFER, STORE_ERROR_WAIT, WAIT_IN_WORKER, Admission, FlowLimiter
 from ..flow.options import Resource
 from ..instrumentation import (
@@ -54,7 +58,18 @@ from ..instrumentation import (
 from ..jobs.job import Job
 from ..jobs.payload import parse_payload
 from ..jobs.registry import JobRegistry
-from .loops import run_on_thread_loop, run_without_loop
+from ..steps.engine import EngineSteps, EngineStepsSync, StepsRun
+from ..steps.resume import Sweeper, resume
+from ..steps.rules import (
+    GIVE_UP_AT_ONCE,
+    BackendSteps,
+    RecordEvent,
+    StepRetry,
+    output_adapter,
+    to_json,
+)
+from ..steps.store import DEFAULT_RETENTION, StepStore
+from ..steps.waits import INVOKE_DONE
 
 logger = logging.getLogger("jobs_core.worker")
 
@@ -83,6 +98,11 @@ class Delivery:
     data: Any
     attempt: int = 0
     dispatch_id: str | None = None
+    steps: BackendSteps | None = None
+    """The steps a backend keeps itself (Inngest's), for a job with steps; None: the core's
+    engine keeps them in the worker's step store."""
+    headers: Mapping[str, str] | None = None
+    """What the job's message carried besides its payload (`jobs_core.hooks`: tracing)."""
 
 
 def delivery_from_call(
@@ -118,29 +138,33 @@ class Settlement(Protocol):
 
 @runtime_checkable
 class Deferral(Protocol):
-    """How a backend's library puts back a run that waits for its flow-control turn."""
+    """How a backend's library puts back a run that waits for its flow-control turn, or a run
+    with steps that goes on later (a sleep, a step's retry: the core counts those attempts)."""
 
     def defer(self, delivery: Delivery, delay: timedelta) -> None:
-        """Deliver `delivery` again, as the same attempt, no earlier than `delay` from now: the
-        run did not start, so it uses no attempt, runs no hook and records no event."""
+        """Deliver `delivery` again, as the same attempt, no earlier than `delay` from now,
+        without counting a retry: the broker's own retry count stays as it was."""
         ...
 
 
 # -- how a run ended -------------------------------------------------------------------------
 
-Status = Literal["completed", "retry", "failed", "deferred"]
+Status = Literal["completed", "retry", "failed", "deferred", "continued", "parked"]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How one run ended, and what the backend must do next: `retry_in` is set for `retry`
-    (the next run starts no earlier) and `deferred` (flow control: the same attempt runs
-    then); `error` is what the handler (or the payload parser) raised, if anything."""
+    (the next run starts no earlier), `deferred` (flow control: the same attempt runs then)
+    and `continued` (a run with steps goes on in a later delivery, as the same attempt: a
+    step's retry, a sleep); `error` is what the handler (or the payload parser) raised."""
 
     status: Status
     attempt: int
     error: BaseException | None = None
     retry_in: timedelta | None = None
+    value: Any = None
+    """What the handler returned, for `completed` (a parent's `step.invoke` reads it)."""
 
     @property
     def completed(self) -> bool:
@@ -158,6 +182,16 @@ class Outcome:
     def deferred(self) -> bool:
         return self.status == "deferred"
 
+    @property
+    def continued(self) -> bool:
+        return self.status == "continued"
+
+    @property
+    def parked(self) -> bool:
+        """The run waits for an event or a child: acknowledged, and delivered again by what
+        resumes it."""
+        return self.status == "parked"
+
 
 def decide(
     job: Job[Any, Any], error: BaseException, attempt: int, max_retry_wait: timedelta | None
@@ -165,7 +199,7 @@ def decide(
     """Retry or give up for `error` raised on `attempt` (0-based): bad input and
     `PermanentError` give up at once; so do spent attempts, and a wait longer than
     `max_retry_wait` (what the backend can keep between attempts), saying why."""
-    if isinstance(error, (PermanentError, JobPayloadError)):
+    if isinstance(error, GIVE_UP_AT_ONCE):
         return Outcome("failed", attempt, error)
     if attempt >= job.retry.attempts:
         return Outcome("failed", attempt, error)
@@ -197,6 +231,7 @@ class RunEvents:
         error: BaseException | str | None = None,
         retry_in: timedelta | None = None,
         ended: float | None = None,
+        step_id: str | None = None,
     ) -> None:
         """Record `kind` for `delivery`; `started` and `ended` (`perf_counter`s, `ended`
         default now) give the event its duration."""
@@ -216,6 +251,7 @@ class RunEvents:
             error=described,
             duration=duration,
             retry_in=retry_in,
+            step_id=step_id,
         )
         safe_record(self.instrumentation, event)
 
@@ -233,10 +269,17 @@ async def execute(
     context: ContextSource,
     events: RunEvents,
     max_retry_wait: timedelta | None,
+    steps: StepsSetup | None = None,
 ) -> Outcome:
     """Run `delivery` of `job` once and decide how it ended; on a give-up, `on_failure` runs
-    here (once) before `failed` is recorded."""
-    events.record("started", delivery)
+    here (once) before `failed` is recorded. A job with steps runs on `steps`' store."""
+    native = delivery.steps if job.takes_steps else None
+    if job.takes_steps and native is None:
+        if steps is None:
+            raise JobConfigError(f"job {job.name!r} has steps, and this worker has no step store")
+        return await _execute_steps(job, delivery, context, events, steps)
+    if native is None or native.first_delivery:
+        events.record("started", delivery)
     started = time.perf_counter()
     payload: Any = delivery.data
     ctx: Any = None
@@ -246,14 +289,19 @@ async def execute(
         if job.takes_context:
             ctx = await _context(context)
             have_ctx = True
-        result = job.run_handler(payload, ctx)
+        if native is None:
+            result = job.run_handler(payload, ctx)
+        else:
+            result = job.run_handler(payload, ctx, native.bind(job, _step_events(events, delivery)))
         if inspect.isawaitable(result):
-            await result
+            result = await result
+    except StepRetry as retry:  # `step.failed` says it already
+        return Outcome("retry", delivery.attempt, retry.error, retry.delay)
     except Exception as error:
         outcome = decide(job, error, delivery.attempt, max_retry_wait)
     else:
         events.record("completed", delivery, started)
-        return Outcome("completed", delivery.attempt)
+        return Outcome("completed", delivery.attempt, value=result)
 
     assert outcome.error is not None
     if outcome.should_retry:
@@ -264,6 +312,100 @@ async def execute(
         ctx = await _failure_context(job, context)
     await _call_on_failure(job, outcome.error, payload, ctx, delivery)
     events.record("failed", delivery, started, outcome.error, ended=ended)
+    return outcome
+
+
+@dataclass(frozen=True)
+class StepsSetup:
+    """How a worker runs jobs with steps: the store that keeps them, whether sleeps and step
+    retries wait (inline: not unless asked, C15, C37), and how long a finished run's records
+    stay."""
+
+    store: StepStore
+    wait_sleeps: bool = True
+    wait_backoff: bool = True
+    retention: timedelta = DEFAULT_RETENTION
+    outbound: Callable[[], Any] | None = None
+    """The dispatcher runs send events and invoke jobs through (the worker's)."""
+
+
+def _step_events(events: RunEvents, delivery: Delivery) -> RecordEvent:
+    """Where a run's step events go: `events`, with the step's own attempt."""
+
+    def record(
+        kind: str,
+        step_id: str | None = None,
+        attempt: int = 0,
+        error: BaseException | None = None,
+        retry_in: timedelta | None = None,
+    ) -> None:
+        at = Delivery(delivery.job_name, delivery.data, attempt, delivery.dispatch_id)
+        events.record(kind, at, error=error, retry_in=retry_in, step_id=step_id)  # type: ignore[arg-type]
+        if hooks.HOOKS:
+            hooks.step(kind, step_id, attempt, error)
+
+    return record
+
+
+async def _execute_steps(
+    job: Job[Any, Any],
+    delivery: Delivery,
+    context: ContextSource,
+    events: RunEvents,
+    setup: StepsSetup,
+) -> Outcome:
+    """One delivery of a run with steps (`jobs_core.steps.engine`): the handler replays from
+    its start, kept steps return their values, and the delivery ends when the handler returns,
+    a step fails, a sleep begins, or the run gives up."""
+    started = time.perf_counter()
+    run = StepsRun(
+        job,
+        delivery.dispatch_id or "",
+        setup.store,
+        _step_events(events, delivery),
+        wait_sleeps=setup.wait_sleeps,
+        wait_backoff=setup.wait_backoff,
+        data=delivery.data,
+        outbound=setup.outbound,
+    )
+    payload: Any = delivery.data
+    ctx: Any = None
+    result: Any = None
+    try:
+        run.load()
+        payload = parse_payload(job, delivery.data)
+        ctx = await _context(context)
+        made = EngineSteps if job.handler_is_async else EngineStepsSync
+        steps = made(run, payload)
+        result = job.run_handler(payload, ctx, steps)
+        if inspect.isawaitable(result):
+            result = await result
+        ending = run.ending(None)
+    except BaseException as error:
+        ending = run.ending(error)
+    finally:
+        await run.steps_settled()
+    if ending.kind == "later":
+        return Outcome("continued", delivery.attempt, ending.error, ending.delay)
+    if ending.kind == "park":
+        return Outcome("parked", delivery.attempt)
+    if ending.kind == "done":
+        events.record("completed", delivery, started)
+        outcome = Outcome("completed", delivery.attempt, value=result)
+    else:
+        assert ending.error is not None
+        ended = time.perf_counter()
+        if ctx is None:
+            ctx = await _failure_context(job, context)
+        await _call_on_failure(job, ending.error, payload, ctx, delivery)
+        events.record("failed", delivery, started, ending.error, ended=ended)
+        outcome = Outcome("failed", delivery.attempt, ending.error)
+    try:
+        setup.store.finish(run.run_id, setup.retention)
+    except Exception as error:  # the run has ended all the same; its records stay longer
+        logger.warning(
+            "job %r: could not set the expiry of run %s's steps: %s", job.name, run.run_id, error
+        )
     return outcome
 
 
@@ -297,6 +439,9 @@ def settle(delivery: Delivery, outcome: Outcome, settlement: Settlement) -> Outc
     """Carry out `outcome` through `settlement` (the one place the outcome is switched on)."""
     if outcome.should_retry:
         settlement.retry(delivery, outcome.retry_in or timedelta(0))
+    elif outcome.continued:
+        assert isinstance(settlement, Deferral)  # JobWorker.check: a job with steps needs defer
+        settlement.defer(delivery, outcome.retry_in or timedelta(0))
     elif outcome.gave_up:
         assert outcome.error is not None
         settlement.give_up(delivery, outcome.error)
@@ -313,8 +458,10 @@ class JobWorker(Generic[C]):
     `instrumentation` is added to the default logging. `flow` admits the runs of jobs with
     concurrency or throttle options (None: the backend enforces them itself, or none is set).
     `max_retry_wait` is the longest wait the backend keeps between attempts (a longer one gives
-    up, saying so). An adapter calls `check(job, settlement)` for each job as it builds the
-    job's task, so that what this worker cannot do with the job is refused then (C28).
+    up, saying so). `steps` is how jobs with steps are run (their store; None: this worker
+    runs none; `native_steps`: the backend keeps them itself, each delivery brings them, as
+    `Delivery.steps`). An adapter calls `check(job, settlement)` for each job as it builds the job's
+    task, so that what this worker cannot do with the job is refused then (C28).
     """
 
     def __init__(
@@ -326,8 +473,14 @@ class JobWorker(Generic[C]):
         instrumentation: Instrumentation | None = None,
         flow: FlowLimiter | None = None,
         max_retry_wait: timedelta | None = None,
+        steps: StepsSetup | None = None,
+        native_steps: bool = False,
     ) -> None:
         self.registry = registry
+        self.steps = steps
+        self._outbound: Callable[[], Any] | None = None
+        self.sweeper: Sweeper | None = None
+        self.native_steps = native_steps
         self._needs_loop: dict[str, bool] = {}
         self.context = context
         self.backend = backend
@@ -351,8 +504,9 @@ class JobWorker(Generic[C]):
         return self.events.instrumentation
 
     def check(self, job: Job[Any, Any], settlement: Settlement | None = None) -> None:
-        """Refuse (C28) a job whose retry policy waits longer than `max_retry_wait`, and a job
-        with flow limits whose `settlement` cannot defer a run while this worker limits runs."""
+        """Refuse (C28) a job whose retry policy waits longer than `max_retry_wait`, a job with
+        flow limits whose `settlement` cannot defer a run while this worker limits runs, and a
+        job with steps when there is no step store or no `defer` to resume its runs with."""
         waits = [job.retry.base_backoff(k) for k in range(1, job.retry.attempts + 1)]
         if self.max_retry_wait is not None and waits and max(waits) > self.max_retry_wait:
             raise JobConfigError(
@@ -361,11 +515,18 @@ class JobWorker(Generic[C]):
                 "max_backoff"
             )
         limited = self.flow is not None and job.flow is not None and job.flow.limited
-        if limited and settlement is not None and not isinstance(settlement, Deferral):
+        engine_steps = job.takes_steps and not self.native_steps
+        if (limited or engine_steps) and settlement is not None:
+            if not isinstance(settlement, Deferral):
+                why = "its flow limits may make a run wait" if limited else "it has steps"
+                raise JobConfigError(
+                    f"job {job.name!r}: {why}, and the {self.backend} worker's "
+                    f"{type(settlement).__name__} cannot defer a run to later (it has no defer())"
+                )
+        if engine_steps and self.steps is None:
             raise JobConfigError(
-                f"job {job.name!r}: its flow limits may make a run wait, and the "
-                f"{self.backend} worker's {type(settlement).__name__} cannot defer one "
-                "(it has no defer())"
+                f"job {job.name!r} has steps, and the {self.backend} worker has no step store "
+                "to keep them in: set JOBS_STEP_STORE_URL (redis://..., or a database URL)"
             )
 
     def needs_event_loop(self, job: Job[Any, Any]) -> bool:
@@ -413,9 +574,129 @@ class JobWorker(Generic[C]):
             turn.admission.release()
 
     def _run_once(self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]) -> Outcome:
-        run = execute(job, delivery, self.context, self.events, self.max_retry_wait)
+        if hooks.HOOKS:
+            with self._hooked(job, delivery) as scope:
+                outcome = self._outcome(delivery, job)
+                scope.ended(outcome)  # before the settlement, which may raise (a retry)
+                return settle(delivery, outcome, settlement)
+        return settle(delivery, self._outcome(delivery, job), settlement)
+
+    def _hooked(self, job: Job[Any, Any], delivery: Delivery) -> Any:
+        """Every hook's view of this run (`jobs_core.hooks`: tracing)."""
+        return hooks.running(
+            self.backend, job.name, delivery.dispatch_id, delivery.attempt, delivery.headers
+        )
+
+    def _outcome(self, delivery: Delivery, job: Job[Any, Any]) -> Outcome:
+        """Run `delivery` once and decide; a give-up is announced (`JOB_FAILED`), and the
+        parent of an invoked run hears of its end."""
+        run = execute(job, delivery, self.context, self.events, self.max_retry_wait, self.steps)
         outcome: Outcome = self._run_to_end(job, run)
-        return settle(delivery, outcome, settlement)
+        if outcome.gave_up:
+            self._announce_sync(job, delivery, outcome.error)
+        self._ended(job, delivery, outcome)
+        return outcome
+
+    @property
+    def outbound(self) -> Callable[[], Any] | None:
+        """The dispatcher (made when first needed) this worker sends `JOB_FAILED` through, and
+        its runs send events, invoke jobs and resume waiting runs through; None where the
+        backend does these itself (Inngest)."""
+        return self._outbound
+
+    @outbound.setter
+    def outbound(self, value: Callable[[], Any] | None) -> None:
+        self._outbound = value
+        if self.steps is not None:
+            self.steps = dataclasses.replace(self.steps, outbound=value)
+
+    def start_sweeping(self) -> None:
+        """End the waits past their deadline in a thread of this process (Celery, Dramatiq:
+        each worker process sweeps; a wait ends once, whoever sweeps it)."""
+        waits = getattr(self.steps.store, "waits", None) if self.steps is not None else None
+        outbound, registry = self._outbound, self.registry
+        if waits is None or outbound is None or registry is None or self.sweeper is not None:
+            return
+        if not any(job.takes_steps for job in registry):
+            return
+        self.sweeper = Sweeper(waits, lambda due: resume(outbound(), waits, due, registry.get))
+        self.sweeper.start()
+
+    def close(self) -> None:
+        """Stop this worker's sweeper, if it has one."""
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None
+
+    def _ended(self, job: Job[Any, Any], delivery: Delivery, outcome: Outcome) -> None:
+        """A run that a parent invoked ended: its parent is delivered again with the result
+        (C43). Children are known by their dispatch id, `<job>:invoke:<parent run>:<step>`."""
+        if not (outcome.completed or outcome.gave_up):
+            return
+        run_id = delivery.dispatch_id or ""
+        waits = getattr(self.steps.store, "waits", None) if self.steps is not None else None
+        if ":invoke:" not in run_id or waits is None or self._outbound is None:
+            return
+        data: dict[str, Any] = {"dispatch_id": run_id}
+        if outcome.completed:
+            try:
+                adapter = output_adapter(job.handler)
+                data["ok"] = to_json(job.name, "(return value)", adapter, outcome.value)[0]
+            except StepError as error:
+                data["failed"] = describe_error(error)
+        else:
+            data["failed"] = describe_error(outcome.error) if outcome.error else "gave up"
+        registry = self.registry or job.registry
+        lookup = registry.get if registry is not None else (lambda _: None)
+        try:
+            waiting = waits.take_matching(INVOKE_DONE, data)
+            resume(self._outbound(), waits, waiting, lookup)
+        except Exception:
+            logger.exception("run %s ended; could not deliver the run that invoked it", run_id)
+
+    # -- JOB_FAILED (C44) --------------------------------------------------------------------
+
+    def _job_failed(
+        self, job: Job[Any, Any], delivery: Delivery, error: BaseException | None
+    ) -> list[Any]:
+        """The dispatches of `JOB_FAILED` for a give-up of `job`: one per job of its registry
+        on it, keyed by the failed run (sent once); none from a job that is itself on
+        `JOB_FAILED` (no loop), or where the backend sends it itself (Inngest)."""
+        if self.outbound is None or job.on is JOB_FAILED or job.registry is None:
+            return []
+        listeners = job.registry.jobs_on(JOB_FAILED)
+        if not listeners:
+            return []
+        data = JobFailed(
+            job_name=job.name,
+            dispatch_id=delivery.dispatch_id,
+            attempt=delivery.attempt,
+            error=describe_error(error) if error is not None else "",
+        )
+        key = f"failed:{delivery.dispatch_id}" if delivery.dispatch_id else None
+        return [listener.request(data, idempotency_key=key) for listener in listeners]
+
+    def _announce_sync(
+        self, job: Job[Any, Any], delivery: Delivery, error: BaseException | None
+    ) -> None:
+        requests = self._job_failed(job, delivery, error)
+        if requests:
+            assert self.outbound is not None
+            try:
+                self.outbound().dispatch_many_sync(requests)
+            except Exception:
+                logger.exception("job %r gave up; could not send JOB_FAILED", job.name)
+
+    async def _announce(
+        self, job: Job[Any, Any], delivery: Delivery, error: BaseException | None
+    ) -> None:
+        requests = self._job_failed(job, delivery, error)
+        if requests:
+            assert self.outbound is not None
+            try:
+                await self.outbound().dispatch_many(requests)
+            except Exception:
+                logger.exception("job %r gave up; could not send JOB_FAILED", job.name)
 
     async def run_async(
         self,
@@ -444,38 +725,66 @@ class JobWorker(Generic[C]):
     async def _run_once_async(
         self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]
     ) -> Outcome:
-        outcome = await execute(job, delivery, self.context, self.events, self.max_retry_wait)
-        return settle(delivery, outcome, settlement)
+        if hooks.HOOKS:
+            with self._hooked(job, delivery) as scope:
+                outcome = await self._outcome_async(delivery, job)
+                scope.ended(outcome)  # before the settlement, which may raise (a retry)
+                return settle(delivery, outcome, settlement)
+        return settle(delivery, await self._outcome_async(delivery, job), settlement)
+
+    async def _outcome_async(self, delivery: Delivery, job: Job[Any, Any]) -> Outcome:
+        """`_outcome` on the running event loop."""
+        outcome = await execute(
+            job, delivery, self.context, self.events, self.max_retry_wait, self.steps
+        )
+        if outcome.gave_up:
+            await self._announce(job, delivery, outcome.error)
+        if ":invoke:" in (delivery.dispatch_id or ""):  # its parent may run here: off the loop
+            await asyncio.to_thread(self._ended, job, delivery, outcome)
+        return outcome
 
     def run_in_process(
-        self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
+        self,
+        job: Job[Any, Any],
+        data: Any,
+        dispatch_id: str,
+        settlement: Settlement,
+        wait: bool,
+        headers: Mapping[str, str] | None = None,
     ) -> Outcome:
         """Run `job` attempt after attempt in this thread until it completes or gives up (the
         inline policy); with `wait`, sleep each retry's delay first. Flow-control waits are
-        always waited here."""
+        always waited here; a run with steps is delivered again until it ends, waiting as its
+        `StepsSetup` says."""
         attempt = 0
         while True:
-            delivery = Delivery(job.name, data, attempt, dispatch_id)
+            delivery = Delivery(job.name, data, attempt, dispatch_id, headers=headers)
             outcome = self.run(delivery, settlement, job, wait_up_to=math.inf)
-            if not outcome.should_retry:
+            if not (outcome.should_retry or outcome.continued):
                 return outcome
-            if wait and outcome.retry_in:
+            if outcome.retry_in and (wait or outcome.continued):
                 time.sleep(outcome.retry_in.total_seconds())
-            attempt += 1
+            attempt += outcome.should_retry
 
     async def run_in_process_async(
-        self, job: Job[Any, Any], data: Any, dispatch_id: str, settlement: Settlement, wait: bool
+        self,
+        job: Job[Any, Any],
+        data: Any,
+        dispatch_id: str,
+        settlement: Settlement,
+        wait: bool,
+        headers: Mapping[str, str] | None = None,
     ) -> Outcome:
         """`run_in_process` on the caller's event loop."""
         attempt = 0
         while True:
-            delivery = Delivery(job.name, data, attempt, dispatch_id)
+            delivery = Delivery(job.name, data, attempt, dispatch_id, headers=headers)
             outcome = await self.run_async(delivery, settlement, job, wait_up_to=math.inf)
-            if not outcome.should_retry:
+            if not (outcome.should_retry or outcome.continued):
                 return outcome
-            if wait and outcome.retry_in:
+            if outcome.retry_in and (wait or outcome.continued):
                 await asyncio.sleep(outcome.retry_in.total_seconds())
-            attempt += 1
+            attempt += outcome.should_retry
 
     async def backend_gave_up_async(
         self, job: Job[Any, Any], delivery: Delivery, error: BaseException
@@ -490,6 +799,7 @@ class JobWorker(Generic[C]):
         ctx = await _failure_context(job, self.context)
         await _call_on_failure(job, error, payload, ctx, delivery)
         self.events.record("failed", delivery, error=error)
+        await self._announce(job, delivery, error)
 
     def backend_gave_up(self, job: Job[Any, Any], delivery: Delivery, error: BaseException) -> None:
         """`backend_gave_up_async` from sync code."""

@@ -36,6 +36,8 @@ class OutboxMessage(models.Model):
         null=True, blank=True
     )
     dispatch_id: models.TextField[str | None, str | None] = models.TextField(null=True, blank=True)
+    headers = models.JSONField(null=True, blank=True)
+    """What hooks (tracing) added in the writing transaction, for the relay to send on."""
 
     class Meta:
         db_table = "jobs_outbox"
@@ -64,3 +66,27 @@ class OutboxRelayLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.owner}"
+
+
+class StepRecord(models.Model):
+    """One record of a run with steps (a completed step's value, a step's failed attempts, a
+    sleep's end): the same table and columns as `jobs_core.steps.sql_store`."""
+
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    run_id: models.CharField[str, str] = models.CharField(max_length=64)
+    key: models.CharField[str, str] = models.CharField(max_length=255)
+    value: models.TextField[str, str] = models.TextField()
+    expires_at: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
+        null=True, blank=True
+    )
+
+    class Meta:
+        db_table = "jobs_steps"
+        verbose_name = "step record"
+        constraints = [
+            models.UniqueConstraint(fields=["run_id", "key"], name="jobs_steps_run_key"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="jobs_steps_expires_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.key}"

@@ -21,7 +21,16 @@ from jobs_core.outbox.relay import PendingRow, RowResult
 from jobs_core.outbox.writer import FAILED, PENDING, SENT, utcnow
 
 LEASE_NAME = "relay"
-_FIELDS = ("id", "key", "job_name", "payload", "run_at", "idempotency_key", "attempts")
+_FIELDS = (
+    "id",
+    "key",
+    "job_name",
+    "payload",
+    "run_at",
+    "idempotency_key",
+    "attempts",
+    "headers",
+)
 
 
 @dataclass
