@@ -5,11 +5,17 @@ one private RabbitMQ node for the session (started by the first test that asks f
 Also the soak's option: the short soak (1,000 jobs per backend) runs with the suite; the full one
 (10,000 per backend, marker `soak_full`) only with `pytest -m soak_full --run-soak-full`, and the
 kill and restart runs (marker `reliability_runs`) only with `--run-reliability-runs`.
+
+And the order the suite runs in, over pytest-xdist's workers (`-n 6`, set in pyproject.toml):
+the slowest tests first (`SLOWEST_FIRST`), so that none starts last and holds the run up alone,
+each worker taking the next test as it frees up, and tests that share a costly fixture on one
+worker (`ONE_WORKER_GROUPS`, `pytest_xdist_make_scheduler`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,107 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+SLOWEST_FIRST: list[tuple[str, float]] = [
+    # (node id prefix, seconds it takes on the 2-core machine, roughly), slowest first
+    ("tests/test_benchmarks.py", 80.0),  # a module fixture runs every benchmark once
+    ("tests/celery/test_durability.py::test_C21_broker_restart_workers_reconnect", 32.0),
+    ("tests/steps/test_kill.py", 30.0),
+    ("tests/newuser/test_newuser_readme_cli.py", 30.0),
+    ("tests/celery/test_rabbitmq.py::test_a_message_that_kills_its_worker_every_time", 28.0),
+    ("tests/celery/test_durability.py::test_C20_sigkilled_workers_lose_no_job", 27.0),
+    ("tests/django_project/test_django.py::test_relay_killed_between_send_and_mark", 25.0),
+    ("tests/celery/test_durability.py::test_C20_a_killed_workers_jobs_come_back", 24.0),
+    ("tests/soak/test_soak.py::test_soak_short[celery]", 22.0),
+    ("tests/soak/test_soak.py", 16.0),
+    ("tests/celery/test_rabbitmq.py", 12.0),
+    ("tests/dramatiq/test_durability.py::test_C2", 11.0),
+    ("tests/celery/test_durability.py", 10.0),
+    ("tests/schedules/test_replicas.py", 10.0),
+    ("tests/django_project/test_django.py", 9.0),
+    ("tests/outbox/test_relay_killed_before_publish.py", 9.0),
+    ("tests/celery/test_reliable_redis.py::test_no_sweep_until_live_consumers", 8.0),
+    ("tests/inngest/test_server_rules.py::test_a_burst_over_the_rate_limit", 7.0),
+    ("tests/outbox/test_end_to_end.py", 6.0),
+    ("tests/conformance/test_flow_control.py", 5.0),
+    ("tests/inngest/test_failure_net.py", 5.0),
+    ("tests/outbox/test_outbox.py::test_relay_command", 4.0),
+    ("tests/test_typing.py", 4.0),
+    ("tests/celery/test_reliable_redis.py", 3.0),
+    ("tests/steps/", 3.0),
+    ("tests/poison/test_poison.py", 2.0),
+    ("tests/dramatiq/test_worker_cli.py", 2.0),
+    ("tests/celery/test_worker_command.py", 2.0),
+    ("tests/test_secrets.py", 2.0),
+    ("tests/conformance/test_running.py::test_C15", 2.0),
+    ("tests/conformance/test_running.py::test_C11", 2.0),
+]
+"""Where a test starts in the run: the first prefix of its node id here gives its rough
+duration, and the suite starts with the longest (the others keep their order after them). With
+xdist's workers each taking the next test as it frees up, the run ends when the last short
+tests do, not with a 30 s test started at the end. Off by a few seconds is fine."""
+
+
+def _expected_seconds(nodeid: str) -> float:
+    return next((seconds for prefix, seconds in SLOWEST_FIRST if nodeid.startswith(prefix)), 0.0)
+
+
+ONE_WORKER_GROUPS: list[tuple[re.Pattern[str], str]] = [
+    # the benchmark run of tests/test_benchmarks.py, a module fixture (a minute or more)
+    (re.compile(r"tests/test_benchmarks\.py::"), "benchmarks"),
+    # the two worker processes per backend of the conformance flow tests (`flow_run`)
+    (
+        re.compile(
+            r"tests/conformance/test_flow_control\.py::"
+            r"test_C2[56]_(at_most|each_key|throttle_is)\w*\[(?P<harness>[\w-]+)\]"
+        ),
+        "flow-{harness}",
+    ),
+    # the session's private RabbitMQ node (the `rabbitmq` fixture: 5 to 7 s to boot)
+    (
+        re.compile(
+            r"tests/(celery|dramatiq)/test_amqp\.py::"
+            r"|tests/celery/test_rabbitmq\.py::(?!test_every_receipt_runs_after_a_hard_kill)"
+            r"|tests/outbox/test_relay_killed_before_publish\.py::"
+            r"|tests/poison/test_poison\.py::.*\[celery-amqp"
+        ),
+        "rabbitmq",
+    ),
+]
+"""Tests that share a costly fixture, run on one worker one after the other (each worker
+would make the fixture for itself): node id pattern, and the group's name."""
+
+
+def one_worker_group(nodeid: str) -> str | None:
+    for pattern, name in ONE_WORKER_GROUPS:
+        match = pattern.match(nodeid)
+        if match:
+            return name.format(**match.groupdict())
+    return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `-n` (and no other `--dist`): each worker takes the next test, or the next group of
+    `ONE_WORKER_GROUPS`, in collection order (the slowest first), when it has two or fewer
+    left: xdist's `loadscope` scheduling with these groups as its scopes. (`--dist loadgroup`
+    would take groups from `xdist_group` marks, but xdist 3.8 cannot rename pytest 9's node
+    ids, which is how it groups them.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SlowestFirst(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return one_worker_group(nodeid) or nodeid
+
+    config.option.loadscopereorder = False  # keep the collection's order
+    return SlowestFirst(config, log)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the on-demand runs unless asked for; then put the slowest tests first (after
+    pytest's own ordering by fixture, so that it stays within each rank)."""
     on_demand = {
         "soak_full": ("--run-soak-full", "pytest -m soak_full --run-soak-full"),
         "reliability_runs": ("--run-reliability-runs", "pytest --run-reliability-runs"),
@@ -44,6 +150,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
+    items.sort(key=lambda item: -_expected_seconds(item.nodeid))
 
 
 class SharedResources:

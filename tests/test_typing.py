@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 
-from jobs_core import JobDispatcherPort, JobRegistry
+from jobs_core import JobDispatcherPort, JobRegistry, Steps, StepsSync
 
 
 class Welcome(BaseModel):
@@ -36,6 +36,39 @@ jobs = JobRegistry[None]()
 def send_welcome(payload: Welcome, ctx: None) -> None: ...
 
 
+signed_up = jobs.event("user/signup.completed", Welcome)
+
+
+def number_of(invoice: Invoice) -> int:
+    return invoice.number
+
+
+async def fetch_invoice(number: int) -> Invoice:
+    return Invoice(number=number)
+
+
+@jobs.job("billing.steps")
+async def with_steps(payload: Invoice, ctx: None, step: Steps) -> None:
+    n: int = await step.run("number", number_of, payload)  # right: the step's type
+    invoice: Invoice = await step.run("fetch", fetch_invoice, n)  # right: awaited async fn
+    s: str = await step.run("number-again", number_of, payload)  # WRONG-STEP-TYPE
+    await step.run("bad-args", number_of, "not an invoice")  # WRONG-STEP-ARGS
+    await step.send_event("emit", signed_up, Welcome(email="a@example.com"))
+    await step.send_event("emit-bad", signed_up, Invoice(number=1))  # WRONG-EVENT-IN-RUN
+    found = await step.wait_for_event("w", signed_up, match="email", timeout=timedelta(1))
+    if found is not None:
+        email: str = found.email  # right: the event's model
+        del email
+    del invoice, s
+
+
+@jobs.job("billing.steps-sync")
+def with_steps_sync(payload: Invoice, ctx: None, step: StepsSync) -> None:
+    n: int = step.run("number", number_of, payload)
+    s: str = step.run("number-again", number_of, payload)  # WRONG-SYNC-STEP-TYPE
+    del n, s
+
+
 async def use_case(dispatcher: JobDispatcherPort) -> None:
     dispatcher.dispatch_sync(send_welcome, Welcome(email="a@example.com"))  # right
     await dispatcher.dispatch(send_welcome, {"email": "a@example.com"})  # right
@@ -46,6 +79,10 @@ async def use_case(dispatcher: JobDispatcherPort) -> None:
     dispatcher.dispatch_sync(send_welcome, {"email": "c"}, delay=timedelta(1), idempotency_key="k")
     dispatcher.dispatch_sync(send_welcome, {"email": "d"}, dealy=timedelta(1))  # WRONG-OPTION
     dispatcher.dispatch_many_sync([], idempotency_key="k")  # WRONG-MANY-OPTION
+    await dispatcher.send(signed_up, {"email": "e@example.com"}, id="signup-e")  # right
+    dispatcher.send_sync(signed_up, Welcome(email="f@example.com"))  # right
+    dispatcher.send_sync(signed_up, Invoice(number=4))  # WRONG-EVENT
+    dispatcher.send_sync(signed_up, {"email": "g"}, idd="x")  # WRONG-SEND-OPTION
 """
 
 

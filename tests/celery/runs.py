@@ -24,7 +24,8 @@ again), and whether every worker survived the restart without being started agai
     python -m tests.celery.runs kill --broker rabbitmq --runs 5
     python -m tests.celery.runs restart --broker stock-redis --runs 5
 
-tests/celery/test_durability.py runs one of each on `rabbitmq` and `reliable-redis` in the suite.
+tests/celery/test_durability.py runs one of each on `rabbitmq` and `reliable-redis` in the suite,
+of 1,000 jobs (C20's count).
 """
 
 from __future__ import annotations

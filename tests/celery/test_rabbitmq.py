@@ -1,9 +1,10 @@
 """Celery's zero-loss configuration: RabbitMQ with quorum queues, as `JOBS_BROKER_URL=amqp://...`
 gives it with no other setting (backends/celery/broker.py).
 
-Each test starts a private RabbitMQ node of its own (tests/support/rabbitmq_server.py), since
-most kill or restart it, and real worker processes (tests/celery/app.py, prefork pool). The kill
-and restart runs of 1,000+ jobs are in tests/celery/test_durability.py.
+The tests run on the session's private RabbitMQ node (the `rabbitmq` fixture,
+tests/support/rabbitmq_server.py; each test on a queue of its own), except the one that kills
+the node, which starts a node of its own, and real worker processes (tests/celery/app.py,
+prefork pool). The kill and restart runs of 1,000+ jobs are in tests/celery/test_durability.py.
 """
 
 from __future__ import annotations
@@ -32,34 +33,37 @@ def _done(store: Any) -> set[int]:
     return {int(n) for n in store.smembers(DONE)}
 
 
-def test_amqp_url_alone_gives_quorum_queues_confirms_and_dead_letters(tmp_path: Path) -> None:
+def test_amqp_url_alone_gives_quorum_queues_confirms_and_dead_letters(
+    tmp_path: Path, rabbitmq: RabbitMQServer
+) -> None:
     """`create_dispatcher()` with `JOBS_BROKER_URL=amqp://...` and nothing else declares a
     quorum queue with a delivery limit and a dead-letter queue, and publishes with confirms."""
-    with RabbitMQServer() as node:
-        settings = JobsSettings(backend="celery", broker_url=node.url, queue="plain")
-        dispatcher = create_dispatcher(settings=settings)
-        try:
-            assert isinstance(dispatcher, CeleryDispatcher)
-            assert dispatcher.app.conf.broker_transport_options["confirm_publish"] is True
-            dispatcher.dispatch_sync(work, {"n": 1})
-        finally:
-            dispatcher.close()
-        queues = node.ctl("list_queues", "-q", "--no-table-headers", "name", "type", "arguments")
-        rows = {line.split()[0]: line for line in queues.splitlines() if line.strip()}
-        assert "quorum" in rows["plain"] and "x-delivery-limit" in rows["plain"], queues
-        assert "x-dead-letter-exchange" in rows["plain"], queues
-        assert "quorum" in rows[dead_letter_queue("plain")], queues
-        assert node.ready("plain") == 1
+    node = rabbitmq
+    settings = JobsSettings(backend="celery", broker_url=node.url, queue="plain")
+    dispatcher = create_dispatcher(settings=settings)
+    try:
+        assert isinstance(dispatcher, CeleryDispatcher)
+        assert dispatcher.app.conf.broker_transport_options["confirm_publish"] is True
+        dispatcher.dispatch_sync(work, {"n": 1})
+    finally:
+        dispatcher.close()
+    queues = node.ctl("list_queues", "-q", "--no-table-headers", "name", "type", "arguments")
+    rows = {line.split()[0]: line for line in queues.splitlines() if line.strip()}
+    assert "quorum" in rows["plain"] and "x-delivery-limit" in rows["plain"], queues
+    assert "x-dead-letter-exchange" in rows["plain"], queues
+    assert "quorum" in rows[dead_letter_queue("plain")], queues
+    assert node.ready("plain") == 1
 
 
 def test_a_message_that_kills_its_worker_every_time_ends_in_the_dead_letter_queue(
-    tmp_path: Path,
+    tmp_path: Path, rabbitmq: RabbitMQServer
 ) -> None:
     """A job whose run kills its process: RabbitMQ counts each return and, past the delivery
     limit (3 here), moves the message to `<queue>.dead`, where an operator finds it (with
     RabbitMQ's `x-death` header saying why); the worker goes on with the next jobs."""
     queue, limit = "poison", 3
-    with RabbitMQServer() as node, RedisServer() as store_server:
+    node = rabbitmq
+    with RedisServer() as store_server:
         store = store_server.client()
         dispatcher = CeleryDispatcher(node.url, queue, delivery_limit=limit)
         env = {"CELERY_TEST_DELIVERY_LIMIT": str(limit)}
@@ -139,12 +143,15 @@ def test_every_receipt_runs_after_a_hard_kill_of_the_broker(tmp_path: Path) -> N
         )
 
 
-def test_a_delay_waits_in_the_broker_not_in_a_worker(tmp_path: Path) -> None:
+def test_a_delay_waits_in_the_broker_not_in_a_worker(
+    tmp_path: Path, rabbitmq: RabbitMQServer
+) -> None:
     """A delayed job (native delayed delivery) is not held by a worker while it waits, runs no
     earlier than asked (C8), and a delay longer than RabbitMQ's consumer timeout (30 min, the
     limit when a worker held it) is accepted."""
     queue = "delays"
-    with RabbitMQServer() as node, RedisServer() as store_server:
+    node = rabbitmq
+    with RedisServer() as store_server:
         store = store_server.client()
         dispatcher = CeleryDispatcher(node.url, queue)
         with worker_processes(node.url, store_server.url, queue, tmp_path) as workers:

@@ -2,11 +2,17 @@
 
 A harness knows how to stand up its backend for one test: a dispatcher (the producer side), a
 worker that runs the test's registry, and how to wait for jobs with a deadline. The contract
-tests in this folder are written once against `BackendSession` and run on every harness listed
-in `HARNESSES` (tests/conformance/conftest.py).
+tests in this folder are written once against `BackendSession` and run on every harness of
+their set (`HARNESS_SETS` in tests/conformance/conftest.py: the real brokers, the in-process
+fakes, or both).
 
 Adding a backend = one module `harness_<name>.py` with a `make_harness(resources)` function, and
-its name in `HARNESSES`.
+its name in the sets of tests/conformance/conftest.py.
+
+"Nothing (more) happened" is proven, not watched for: `BackendSession.drain()` returns once the
+backend holds nothing that could still run (the broker's own drain where it has one), so a
+check made after it is final. `stays_false` is left for the few windows that only time can
+show (a lease that must be seen renewed); each use says why.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from typing import Any, Protocol
 
 from jobs_core import JobDispatcherPort, JobRegistry, JobsSettings
 from jobs_core.instrumentation import Instrumentation
+
+DRAIN_TIMEOUT = 20.0
+"""Seconds `BackendSession.drain` waits for a busy backend before failing the test."""
 
 
 class BackendSession(Protocol):
@@ -41,11 +50,29 @@ class BackendSession(Protocol):
         """How many messages the backend has accepted from the producer so far (C4, C6)."""
         ...
 
+    def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Return once the backend has nothing left to run for this session: no message
+        queued, delayed, or delivered and not yet settled (acknowledged, dead-lettered), no
+        run in flight or waiting for its retry. What has not happened when `drain` returns
+        will not happen, so "it ran once", "no retry followed the give-up" and "the
+        duplicate never ran" are checked right after it, with no waiting window. Fails the
+        test (AssertionError) when the backend is still busy after `timeout` seconds.
+
+        Each harness uses its backend's own drain where there is one: Dramatiq's
+        `broker.join(queue)` (the queue, its delay queue and the worker's unacked set) and
+        `worker.join()`; the Inngest stand-in's `wait_until_idle()` (no run running, none
+        waiting for a retry or its time); for Celery, the broker's queue and unacked
+        messages for the session's queue, and the worker's requests. Inline runs jobs inside
+        `dispatch`: nothing is ever left."""
+        ...
+
 
 class BackendHarness(Protocol):
     """A backend under test."""
 
     name: str
+    """The backend's name, as receipts and events carry it: the same (`celery`) for a backend
+    on its real broker and on an in-process fake; the test id tells the harnesses apart."""
     durable: bool
     """True where `delay` and backoff are honoured by waiting (Celery, Dramatiq, Inngest)."""
     has_worker_queue: bool
@@ -94,8 +121,28 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_quiet(
+    busy: Callable[[], int], timeout: float, what: str, times: int = 3, interval: float = 0.01
+) -> None:
+    """Poll `busy()` (how many things are still pending) until it is 0 on `times` polls in a
+    row, `interval` apart: a drain for a broker without one of its own. Fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < times:
+        left = busy()
+        quiet = quiet + 1 if left == 0 else 0
+        if quiet < times:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what}: {left} still pending after {timeout}s")
+            time.sleep(interval)
+
+
 def stays_false(predicate: Callable[[], bool], duration: float, interval: float = 0.02) -> bool:
-    """True when `predicate` stays false for `duration` seconds (to show something did NOT run)."""
+    """True when `predicate` stays false for `duration` seconds.
+
+    Only for what no drain can prove, where the clause itself is about time passing (a lease
+    that must be seen renewed past its length): to show that a job did NOT run, drain the
+    session (`BackendSession.drain`) and check once."""
     deadline = time.monotonic() + duration
     while time.monotonic() < deadline:
         if predicate():

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import QueueJoinTimeout
 
 from jobs_core import JobRegistry
 from jobs_core.backends.dramatiq import (
@@ -23,11 +25,27 @@ from jobs_core.backends.dramatiq import (
 from jobs_core.backends.dramatiq.broker import NAMESPACE
 from jobs_core.instrumentation import Instrumentation
 
+from .harness import DRAIN_TIMEOUT
 from .harness_redis import RedisBrokerHarness, RedisSession, forget_queue
 
 WORKER_THREADS = 4
 WORKER_TIMEOUT_MS = 50
 STOP_TIMEOUT_MS = 5_000
+
+
+def join_all(broker: Any, worker: Any, queue: str, timeout: float) -> None:
+    """Wait (`timeout` seconds at most) until `broker` holds nothing of `queue` and `worker`
+    nothing in hand: Dramatiq's drain, `broker.join(queue)` (the queue, its delay queue, and
+    on Redis the worker's unacked sets too) then `worker.join()`."""
+    millis = int(timeout * 1000)
+    try:
+        if isinstance(broker, StubBroker):
+            broker.join(queue, timeout=millis, fail_fast=False)  # a give-up is dead-lettered
+        else:
+            broker.join(queue, interval=10, timeout=millis)
+    except QueueJoinTimeout:
+        raise AssertionError(f"dramatiq: queue {queue!r} still busy after {timeout}s") from None
+    worker.join()
 
 
 class DramatiqSession(RedisSession):
@@ -73,6 +91,13 @@ class DramatiqSession(RedisSession):
         decode = dramatiq.get_encoder().decode
         raw: list[bytes] = self.client.hvals(f"{NAMESPACE}:{self.queue}.XQ.msgs")  # type: ignore[assignment]
         return [str(decode(data)["actor_name"]) for data in raw]
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Dramatiq's own drain: `broker.join` until the queue, its delay queue and this
+        worker's unacked sets are empty in Redis (a retry is enqueued before the message it
+        replaces is acked, so a job that goes on is never out of them), then `worker.join()`
+        for what the worker holds in memory."""
+        join_all(self.broker, self.worker, self.queue, timeout)
 
 
 class DramatiqHarness(RedisBrokerHarness):

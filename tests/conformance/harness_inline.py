@@ -47,6 +47,9 @@ class InlineSession:
     def dead_letters(self) -> list[str]:
         return list(self._dead)
 
+    def drain(self, timeout: float = 0.0) -> None:
+        """Nothing to wait for: inline runs each job, retries included, inside `dispatch`."""
+
     def enqueued_count(self) -> int:
         return sum(
             1

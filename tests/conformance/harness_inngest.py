@@ -23,6 +23,8 @@ from tests.inngest_harness.protocol import event_name_matches
 from tests.support.hanging_server import HangingServer
 from tests.support.redis_server import free_port
 
+from .harness import DRAIN_TIMEOUT
+
 RETRY_DELAY = 0.01
 """Seconds the stand-in waits before retrying an error that carries no `retry-after`. Every
 retry of ours carries one (the core's backoff), so this only bounds the SDK's own errors."""
@@ -62,6 +64,15 @@ class InngestSession:
 
     def enqueued_count(self) -> int:
         return sum(1 for e in self.harness.events if not e.internal)
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """The stand-in's own drain, `wait_until_idle`: every run of every event finished (one
+        waiting for a retry or for its `ts` counts as running). The server starts an event's
+        runs when it accepts the event, so a dispatch that returned is never missed."""
+        try:
+            self.harness.wait_until_idle(timeout)
+        except TimeoutError as exc:
+            raise AssertionError(str(exc)) from None
 
 
 class InngestBackendHarness:

@@ -170,7 +170,10 @@ def test_C25_a_dead_workers_slot_comes_back_within_its_lease(backend: str, resou
         wait_until(lambda: len(store.starts(name)) == 1, 30, what="the first run to start")
         waiter.start()
         dispatchers[1].dispatch_sync(jobs[name], Hold(n=2, hold=0))
-        assert stays_false(lambda: 2 in store.done(name), 1.5 * LEASE)  # renewed while alive
+        # A window no drain can replace: the clause is about time passing. Waited out past one
+        # lease (the slot would be free then, were it not renewed while its worker lives),
+        # with room for the waiter's poll and a deferral through the broker.
+        assert stays_false(lambda: 2 in store.done(name), 1.5 * LEASE)
         killed = time.time()
         holder.kill(holding)
         wait_until(lambda: 2 in store.done(name), LEASE + 10, what="the second run")
@@ -183,11 +186,13 @@ def test_C25_a_dead_workers_slot_comes_back_within_its_lease(backend: str, resou
 
 def test_C26_throttle_is_a_sliding_window(harness: BackendHarness, flow_run: FlowRun) -> None:
     name = flow_run.names.throttle  # Throttle(limit=5, period=1 s)
-    flow_run.dispatch_all(name, [Hold(n=n, hold=0.0) for n in range(20)])
-    flow_run.wait_done(name, 20)
+    # The throttle's own wait, kept as short as it can show the clause: 10 runs, so that some
+    # must wait a period, and five windows of six starts to look at.
+    flow_run.dispatch_all(name, [Hold(n=n, hold=0.0) for n in range(10)])
+    flow_run.wait_done(name, 10)
     times = sorted(s["t"] for s in flow_run.store.starts(name))
-    assert len(times) == 20
-    assert times[-1] - times[0] >= 3.0 - TIMING_TOLERANCE
+    assert len(times) == 10
+    assert times[-1] - times[0] >= 1.0 - TIMING_TOLERANCE
     closest = min(b - a for a, b in zip(times, times[5:]))  # 6 starts always span a period
     assert closest >= 1.0 - TIMING_TOLERANCE
 
@@ -199,7 +204,10 @@ def test_C26_throttle_is_a_sliding_window(harness: BackendHarness, flow_run: Flo
     "option",
     [
         {"concurrency": Concurrency(limit=1)},
-        {"throttle": Throttle(limit=1, period=timedelta(seconds=2))},  # waits > WAIT_IN_WORKER
+        # The runs' own wait (no drain can shorten it), as short as it can be: the shortest
+        # period over WAIT_IN_WORKER (1 s: the waits go through the broker) that Inngest
+        # takes (whole seconds).
+        {"throttle": Throttle(limit=1, period=timedelta(seconds=2))},
     ],
     ids=["concurrency", "throttle"],
 )
@@ -235,7 +243,14 @@ def test_C25_C26_waiting_uses_no_attempt_and_records_no_event(
         )
     assert runs.failures == []
     for receipt in receipts:
-        assert events.kinds(name, receipt.dispatch_id) == ["scheduled", "started", "completed"]
+        # Each side in its own order: the producer records `scheduled` after its enqueue
+        # returns, which a fast worker can beat with `started` (C19).
+        recorded = [e for e in events.for_job(name) if e.dispatch_id == receipt.dispatch_id]
+        by_phase = {
+            phase: [e.kind for e in recorded if e.phase == phase]
+            for phase in ("schedule", "execute")
+        }
+        assert by_phase == {"schedule": ["scheduled"], "execute": ["started", "completed"]}
     assert [e.attempt for e in events.for_job(name) if e.kind == "started"] == [0, 0, 0]
     assert peak[0] == 1
     if "throttle" in option:
@@ -246,6 +261,7 @@ def test_C25_C26_waiting_uses_no_attempt_and_records_no_event(
 # -- C27 ----------------------------------------------------------------------------------
 
 
+@pytest.mark.harnesses("all")
 def test_C27_a_repeated_payload_runs_once_and_an_explicit_key_wins(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
@@ -268,7 +284,7 @@ def test_C27_a_repeated_payload_runs_once_and_an_explicit_key_wins(
         s.dispatcher.dispatch_sync(callable_job, {"text": "c", "n": 7})
         s.dispatcher.dispatch_sync(callable_job, {"text": "d", "n": 7})  # same key: "note-7"
         wait_until(lambda: runs.count == 4, what="one run per distinct key")
-        assert stays_false(lambda: runs.count > 4, 0.5 if harness.durable else 0.0)
+        s.drain()  # the repeats, had any been sent, would have run by now
     assert sorted(runs.items) == [
         ("callable", "c", 7),
         ("field", "a", 1),

@@ -13,6 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import QueueJoinTimeout
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -116,3 +120,20 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; {on_timeout()}")
         time.sleep(0.05)
+
+
+def drain_queue(broker_url: str, queue: str, timeout: float = 60.0) -> None:
+    """Dramatiq's own drain, from outside the workers: `RedisBroker.join(queue)` until neither
+    the queue nor its delay queue holds a message in Redis, delivered or not (a message stays
+    in the queue's hash until its worker acks it; a retry is enqueued before the message it
+    replaces is acked). Once it returns nothing more runs, unless something is sent again.
+    Fails after `timeout` seconds."""
+    client = redis.Redis.from_url(broker_url, socket_connect_timeout=5, socket_timeout=10)
+    broker: Any = RedisBroker(client=client, middleware=[], maintenance_chance=0)
+    try:
+        broker.join(queue, interval=20, timeout=int(timeout * 1000))
+    except QueueJoinTimeout:
+        raise AssertionError(f"dramatiq queue {queue!r} still busy after {timeout}s") from None
+    finally:
+        broker.close()
+        client.close()

@@ -82,7 +82,9 @@ def test_on_failure_runs_when_the_only_worker_dies_in_the_last_attempt(tmp_path:
     log = tmp_path / "crash.log"
     port = free_port()
     failure_id = "crash-app-crash.job-failure"
-    with InngestHarness(retry_delay=0.2, retry_backoff=2.0) as harness:
+    # The failure function's 4 retries 2 s apart: 8 s for the replacement process to start on
+    # a loaded machine (retries 0.2 s apart, doubling, gave it 3 s: not always enough).
+    with InngestHarness(retry_delay=2.0) as harness:
         with _crash_app(harness, log, port=port) as (url, first):
             [_, net] = harness.register_app(url)
             assert net.id == failure_id and net.retries > 0

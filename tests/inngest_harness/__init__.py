@@ -27,10 +27,11 @@ from .records import (
     Run,
     RunStatus,
 )
-from .serve import run_asgi_app, run_wsgi_app, serve_functions
+from .serve import ASGI_BASE_URL, asgi_transport, run_asgi_app, run_wsgi_app, serve_functions
 from .server import HarnessError, InngestHarness
 
 __all__ = [
+    "ASGI_BASE_URL",
     "FUNCTION_FAILED_EVENT",
     "Attempt",
     "EventApiRequest",
@@ -41,6 +42,7 @@ __all__ = [
     "RegisteredFunction",
     "Run",
     "RunStatus",
+    "asgi_transport",
     "hash_signing_key",
     "run_asgi_app",
     "run_wsgi_app",

@@ -4,7 +4,9 @@ For each run it POSTs the executor request to the function's registered URL
 (``?fnId=<app>-<fn>&stepId=step``), signed in cloud mode, and follows the SDK's answer the way
 Inngest does: 200 = completed; 206 = step ops (``StepRun``/``StepFailed`` memoised into
 ``steps``, ``StepError`` retried then memoised, ``StepPlanned`` targeted next via ``stepId``,
-``Sleep`` waited); anything else = error, retried up to the function's ``retries``
+``Sleep`` waited); planned steps are called side by side, one call per step targeted with
+``stepId``, and the run goes on once all of them are answered, as Inngest runs parallel steps;
+anything else = error, retried up to the function's ``retries``
 (``x-inngest-no-retry: true`` stops at once, ``retry-after`` sets the time of the next try,
 clamped as Inngest clamps it, otherwise ``retry_wait``: a call refused, cut or timed out counts
 as a failed attempt too, as on Inngest). Attempts are counted per step, as Inngest does: ``ctx.attempt``
@@ -12,7 +14,8 @@ goes back to 0 after each step that completes. A function's ``concurrency`` and 
 hold a call back until its turn (``flow.FlowGate``).
 
 A scheduler thread waits on a condition for the next due call and hands it to a small thread
-pool; each run has at most one call in flight. While paused (the server down for a restart) no
+pool; a run has one call in flight, or one per planned step while its parallel steps run (those
+calls pass the flow gate without taking a turn). While paused (the server down for a restart) no
 call starts; the runs wait in the schedule.
 """
 
@@ -31,7 +34,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from .flow import FlowGate
+from .flow import FlowGate, parse_duration
 from .protocol import (
     H_NO_RETRY,
     H_REQUEST_ID,
@@ -46,6 +49,7 @@ from .protocol import (
     parse_wall_time,
     sign_body,
     verify_response_signature,
+    wait_matches,
 )
 from .records import Attempt, RegisteredFunction, Run
 
@@ -74,6 +78,8 @@ class _RunState:
     attempt: int = 0
     stack: list[str] = dataclasses.field(default_factory=list)
     planned: list[str] = dataclasses.field(default_factory=list)
+    step_attempts: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Attempts of each planned step, called on its own (Inngest counts attempts per step)."""
     not_before: float = 0.0
     """Wall-clock epoch seconds before which the next call must not start."""
 
@@ -90,6 +96,7 @@ class Executor:
         on_failed: Callable[[Run], str | None],
         call_timeout: float,
         workers: int,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         """
         Args:
@@ -100,6 +107,8 @@ class Executor:
                 ``inngest/function.failed`` event it emitted, if any.
             call_timeout: seconds for one HTTP call to the SDK.
             workers: calls in flight at once.
+            transport: how calls reach the app (None: over the network; else this httpx
+                transport, e.g. one that calls an ASGI app in process).
         """
         self._settings = settings
         self._lock = lock
@@ -108,7 +117,7 @@ class Executor:
         self._on_failed = on_failed
         self.runs: dict[str, Run] = {}
         self._states: dict[str, _RunState] = {}
-        self._heap: list[tuple[float, int, str]] = []
+        self._heap: list[tuple[float, int, str, str | None]] = []
         self._seq = 0
         self._flow = FlowGate()
         self._stopping = False
@@ -119,7 +128,14 @@ class Executor:
             timeout=call_timeout,
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"user-agent": _USER_AGENT},
+            transport=transport,
         )
+        self._waits: dict[tuple[str, str], tuple[str, str | None, float]] = {}
+        """(run, step) -> (event name, if expression, deadline): runs waiting for an event."""
+        self._children: dict[str, tuple[str, str]] = {}
+        """child run -> (parent run, step) of ``InvokeFunction``."""
+        self.functions: Callable[[str], RegisteredFunction | None] = lambda _: None
+        """How a function is found by its id (the harness sets it: invoke starts one)."""
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="inngest-harness-call")
         self._thread = threading.Thread(
             target=self._scheduler_loop, name="inngest-harness-scheduler", daemon=True
@@ -177,14 +193,16 @@ class Executor:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _schedule(self, run_id: str, not_before: float) -> None:
-        """Queue the run's next call for no earlier than wall time ``not_before`` (lock held)."""
+    def _schedule(self, run_id: str, not_before: float, target: str | None = None) -> None:
+        """Queue the run's next call for no earlier than wall time ``not_before``: the call
+        that runs planned step ``target``, or (None) the run's next call (lock held)."""
         if self._stopping:
             return
-        self._states[run_id].not_before = not_before
+        if target is None:
+            self._states[run_id].not_before = not_before
         due = time.monotonic() + max(0.0, not_before - time.time())
         self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, run_id))
+        heapq.heappush(self._heap, (due, self._seq, run_id, target))
         self._wake.notify_all()
 
     def _scheduler_loop(self) -> None:
@@ -197,36 +215,44 @@ class Executor:
                 if delay > 0:
                     self._wake.wait(delay)
                     continue
-                _, _, run_id = heapq.heappop(self._heap)
-                self._pool.submit(self._call, run_id)
+                _, _, run_id, target = heapq.heappop(self._heap)
+                self._pool.submit(self._call, run_id, target)
 
     # ------------------------------------------------------------------ one call
 
-    def _call(self, run_id: str) -> None:
-        """Make one executor call for ``run_id`` and act on the SDK's answer."""
+    def _call(self, run_id: str, target: str | None = None) -> None:
+        """Make one executor call for ``run_id`` (for its planned step ``target``, if given)
+        and act on the SDK's answer."""
         settings = self._settings
         with self._lock:
             if self._stopping:
                 return
             run, state = self.runs[run_id], self._states[run_id]
+            if run.status != "running":  # a parallel step's call, after the run failed
+                return
+            if target is not None and target.startswith("timeout:"):
+                self._wait_timed_out(run, state, target.removeprefix("timeout:"))
+                return
             if self._paused:  # handed to the pool before the pause: back to the schedule
+                self._schedule(run_id, state.not_before if target is None else time.time(), target)
+                return
+            if target is None and time.time() < state.not_before:  # the clocks disagreed
                 self._schedule(run_id, state.not_before)
                 return
-            if time.time() < state.not_before:  # monotonic and wall clocks disagreed
-                self._schedule(run_id, state.not_before)
-                return
-            turn = self._flow.admit(state.fn, run, time.time())
-            if turn is not None:  # not its turn: at that time, or when a slot is released
-                if turn != float("inf"):
-                    self._schedule(run_id, turn)
-                return
+            if target is None:
+                turn = self._flow.admit(state.fn, run, time.time())
+                if turn is not None:  # not its turn: at that time, or when a slot is released
+                    if turn != float("inf"):
+                        self._schedule(run_id, turn)
+                    return
             if len(run.attempts) >= _MAX_CALLS_PER_RUN:
                 self._finish(run, "failed", error={"message": "harness: too many calls"})
                 return
-            step_id = state.planned[0] if state.planned else UNSPECIFIED_STEP_ID
+            step_id = target or UNSPECIFIED_STEP_ID
+            attempt_no = state.attempt if target is None else state.step_attempts.get(target, 0)
             request: dict[str, Any] = {
                 "ctx": {
-                    "attempt": state.attempt,
+                    "attempt": attempt_no,
                     "disable_immediate_execution": False,
                     "max_attempts": state.fn.retries + 1,
                     "run_id": run.run_id,
@@ -238,7 +264,7 @@ class Executor:
                 "use_api": False,
             }
             attempt = Attempt(
-                attempt=state.attempt, step_id=step_id, started_at=time.time(), request=request
+                attempt=attempt_no, step_id=step_id, started_at=time.time(), request=request
             )
             run.attempts.append(attempt)
             self._changed.notify_all()
@@ -277,8 +303,9 @@ class Executor:
             attempt.finished_at = time.time()
             self._started_calls -= 1
             self._wake.notify_all()
-            for woken in self._flow.release(run):
-                self._schedule(woken, attempt.finished_at)
+            if target is None:
+                for woken in self._flow.release(run):
+                    self._schedule(woken, attempt.finished_at)
             attempt.status_code = status
             attempt.headers = res_headers
             attempt.body = res_body
@@ -287,35 +314,46 @@ class Executor:
                 attempt.signature_valid = verify_response_signature(
                     raw, res_headers.get(H_SIGNATURE), settings.signing_key
                 )
-            self._on_answer(run, state, attempt)
+            if run.status == "running":
+                self._on_answer(run, state, attempt, target)
             self._changed.notify_all()
 
-    def _on_answer(self, run: Run, state: _RunState, attempt: Attempt) -> None:
+    def _on_answer(
+        self, run: Run, state: _RunState, attempt: Attempt, target: str | None = None
+    ) -> None:
         """Follow the SDK's answer like Inngest's executor (lock held)."""
-        if attempt.status_code == 200:
+        if attempt.status_code == 200 and target is None:
             self._finish(run, "completed", output=attempt.body)
             return
         if attempt.status_code == 206 and isinstance(attempt.body, list):
-            self._on_steps(run, state, attempt)
+            self._on_steps(run, state, attempt, target)
             return
         body = attempt.body
         error = body if body is not None else {"message": attempt.transport_error}
         # A function the app no longer serves (function_not_found) is retried like any error.
         no_retry = attempt.headers.get(H_NO_RETRY) == "true"
-        if no_retry or state.attempt >= state.fn.retries:
+        if no_retry or attempt.attempt >= state.fn.retries:
             self._finish(run, "failed", error=error)
             return
         retry_at = parse_retry_after(attempt.headers.get(H_RETRY_AFTER))
         if retry_at is None:
-            retry_at = time.time() + self._settings.retry_wait(state.attempt)
-        state.attempt += 1
-        self._schedule(run.run_id, retry_at)
+            retry_at = time.time() + self._settings.retry_wait(attempt.attempt)
+        if target is None:
+            state.attempt += 1
+        else:
+            state.step_attempts[target] = attempt.attempt + 1
+        self._schedule(run.run_id, retry_at, target)
 
-    def _on_steps(self, run: Run, state: _RunState, attempt: Attempt) -> None:
-        """206: memoise finished steps, queue planned ones, retry errored ones (lock held)."""
+    def _on_steps(
+        self, run: Run, state: _RunState, attempt: Attempt, target: str | None = None
+    ) -> None:
+        """206: memoise finished steps, call planned ones side by side, retry errored ones;
+        the run's next call waits for every planned step (lock held)."""
         not_before = time.time()
         retry = False
+        waiting = False
         no_retry = attempt.headers.get(H_NO_RETRY) == "true"
+        newly_planned: list[str] = []
 
         def memo(step_id: str, value: Any) -> None:
             run.steps[step_id] = value
@@ -331,13 +369,36 @@ class Executor:
             elif kind == "StepFailed":
                 memo(step_id, {"error": op.get("error")})
             elif kind == "StepError":
-                if no_retry or state.attempt >= state.fn.retries:
+                if no_retry or attempt.attempt >= state.fn.retries:
                     memo(step_id, {"error": op.get("error")})
                 else:
                     retry = True
             elif kind == "StepPlanned":
-                if step_id not in state.planned:
+                if step_id not in state.planned and step_id not in run.steps:
                     state.planned.append(step_id)
+                    newly_planned.append(step_id)
+            elif kind == "WaitForEvent":
+                opts = op.get("opts") or {}
+                deadline = time.time() + parse_duration(str(opts.get("timeout")))
+                self._waits[run.run_id, step_id] = (str(op.get("name")), opts.get("if"), deadline)
+                self._schedule(run.run_id, deadline, f"timeout:{step_id}")
+                waiting = True
+            elif kind == "InvokeFunction":
+                opts = op.get("opts") or {}
+                child_fn = self.functions(str(opts.get("function_id")))
+                payload = opts.get("payload") or {}
+                if child_fn is None:
+                    memo(step_id, {"error": {"name": "Error", "message": "function not found"}})
+                    continue
+                event = {
+                    "name": "inngest/function.invoked",
+                    "data": payload.get("data") or {},
+                    "id": new_ulid(),
+                    "ts": int(time.time() * 1000),
+                }
+                child = self.new_run(child_fn, event)
+                self._children[child.run_id] = (run.run_id, step_id)
+                waiting = True
             elif kind == "Sleep":
                 until = parse_wall_time(op.get("name"), time.time())  # the ISO time is in name
                 memo(step_id, None)
@@ -347,9 +408,19 @@ class Executor:
                 self._finish(run, "failed", error={"message": f"harness: unsupported op {kind}"})
                 return
         if retry:
-            not_before = max(not_before, time.time() + self._settings.retry_wait(state.attempt))
-            state.attempt += 1
-        self._schedule(run.run_id, not_before)
+            not_before = max(not_before, time.time() + self._settings.retry_wait(attempt.attempt))
+            if target is None:
+                state.attempt += 1
+            else:
+                state.step_attempts[target] = attempt.attempt + 1
+                self._schedule(run.run_id, not_before, target)
+                return
+        for step_id in newly_planned:
+            self._schedule(run.run_id, not_before, step_id)
+        if waiting:  # an event, a timeout or a child's end calls the run again
+            return
+        if not state.planned:  # every parallel step answered: the run goes on
+            self._schedule(run.run_id, not_before)
 
     def _finish(
         self,
@@ -359,10 +430,41 @@ class Executor:
         output: Any = None,
         error: Any = None,
     ) -> None:
-        """Close a run; a failure is reported to ``on_failed`` (lock held)."""
+        """Close a run; a failure is reported to ``on_failed``; a parent that invoked it gets
+        its output, or its error, as the invoke step's value (lock held)."""
         run.status, run.output, run.error, run.finished_at = status, output, error, time.time()
         if status == "failed":
             run.failure_event_id = self._on_failed(run)
+        parent = self._children.pop(run.run_id, None)
+        if parent is not None:
+            parent_run, step_id = self.runs[parent[0]], parent[1]
+            value = {"data": output} if status == "completed" else {"error": _error_of(error)}
+            self._resume(parent_run, step_id, value)
+
+    def _resume(self, run: Run, step_id: str, value: Any) -> None:
+        """A waiting run's step ends with ``value``; the run is called again (lock held)."""
+        if run.status != "running":
+            return
+        state = self._states[run.run_id]
+        run.steps[step_id] = value
+        state.stack.append(step_id)
+        state.attempt = 0
+        self._schedule(run.run_id, time.time())
+        self._changed.notify_all()
+
+    def event_sent(self, event: dict[str, Any]) -> None:
+        """An event arrived: every run waiting for it (name and ``if``) resumes with it, the
+        first match only, as Inngest does; a wait never sees an earlier event (lock held)."""
+        for (run_id, step_id), (name, expression, _) in list(self._waits.items()):
+            run = self.runs[run_id]
+            if name != event.get("name") or not wait_matches(expression, run.event, event):
+                continue
+            del self._waits[run_id, step_id]
+            self._resume(run, step_id, event)
+
+    def _wait_timed_out(self, run: Run, state: _RunState, step_id: str) -> None:
+        if self._waits.pop((run.run_id, step_id), None) is not None:
+            self._resume(run, step_id, None)
 
 
 def parse_body(raw: bytes) -> Any:
@@ -380,3 +482,10 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     query = dict(urllib.parse.parse_qsl(parts.query))
     query.update(params)
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _error_of(error: Any) -> dict[str, Any]:
+    """A failed child's error as a step's memoised error (``name``, ``message``)."""
+    if isinstance(error, dict):
+        return {"name": str(error.get("name") or "Error"), "message": str(error.get("message"))}
+    return {"name": "Error", "message": str(error)}

@@ -253,3 +253,36 @@ def event_name_matches(pattern: str, name: str) -> bool:
     if pattern.endswith("*"):
         return name.startswith(pattern[:-1])
     return pattern == name
+
+
+_WAIT_CLAUSE = re.compile(
+    r"^\s*(?P<left>(?:event|async)\.[A-Za-z_][\w.]*)\s*==\s*"
+    r"(?P<right>(?:event|async)\.[A-Za-z_][\w.]*)\s*$"
+)
+
+
+def wait_matches(
+    expression: str | None, run_event: dict[str, Any], incoming: dict[str, Any]
+) -> bool:
+    """Evaluate a ``step.wait_for_event`` ``if`` expression (CEL in Inngest): ``event`` is the
+    run's triggering event, ``async`` the incoming one. Only ``<path> == <path>`` clauses
+    joined by ``&&`` are understood (what jobs_core's ``match=`` makes); anything else raises
+    UnsupportedExpression."""
+    if expression is None or expression.strip() == "":
+        return True
+    roots = {"event": run_event, "async": incoming}
+
+    def value(path: str) -> Any:
+        root, *parts = path.split(".")
+        found: Any = roots[root]
+        for part in parts:
+            found = found.get(part) if isinstance(found, dict) else None
+        return found
+
+    for clause in expression.split("&&"):
+        match = _WAIT_CLAUSE.match(clause)
+        if match is None:
+            raise UnsupportedExpression(expression)
+        if value(match["left"]) != value(match["right"]):
+            return False
+    return True

@@ -1,5 +1,6 @@
 """Serve SDK functions (or any ASGI app) in-process under uvicorn, or a WSGI app (Flask,
-Django) under the standard library's server, on a free loopback port.
+Django) under the standard library's server, on a free loopback port; or call an ASGI app in
+process with no server at all (``asgi_transport``).
 
 The server runs in a background thread and is stopped on exit of the context manager. Start-up
 is awaited with a threading.Event set right after uvicorn's own ``startup`` (sockets
@@ -9,6 +10,7 @@ thread starts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import socketserver
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import fastapi
+import httpx
 import inngest
 import inngest.fast_api
 import uvicorn
@@ -146,3 +149,71 @@ def run_wsgi_app(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+ASGI_BASE_URL = "http://inngest-app.in-process"
+"""The origin an app called through ``asgi_transport`` is reached at (no socket behind it)."""
+
+
+class AsgiBridge(httpx.BaseTransport):
+    """httpx's own ``ASGITransport`` for synchronous clients: each request is handed to the
+    ASGI app on a private event loop, in a thread of its own, as uvicorn would run it (one
+    loop; requests in flight at once are served concurrently on it). ``app`` may be given
+    later (``mount``): an app made with the harness's address needs the harness first."""
+
+    def __init__(self, app: Any = None, *, timeout: float = 60.0) -> None:
+        self._asgi: httpx.ASGITransport | None = None
+        if app is not None:
+            self.mount(app)
+        self._timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="asgi-bridge", daemon=True
+        )
+        self._thread.start()
+
+    def mount(self, app: Any) -> None:
+        """Serve ``app`` from now on."""
+        self._asgi = httpx.ASGITransport(app=app)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        asgi = self._asgi
+        if asgi is None:
+            raise httpx.ConnectError("no app mounted on the ASGI bridge", request=request)
+
+        async def call() -> httpx.Response:
+            response = await asgi.handle_async_request(request)
+            body = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers, content=body)
+
+        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        try:
+            return future.result(self._timeout)
+        except TimeoutError:
+            future.cancel()
+            raise httpx.ReadTimeout("the in-process app did not answer", request=request) from None
+
+    def close(self) -> None:
+        """Nothing: every client given the bridge closes it, and it outlives them all."""
+
+    def shutdown(self) -> None:
+        """Stop the event loop and its thread (``asgi_transport`` does, on exit)."""
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if self._thread.is_alive():
+            raise RuntimeError("the ASGI bridge's event loop did not stop")
+        self._loop.close()
+
+
+@contextlib.contextmanager
+def asgi_transport(app: Any = None) -> Iterator[AsgiBridge]:
+    """An httpx transport that calls the ASGI ``app`` in process (``AsgiBridge``; the app may
+    be mounted later); give it to ``InngestHarness(app_transport=...)`` and register the app
+    at ``ASGI_BASE_URL`` + its serve path. Its loop is stopped on exit."""
+    bridge = AsgiBridge(app)
+    try:
+        yield bridge
+    finally:
+        bridge.shutdown()

@@ -30,8 +30,8 @@ real serve endpoint the way Inngest does, over loopback HTTP:
 * **Restart**: :meth:`InngestHarness.pause` takes the server down with its state kept (the
   port closed, no call made), :meth:`InngestHarness.resume` brings it back on the same port.
 
-Deliberate simplifications (a real Inngest server differs): one call per run at a time (no
-parallel steps; planned steps are run one by one); ``WaitForEvent``/``InvokeFunction``/AI ops
+Deliberate simplifications (a real Inngest server differs): a run's planned (parallel) steps
+are called side by side, but pass the flow gate without taking a turn; ``WaitForEvent``/``InvokeFunction``/AI ops
 fail the run; cron triggers never fire (use :meth:`InngestHarness.start_run`); function
 ``concurrency`` and ``throttle`` are modelled (see ``flow.py``), but no debounce/batching/
 idempotency expression/cancel; trigger expressions are limited to
@@ -137,6 +137,7 @@ class InngestHarness:
         host: str = "127.0.0.1",
         rate_limit: tuple[int, float] | None = None,
         max_event_bytes: int = 256 * 1024,
+        app_transport: httpx.BaseTransport | None = None,
     ) -> None:
         """
         Args:
@@ -154,6 +155,10 @@ class InngestHarness:
             rate_limit: ``(requests, seconds)`` per event key, then 429 (Cloud: ``(75, 5.0)``);
                 None = no limit.
             max_event_bytes: largest event (as JSON, envelope included) accepted (Free: 256 KiB).
+            app_transport: how the harness reaches the served app (sync, inspection and every
+                executor call): None = over the network to its URL; an httpx transport (e.g.
+                ``asgi_transport(app)``) = through it, the app called in process. The SDK's own
+                requests to the harness (registration, events) go over loopback either way.
         """
         if signing_key is not None:
             try:
@@ -177,6 +182,7 @@ class InngestHarness:
         """Seconds added to the timestamp of executor signatures (stale-signature tests)."""
         self._host = host
         self._workers = workers
+        self._app_transport = app_transport
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # any record changed (test waits)
@@ -210,7 +216,9 @@ class InngestHarness:
             on_failed=self._on_run_failed,
             call_timeout=self.call_timeout,
             workers=self._workers,
+            transport=self._app_transport,
         )
+        self._executor.functions = self._functions.get  # InvokeFunction starts one by its id
         self._serve_http(0)
         return self
 
@@ -391,7 +399,7 @@ class InngestHarness:
             headers[H_SIGNATURE] = self.sign(b"")
         with self._lock:
             before = len(self._apps)
-        res = httpx.put(serve_url, headers=headers, timeout=timeout)
+        res = self._call_app("PUT", serve_url, headers=headers, timeout=timeout)
         body = parse_body(res.content)
         if res.status_code != 200 or (isinstance(body, dict) and "error" in body):
             # The SDK answers 200 even when /fn/register failed, passing our error through.
@@ -415,7 +423,7 @@ class InngestHarness:
             H_SYNC_KIND: "in_band",
             H_SIGNATURE: self.sign(body),
         }
-        res = httpx.put(serve_url, content=body, headers=headers, timeout=timeout)
+        res = self._call_app("PUT", serve_url, content=body, headers=headers, timeout=timeout)
         data = parse_body(res.content)
         if res.status_code != 200 or not isinstance(data, dict):
             raise HarnessError(f"in-band sync answered {res.status_code}: {data!r}")
@@ -436,11 +444,16 @@ class InngestHarness:
         headers: dict[str, str] = {H_SERVER_KIND: self.server_kind}
         if self.signing_key is not None:
             headers[H_SIGNATURE] = self.sign(b"")
-        res = httpx.get(serve_url, headers=headers, timeout=self.call_timeout)
+        res = self._call_app("GET", serve_url, headers=headers, timeout=self.call_timeout)
         data = parse_body(res.content)
         if res.status_code != 200 or not isinstance(data, dict):
             raise HarnessError(f"inspection answered {res.status_code}: {data!r}")
         return data
+
+    def _call_app(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """One request of the harness's own to the served app (through `app_transport`)."""
+        with httpx.Client(transport=self._app_transport) as client:
+            return client.request(method, url, **options)
 
     def _store_registration(
         self,
@@ -590,8 +603,9 @@ class InngestHarness:
 
     def _dispatch(self, event: dict[str, Any], now: float | None = None) -> None:
         """Start a run of every function triggered by ``event``, once per function and event
-        id within the dedup window (lock held)."""
+        id within the dedup window, and resume the runs waiting for it (lock held)."""
         now = time.time() if now is None else now
+        self._require_executor().event_sent(event)
         for fn in list(self._functions.values()):
             for trigger in fn.triggers:
                 pattern = trigger.get("event")

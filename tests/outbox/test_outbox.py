@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from jobs_core import DispatchError, JobPayloadError, JobRegistry, JobRequest
 from jobs_core.outbox import Backoff, Outbox, outbox_table
 from jobs_core.testing import RecordingDispatcher, RecordingInstrumentation
+from tests.conformance.harness import wait_until
 
 jobs = JobRegistry[Any]()
 
@@ -452,12 +453,19 @@ def test_sqlite_second_relay_stands_by_loudly_then_takes_over(
         assert relay_b.last_round.standby
     assert "is NOT relaying" in caplog.text and relay_a.owner in caplog.text
     assert second.dispatched == []
-    # relay A dies without releasing its lease: B takes over once the lease expires
+    # relay A dies without releasing its lease: B takes over once the lease expires (its
+    # rounds until then stand by), within the lease's time to live
     import time
 
-    time.sleep(ttl.total_seconds() + 0.1)
+    started, sent = time.monotonic(), [0]
+
+    def took_over() -> bool:
+        sent[0] = relay_b.run_once()
+        return sent[0] > 0
+
     with caplog.at_level(logging.WARNING, logger="jobs_core.outbox"):
-        assert relay_b.run_once() == 1
+        wait_until(took_over, timeout=ttl.total_seconds() + 5, what="B to take the lease over")
+    assert sent[0] == 1 and time.monotonic() - started <= ttl.total_seconds() + 1
     assert "took over" in caplog.text
     assert _sent_numbers(second) == [2]
     engine.dispose()

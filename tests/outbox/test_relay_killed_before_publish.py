@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine
 
 from jobs_core.dispatch.idempotency import PENDING
-from tests.dramatiq.workers import WorkerProcesses
+from tests.dramatiq.workers import WorkerProcesses, wait_for
 from tests.outbox.test_end_to_end import (
     assert_ran_once_and_no_more,
     relay_proc,
@@ -68,7 +68,7 @@ def procs(rabbitmq: Any, store: Any) -> Iterator[WorkerProcesses]:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_C32_a_relay_killed_between_claim_and_publish_loses_no_job(
-    database_url: str, engine: Engine, procs: WorkerProcesses, store: Any
+    database_url: str, engine: Engine, procs: WorkerProcesses, store: Any, rabbitmq: Any
 ) -> None:
     write(engine, range(40))
     dying = relay_proc(procs, database_url, "--kill-before-publish", "--batch-size", "20")
@@ -84,4 +84,14 @@ def test_C32_a_relay_killed_between_claim_and_publish_loses_no_job(
     procs.start(WORKER)
     relay_proc(procs, database_url, "--batch-size", "20")
     wait_all_ran(procs, store, range(40), timeout=120)
-    assert_ran_once_and_no_more(store, engine, range(40))
+    assert_ran_once_and_no_more(
+        procs,
+        store,
+        engine,
+        range(40),
+        drain=lambda: wait_for(
+            lambda: rabbitmq.queue_counts(QUEUE) == (0, 0),
+            60,
+            "the queue is drained, every message acked",
+        ),
+    )

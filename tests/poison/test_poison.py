@@ -136,9 +136,15 @@ class CeleryBackend:
     ) -> None:
         from jobs_core.backends.celery import CeleryDispatcher
         from tests.celery.embedded import embedded_worker_app
+        from tests.conformance.harness_celery import EMBEDDED_WORKER, PromptRedisTransport
 
         self.url = url
         self.queue = f"poison-{uuid.uuid4().hex[:8]}"
+        prompt: dict[str, Any] = dict(EMBEDDED_WORKER)  # a stop within tens of ms, not 1 s
+        if transport == "kombu" and not self.is_amqp:  # the adapter's Redis transport, too
+            prompt["broker_transport"] = f"{PromptRedisTransport.__module__}:PromptRedisTransport"
+        elif transport == "reliable-redis":  # its documented option: BLMOVE 0.1 s at a time
+            prompt["broker_transport_options"] = {"idle_block_timeout": 0.1}
         self.app = embedded_worker_app(
             jobs,
             url,
@@ -148,6 +154,7 @@ class CeleryBackend:
             # An in-process worker sees a stop request when its event loop next wakes up; on
             # AMQP nothing else wakes it for up to 10 s (its shutdown timeout): a heartbeat does.
             broker_heartbeat=2,
+            **prompt,
         )
         self.dispatcher = CeleryDispatcher(url, self.queue)
         self.job = jobs[JOB]

@@ -14,7 +14,14 @@ from urllib.parse import urlsplit
 
 def _database(url: str) -> dict[str, Any]:
     if url.startswith("sqlite:///"):
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": url[len("sqlite:///") :]}
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": url[len("sqlite:///") :],
+            # Write-ahead log, synced at checkpoints: what a Django site on SQLite with a worker
+            # and relays writing at once is set up with (a rollback journal synced on every
+            # commit made the worker's 5,000 deliveries take a minute).
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"},
+        }
     parts = urlsplit(url)
     return {
         "ENGINE": "django.db.backends.postgresql",

@@ -1,0 +1,1 @@
+"""Issue 28, "What a new user trips on": one test module per item."""
