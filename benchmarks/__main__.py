@@ -1,8 +1,10 @@
 """`python -m benchmarks`: run the scenarios, print the table, keep every sample as JSON.
 
     python -m benchmarks                          # full run, every scenario available
-    python -m benchmarks --quick                  # short rounds (checks, CI)
+    python -m benchmarks --quick                  # short rounds: where the costs are
+    python -m benchmarks --smoke                  # tiny sizes: every row produced (the tests)
     python -m benchmarks --only micro,celery --rounds 7 --json bench.json
+    python -m benchmarks --only constructs        # the speed-only constructs, in µs
     python -m benchmarks --save --label quiet --docs   # the run for docs/performance.md
 
 `--save` writes the JSON to `benchmarks/results/<date>[-<label>].json`; `--docs` puts this
@@ -30,7 +32,18 @@ from .results import Row, format_table, loadavg
 from .scenario import MODULES, Env, load, missing_requirement
 
 RESULTS = ROOT / "benchmarks" / "results"
-NEEDS_REDIS = {"inline", "celery", "dramatiq", "inngest", "flow", "outbox"}
+NEEDS_REDIS = {
+    "inline",
+    "celery",
+    "dramatiq",
+    "inngest",
+    "flow",
+    "outbox",
+    "constructs",
+    "steps",
+    "events",
+    "otel",
+}
 
 
 def run(
@@ -79,9 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=(__doc__ or "").split("\n", 1)[0]
     )
-    parser.add_argument("--quick", action="store_true", help="short rounds (checks, CI)")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", action="store_true", help="short rounds (a first look)")
+    modes.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, 2 rounds: every row is produced, no figure means anything (tests)",
+    )
     parser.add_argument("--only", help=f"comma-separated, from {','.join(MODULES)} (default: all)")
-    parser.add_argument("--rounds", type=int, help="rounds per comparison (default 5; quick 3)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds per comparison (default 5; quick 3; smoke 2)"
+    )
     parser.add_argument("--json", type=Path, help="write every figure and sample here")
     parser.add_argument("--save", action="store_true", help="write the JSON to benchmarks/results/")
     parser.add_argument("--label", help="a word for the saved file's name and the docs")
@@ -96,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenarios {unknown}; choose from {', '.join(MODULES)}")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    config = Config.make(args.quick, args.rounds)
+    if args.smoke and args.docs:
+        parser.error("--docs takes the figures of a full (or quick) run, never --smoke's")
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    config = Config.make(mode, args.rounds)
     json_path = args.json or (results_path(args.label) if args.save else None)
 
     def log(message: str) -> None:
@@ -119,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]
             ),
             "quick": config.quick,
+            "mode": config.mode,
             "label": args.label,
             "json": str(json_path.relative_to(ROOT))
             if json_path and json_path.is_relative_to(ROOT)

@@ -38,6 +38,10 @@ WORKER_OPTIONS = [
 """The same for both workers; neither sets a log level, so each logs as its command does."""
 OPT_IN = "reliable_redis"
 """The idle row of the opt-in reliable Redis transport (`JOBS_CELERY_TRANSPORT`)."""
+IDLE_PAUSE = 0.2
+"""Seconds idle before each job of the idle rows: an idle Celery consumer blocks in Redis
+(BRPOP, or the reliable transport's BLMOVE), and polls every 0.1 s at most (the reliable
+transport before its first heartbeat)."""
 
 
 def rows(config: Config) -> list[str]:
@@ -166,5 +170,6 @@ def worker_kit(env: Env) -> WorkerKit:
         "command's default logging (jobs_core's: INFO; celery worker's: WARNING)",
         worker_target=0.95,
         e2e_target=0.90,
+        idle_pause=IDLE_PAUSE,
         closers=[ours.close, ours_stager.close, reliable.close, plain.close, client.close],
     )

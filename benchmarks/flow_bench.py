@@ -30,8 +30,6 @@ from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.flow.options import Resource
 from jobs_core.flow.redis_limiter import RedisFlowLimiter
 from jobs_core.worker import Delivery, JobWorker
-from jobs_core.worker.loops import run_without_loop
-from jobs_core.worker.worker import execute, settle
 
 from .config import Config
 from .counter import SharedCounter
@@ -71,8 +69,7 @@ class _BeforeFlow(JobWorker[Any]):
         job = job or self._job(delivery, settlement)
         if job is None:
             raise AssertionError("the benchmark job is known")
-        run = execute(job, delivery, self.context, self.events, self.max_retry_wait)
-        return settle(delivery, run_without_loop(run), settlement)
+        return self._run_once(delivery, settlement, job)
 
 
 class _BeforeFlowInline(InlineDispatcher):
@@ -90,7 +87,7 @@ def unlimited_cost(env: Env, hits: SharedCounter) -> list[Row]:
     """`flow.seam` and `flow.inline`: an unlimited job with the flow-control code in place
     against the code before it."""
     config = env.config
-    n = 2_000 if config.quick else 20_000
+    n = {"smoke": 200, "quick": 2_000, "full": 20_000}[config.mode]
     delivery = Delivery(noop.name, SAMPLE, 0, "bench")
     settlement = _Settled()
     ours_worker = JobWorker(None, context=hits, backend="bench", flow=InlineDispatcher().flow)
@@ -101,7 +98,7 @@ def unlimited_cost(env: Env, hits: SharedCounter) -> list[Row]:
         (
             "flow.seam",
             "JobWorker.run of an unlimited job (the flow-control check in place) vs the seam's "
-            "body without flow control (execute + settle)",
+            "body without flow control (JobWorker._run_once: execute + settle)",
             lambda: ours_worker.run(delivery, settlement, noop),
             lambda: before_worker.run(delivery, settlement, noop),
         ),
@@ -214,7 +211,7 @@ def worker_throughput(env: Env, backend: str) -> Row:
 
 def admission_cost(env: Env) -> Row:
     """Microseconds per admit + release of a limited run on Redis, and per PING."""
-    n = 200 if env.config.quick else 2_000
+    n = {"smoke": 50, "quick": 200, "full": 2_000}[env.config.mode]
     client = redis.Redis.from_url(env.redis_url)
     limiter = RedisFlowLimiter(client)
     resources = (Resource("c", "{bench}:c", 1_000_000),)

@@ -9,7 +9,10 @@ loopback stand-in (`tests/inngest_harness`), which answers as Inngest does.
 - e2e: a second stand-in whose executor calls the served functions over HTTP, as Inngest does.
   Ours is `create_inngest_job_function` (a run is one `JobWorker.run`); the baseline a plain
   `@client.create_function`; both are served by one FastAPI app (uvicorn, in this process) and
-  driven by the same executor (8 calls in flight).
+  driven by the same executor (8 calls in flight);
+- idle: the same app and executor, one event at a time after `IDLE_PAUSE` of quiet, from the
+  send to the run's completion, ours / plain of the median latencies per round (as the Celery
+  and Dramatiq idle rows; the stand-in's executor waits on a condition, it does not poll).
 
 What this measures is mostly the stand-in (a Python HTTP server, a new connection per call):
 the ratios are meaningful, the absolute rates are not those of Inngest Cloud.
@@ -33,7 +36,7 @@ from .jobs import JOB_NAME, PAYLOADS, noop, plain_body
 from .results import Row, compare
 from .scenario import Env
 from .timing import interleave
-from .worker_suite import Completions
+from .worker_suite import Completions, idle_row
 
 BACKEND = "inngest"
 APP_ID = "jobs-bench"
@@ -41,10 +44,20 @@ PLAIN_NAME = "bench.plain"
 EXECUTOR_WORKERS = 8
 SCALE = 0.25
 """A request to the stand-in costs ~2 ms: fewer dispatches per round than on Redis."""
+IDLE_PAUSE = 0.05
+"""Seconds of quiet before each event of the idle row."""
+FUNCTIONS = (
+    "create_inngest_job_function vs a plain @client.create_function, one served app, the "
+    "stand-in's executor (8 in flight)"
+)
 
 
 def rows(config: Config) -> list[str]:
-    return [*dispatch_suite.row_ids(BACKEND, ["send_sync_list"]), f"{BACKEND}.e2e"]
+    return [
+        *dispatch_suite.row_ids(BACKEND, ["send_sync_list"]),
+        f"{BACKEND}.e2e",
+        f"{BACKEND}.idle",
+    ]
 
 
 def forget(harness: InngestHarness) -> None:
@@ -96,10 +109,11 @@ def run(env: Env) -> list[Row]:
             rows = dispatch_suite.all_rows(env, kit)
         finally:
             dispatcher.close()
-    return [*rows, _e2e(env)]
+    return [*rows, *_e2e(env)]
 
 
-def _e2e(env: Env) -> Row:
+def _e2e(env: Env) -> list[Row]:
+    """The e2e and idle rows (one app serving both functions, one executor)."""
     config, payload = env.config, PAYLOADS[SMALL]
     env.log(f"inngest: end to end (stand-in executor, {EXECUTOR_WORKERS} calls in flight)")
     ours_hits, plain_hits = SharedCounter(), SharedCounter()
@@ -124,31 +138,44 @@ def _e2e(env: Env) -> Row:
 
         ours = Completions(ours_hits, "inngest ours", check)
         plain = Completions(plain_hits, "inngest plain", check)
+
+        def send_ours() -> None:
+            dispatcher.dispatch_sync(noop, payload)
+
+        def send_plain() -> None:
+            client.send_sync(plain_event)
+
         try:
             with run_asgi_app(app) as base_url:
                 harness.register_app(base_url + "/api/inngest")
                 timings = interleave(
                     {
-                        "ours": lambda n: ours.e2e(
-                            lambda: dispatcher.dispatch_sync(noop, payload), n
-                        ),
-                        "plain": lambda n: plain.e2e(lambda: client.send_sync(plain_event), n),
+                        "ours": lambda n: ours.e2e(send_ours, n),
+                        "plain": lambda n: plain.e2e(send_plain, n),
                     },
                     config.inngest_e2e_n,
                     config.rounds,
                     warmup_n=config.warmup_n,
                     progress=env.log,
                 )
+                idle = idle_row(
+                    env,
+                    f"{BACKEND}.idle",
+                    f"{FUNCTIONS}; {IDLE_PAUSE * 1000:.0f} ms quiet before each event",
+                    (ours, send_ours),
+                    (plain, send_plain),
+                    IDLE_PAUSE,
+                )
         finally:
             dispatcher.close()
             forget(harness)
-    return compare(
+    e2e = compare(
         f"{BACKEND}.e2e",
-        "first event to last completed run: create_inngest_job_function vs a plain "
-        "@client.create_function, one served app, the stand-in's executor (8 in flight)",
+        f"first event to last completed run: {FUNCTIONS}",
         timings,
         "ours",
         "plain",
         target=0.90,
         labels=("", "plain"),
     )
+    return [e2e, idle]

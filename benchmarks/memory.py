@@ -25,9 +25,9 @@ from .scenario import Env
 from .timing import median, wait_until
 
 MIB_BYTES = 1024 * 1024
-GROWTH_TARGET_MIB = 5.0
 TIME_TARGET = 1.2
-"""The last jobs may take at most this many times the CPU per dispatch of the early ones."""
+"""The last jobs may take at most this many times the CPU per dispatch of the early ones (a
+ratio measured in one process: the growth rows, in MiB, have no target and explain it)."""
 VARIANTS = {"": False, ".keyed": True}
 
 
@@ -126,7 +126,7 @@ def run(env: Env) -> list[Row]:
                 "",
                 "growth_mib",
                 MIB,
-                GROWTH_TARGET_MIB,
+                None,
                 f"RSS growth from job {mark:,} to job {jobs:,}",
                 f"peak {median(samples['peak_rss_mib']):.1f} MiB",
                 f"RSS at job {mark:,} {median(samples['rss_at_mark_mib']):.1f} MiB",

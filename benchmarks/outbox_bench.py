@@ -101,7 +101,7 @@ def _payload(i: int) -> dict[str, Any]:
 def relay_rows(env: Env, db: str, url: str) -> list[Row]:
     import redis
 
-    config, n = env.config, 1_000 if env.config.quick else 5_000
+    config, n = env.config, env.config.small_n
     engine = create_engine(url)
     outbox = Outbox(engine)
     outbox.create_table()
@@ -155,7 +155,7 @@ def relay_rows(env: Env, db: str, url: str) -> list[Row]:
             {"relay": relay_side, "direct": direct_side(False), "keys": direct_side(True)},
             n,
             config.rounds,
-            warmup_n=BATCH,
+            warmup_n=min(BATCH, n),
             progress=env.log,
         )
     finally:
@@ -185,7 +185,7 @@ def relay_rows(env: Env, db: str, url: str) -> list[Row]:
 
 
 def write_row(env: Env, db: str, url: str) -> Row:
-    config, n = env.config, 200 if env.config.quick else 1_000
+    config, n = env.config, env.config.small_n // 5
     engine = create_engine(url)
     outbox = Outbox(engine)
     outbox.create_table()
@@ -213,7 +213,7 @@ def write_row(env: Env, db: str, url: str) -> Row:
             {"with_outbox": transactions(True), "without": transactions(False)},
             n,
             config.rounds,
-            warmup_n=50,
+            warmup_n=min(50, n),
             slices=2,
             progress=env.log,
         )

@@ -31,6 +31,10 @@ MODULES: dict[str, str] = {
     "inngest": "benchmarks.inngest_bench",
     "flow": "benchmarks.flow_bench",
     "outbox": "benchmarks.outbox_bench",
+    "steps": "benchmarks.steps_bench",
+    "events": "benchmarks.events_bench",
+    "otel": "benchmarks.otel_bench",
+    "constructs": "benchmarks.constructs",
 }
 """Scenario name (what `--only` takes) -> module, in the order they run."""
 

@@ -10,10 +10,13 @@ logging), both with the same pool and 8 threads.
   completion to the last, so the worker's idle back-off before the first job is not counted.
 - `e2e`: n jobs dispatched one by one as each side's app dispatches them, from the first
   dispatch to the last completion.
-- `idle`: one job sent to a worker that has been idle for `IDLE_PAUSE`, from the dispatch to
-  its completion (what a quiet app waits for each job), the sides taking turns; the figure is
-  ours / plain of the median latencies, per round (lower is better). A kit's `opt_in` side (a
-  third worker, such as Celery's reliable Redis transport) gets an idle row of its own.
+- `idle`: one job sent to a worker that has been idle for the kit's `idle_pause`, from the
+  dispatch to its completion (what a quiet app waits for each job), `idle_n` jobs a side a
+  round, the sides taking turns; the figure is ours / plain of the median latencies, per round
+  (lower is better). A kit's `idle_env` restarts both workers with those settings for the idle
+  rows only (Dramatiq: a 10 ms idle poll, so that the poll's phase, which both sides share,
+  does not swamp what the row is about). A kit's `opt_in` side (a third worker, such as
+  Celery's reliable Redis transport) gets an idle row of its own.
 
 Besides the rates, each row keeps each worker process group's CPU time per job (/proc) and how
 many bytes of log it wrote per job.
@@ -35,6 +38,8 @@ from .timing import Timings, interleave, median, wait_until
 
 STARTUP_TIMEOUT = 120.0
 """Seconds a worker may take to start and run its first job (imports on a loaded machine)."""
+IDLE_TARGET = 1.5
+"""An idle row: ours may take at most this many times the plain worker's latency."""
 
 
 def deadline(n: int) -> float:
@@ -51,6 +56,8 @@ class Completions:
     what: str
     check: Callable[[], str | None] | None = None
     worker: WorkerProcess | None = None
+    counter_path: Path | None = None
+    """The counter's file, which a restarted worker process opens again."""
     calls: int = field(default=0, init=False)
     worker_cpu: list[float] = field(default_factory=list, init=False)
     log_bytes: list[int] = field(default_factory=list, init=False)
@@ -134,16 +141,14 @@ class WorkerKit:
     """What both workers are: pool, threads, logging (the rows' `compares`)."""
     worker_target: float | None = None
     e2e_target: float | None = None
-    idle_target: float | None = 1.5
+    idle_target: float | None = IDLE_TARGET
+    idle_pause: float = 0.3
+    """Seconds a worker sits idle before each job of the idle rows (past its longest poll)."""
+    idle_env: dict[str, str] = field(default_factory=dict)
+    """Settings both workers are restarted with for the idle rows (none: no restart)."""
     opt_in: tuple[str, WorkerSide] | None = None
     """(row suffix, side): an opt-in configuration of ours, measured in the idle row only."""
     closers: list[Callable[[], object]] = field(default_factory=list)
-
-
-IDLE_PAUSE = 0.3
-"""Seconds a worker sits idle before each job of the idle row (past any poll interval)."""
-IDLE_PER_ROUND = 10
-"""Jobs per side per round of the idle row."""
 
 
 def add_worker_figures(row: Row, sides: dict[str, Completions], rounds: int) -> Row:
@@ -178,7 +183,7 @@ def worker_rows(env: Env, kit: WorkerKit) -> list[Row]:
                 counter = SharedCounter(path, create=True)
                 workers[name] = WorkerProcess(side.command, {**side.env, ENV: str(path)}).start()
                 sides[name] = Completions(
-                    counter, f"{b} {name}", workers[name].check, workers[name]
+                    counter, f"{b} {name}", workers[name].check, workers[name], path
                 )
             for scenario, what, make, n, target in (
                 ("worker", "drain rate", _drainer, config.worker_n, kit.worker_target),
@@ -197,10 +202,33 @@ def worker_rows(env: Env, kit: WorkerKit) -> list[Row]:
                 )
                 pair = {name: sides[name] for name in ("ours", "plain")}
                 rows.append(_row(f"{b}.{scenario}", what, kit, timings, pair, target))
-            rows.append(idle_row(env, kit, sides, "ours", kit.ours, f"{b}.idle"))
+            if kit.idle_env:
+                _restart(env, kit, workers, sides)
+            plain = (sides["plain"], kit.plain.send)
+            rows.append(
+                idle_row(
+                    env,
+                    f"{b}.idle",
+                    f"{kit.ours.label} vs {kit.plain.label}; {kit.describe}{_idle_how(kit)}",
+                    (sides["ours"], kit.ours.send),
+                    plain,
+                    kit.idle_pause,
+                    kit.idle_target,
+                )
+            )
             if kit.opt_in is not None:
                 suffix, side = kit.opt_in
-                rows.append(idle_row(env, kit, sides, "opt_in", side, f"{b}.idle.{suffix}"))
+                rows.append(
+                    idle_row(
+                        env,
+                        f"{b}.idle.{suffix}",
+                        f"{side.label} vs {kit.plain.label}; {kit.describe}{_idle_how(kit)}",
+                        (sides["opt_in"], side.send),
+                        plain,
+                        kit.idle_pause,
+                        kit.idle_target,
+                    )
+                )
         finally:
             for worker in workers.values():
                 worker.stop()
@@ -211,43 +239,75 @@ def worker_rows(env: Env, kit: WorkerKit) -> list[Row]:
     return rows
 
 
+def _idle_how(kit: WorkerKit) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in kit.idle_env.items())
+    restarted = f"; both restarted with {settings} for this row" if settings else ""
+    return f"; {kit.idle_pause * 1000:.0f} ms idle before each job{restarted}"
+
+
+def _restart(
+    env: Env, kit: WorkerKit, workers: dict[str, WorkerProcess], sides: dict[str, Completions]
+) -> None:
+    """Restart ours and the plain worker with `kit.idle_env` (stopped first, then started
+    together); each one's next job is a warm-up with the start-up allowance."""
+    env.log(f"{kit.backend}: restarting both workers with {kit.idle_env} for the idle rows")
+    pairs = (("ours", kit.ours), ("plain", kit.plain))
+    for name, _ in pairs:
+        workers[name].stop()
+    for name, side in pairs:
+        completions = sides[name]
+        path = str(completions.counter_path)
+        worker = WorkerProcess(side.command, {**side.env, ENV: path, **kit.idle_env}).start()
+        workers[name] = completions.worker = worker
+        completions.check = worker.check
+        completions.calls = 0
+
+
+Idler = tuple[Completions, Callable[[], object]]
+"""One side of an idle row: its completions and how it sends one job."""
+
+
 def idle_row(
     env: Env,
-    kit: WorkerKit,
-    sides: dict[str, Completions],
-    name: str,
-    side: WorkerSide,
     row_id: str,
+    compares: str,
+    ours: Idler,
+    plain: Idler,
+    pause: float,
+    target: float | None = IDLE_TARGET,
 ) -> Row:
-    """One job at a time to an idle worker, `name`'s side against the plain one, in turns."""
-    env.log(f"{row_id}: one job to an idle worker, {IDLE_PER_ROUND} x {env.config.rounds}")
+    """One job at a time to an idle worker, ours against plain, in turns (the side going first
+    alternating): `env.config.idle_n` jobs a side a round, `pause` seconds idle before each;
+    per round, ours / plain of the median latencies."""
+    n, rounds = env.config.idle_n, env.config.rounds
+    env.log(f"{row_id}: one job to an idle worker, {n} a side x {rounds}")
     ratios: list[float] = []
     latency: dict[str, list[float]] = {"ours_ms": [], "plain_ms": []}
-    sides[name].e2e(side.send, 1)  # warm-up: a worker's first job pays for its connections
-    for _ in range(env.config.rounds):
+    sides = (("ours_ms", *ours), ("plain_ms", *plain))
+    for _, completions, send in sides:  # warm-up: a worker's first job pays for its connections
+        completions.e2e(send, 1)
+    for _ in range(rounds):
         per_side: dict[str, list[float]] = {"ours_ms": [], "plain_ms": []}
-        for _ in range(IDLE_PER_ROUND):
-            for key, completions, send in (
-                ("ours_ms", sides[name], side.send),
-                ("plain_ms", sides["plain"], kit.plain.send),
-            ):
-                time.sleep(IDLE_PAUSE)  # the worker goes idle: that is what is measured
+        for i in range(n):
+            for key, completions, send in sides if i % 2 == 0 else sides[::-1]:
+                time.sleep(pause)  # the worker goes idle: that is what is measured
                 per_side[key].append(completions.e2e(send, 1) * 1000)
         ratios.append(median(per_side["ours_ms"]) / median(per_side["plain_ms"]))
         for key, values in per_side.items():
             latency[key].extend(values)
     ours_ms, plain_ms = median(latency["ours_ms"]), median(latency["plain_ms"])
+    ours_range = f"[{min(latency['ours_ms']):.1f}-{max(latency['ours_ms']):.1f}]"
+    plain_range = f"[{min(latency['plain_ms']):.1f}-{max(latency['plain_ms']):.1f}]"
     return lower_is_better(
         ratios,
         row_id,
-        f"one job sent to an idle worker, dispatch to completion: {side.label} vs "
-        f"{kit.plain.label}; {kit.describe}",
-        f"{ours_ms:.1f} ms [{min(latency['ours_ms']):.1f}-{max(latency['ours_ms']):.1f}]",
-        f"plain {plain_ms:.1f} ms [{min(latency['plain_ms']):.1f}-{max(latency['plain_ms']):.1f}]",
-        1,
+        f"one job sent to an idle worker, dispatch to completion: {compares}",
+        f"{ours_ms:.1f} ms {ours_range}",
+        f"plain {plain_ms:.1f} ms {plain_range}",
+        n,
         RATIO,
         latency,
-        target=kit.idle_target,
+        target=target,
     )
 
 
