@@ -23,7 +23,7 @@ nothing: they push as kombu does. What it changes, against kombu's own transport
    hash or its landing list, back to the front of their queues; a live consumer keeps what it
    holds for as long as it needs.
 3. **Closing a collected connection** (the `AttributeError` of celery/kombu#582): as
-   `jobs_core.backends.celery.fixes` fix 4.
+   `jobs_core.backends.celery.fixes` fix 4, whose channel this one extends.
 4. **Poison list items** (celery/celery#1113, celery/celery#4308). An item on the queue's list
    that is not JSON raised out of the transport and stopped the worker; JSON of the wrong shape
    (no `properties`) raised `KeyError`, which Celery took for a lost connection, and the item
@@ -67,6 +67,8 @@ from kombu.utils import encoding as _encoding
 from kombu.utils import json as _json
 
 from jobs_core.errors import JobConfigError
+
+from .fixes import RedisChannel as StockFixesChannel
 
 # kombu's own names, untyped upstream.
 _kombu_redis: Any = _redis_transport
@@ -280,8 +282,9 @@ class HeldQoS(_kombu_redis.QoS):  # type: ignore[misc]
         super().restore_visible(start, num, interval)
 
 
-class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
-    """kombu's Redis channel with the atomic fetch, held hash, poison burial (patches 1-4)."""
+class RedisChannel(StockFixesChannel):
+    """kombu's Redis channel with the atomic fetch, held hash, poison burial (patches 1, 2
+    and 4; patch 3, a collected connection is a lost one, is the stock transport's fix)."""
 
     QoS = HeldQoS
 
@@ -319,7 +322,6 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
         self._blmove_unread = False  # a BLMOVE was sent and its reply not read (it may land)
         self._blmove_refused = False  # the server has no BLMOVE, or refuses it to us
         self._no_ack_queues: set[str] = set()
-        self._saved_connparams: dict[bool, dict[str, Any]] = {}
         super().__init__(*args, **kwargs)
 
     # keys (kombu's prefixing client does not know EVAL: every key is prefixed here)
@@ -388,19 +390,6 @@ class RedisChannel(_kombu_redis.Channel):  # type: ignore[misc]
     def _plain_client(self) -> Iterator[Any]:
         # Not kombu's client class: with `global_keyprefix` it would prefix HDEL's key twice.
         yield redis.Redis(connection_pool=self.pool)
-
-    # patch 3: a collected connection is a lost connection, not an AttributeError
-
-    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        transport = self.connection
-        if transport is None or transport.client is None:
-            saved = self._saved_connparams.get(asynchronous)
-            if saved is None:
-                raise redis.exceptions.ConnectionError("the broker connection was closed")
-            return dict(saved)
-        params: dict[str, Any] = super()._connparams(asynchronous)
-        self._saved_connparams[asynchronous] = dict(params)
-        return params
 
     # patch 1: the atomic fetch, driven by kombu's event loop as BRPOP was.
     #

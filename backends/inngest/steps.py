@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -119,44 +120,42 @@ class _Call:
         self.stashed[key] = StepRetry(error, delay)
         return inngest.RetryAfterError(f"step {key!r} will retry", retry_after=delay, quiet=True)
 
+    @contextmanager
+    def attempt(self, key: str) -> Iterator[None]:
+        """One attempt of step `key` inside the SDK's step: its events, the current step, and
+        its error as the SDK must see it."""
+        attempt = self.run.attempt
+        self.record("step.started", key, attempt)
+        token = current_step.set(key)
+        try:
+            yield
+        except Exception as error:
+            raise self.failed(key, error) from error
+        finally:
+            current_step.reset(token)
+        self.record("step.completed", key, attempt)
+
     def body(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """The async function the SDK runs as the step, when it runs it now."""
-        attempt = self.run.attempt
 
         async def step() -> Any:
-            self.record("step.started", key, attempt)
-            token = current_step.set(key)
-            try:
+            with self.attempt(key):
                 value = fn(*args, **kwargs)
                 if inspect.isawaitable(value):
                     value = await value
-                data, _ = to_json(self.job.name, key, output_adapter(fn), value)
-            except Exception as error:
-                raise self.failed(key, error) from error
-            finally:
-                current_step.reset(token)
-            self.record("step.completed", key, attempt)
-            return data
+                return to_json(self.job.name, key, output_adapter(fn), value)[0]
 
         return step
 
     def body_sync(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        attempt = self.run.attempt
+        """The function the SDK runs as the step of a sync handler."""
 
         def step() -> Any:
-            self.record("step.started", key, attempt)
-            token = current_step.set(key)
-            try:
+            with self.attempt(key):
                 value = fn(*args, **kwargs)
                 if inspect.isawaitable(value):
                     value = run_on_thread_loop(_awaited(value), "an async step function")
-                data, _ = to_json(self.job.name, key, output_adapter(fn), value)
-            except Exception as error:
-                raise self.failed(key, error) from error
-            finally:
-                current_step.reset(token)
-            self.record("step.completed", key, attempt)
-            return data
+                return to_json(self.job.name, key, output_adapter(fn), value)[0]
 
         return step
 
@@ -195,15 +194,19 @@ class _Call:
             return StepFailedError(self.job.name, key, told)
         return error
 
-    def waited(self, key: str, interrupt: BaseException) -> None:
-        if isinstance(interrupt, ResponseInterrupt):
-            self.record("run.suspended", key)
-
-    def sleep_began(self, key: str, interrupt: BaseException) -> None:
-        if isinstance(interrupt, ResponseInterrupt):
-            self.record("run.suspended", key)
-
-    def slept(self, key: str) -> None:
+    @contextmanager
+    def suspending(self, key: str, invoked: Any = None) -> Iterator[None]:
+        """Around the SDK's sleep, wait or invoke of step `key`, which suspends the run the
+        first time (the SDK's interrupt) and returns when the run is resumed. For an invoke,
+        `invoked` is the child job: its failure reaches the handler as `StepFailedError`."""
+        try:
+            yield
+        except BaseException as interrupt:
+            if invoked is not None and isinstance(interrupt, Exception):
+                raise self.child_failed(key, interrupt)  # noqa: B904 - its own cause
+            if isinstance(interrupt, ResponseInterrupt):
+                self.record("run.suspended", key)
+            raise
         if self.run.resumes_after(key):
             self.record("run.resumed", key)
 
@@ -269,12 +272,8 @@ class InngestSteps(Steps):
         call = self._call
         key = call.keys.next(step_id)
         until = sleep_end(call.job.name, key, at)
-        try:
+        with call.suspending(key):
             await self._ctx.step.sleep_until(step_id, until)
-        except BaseException as interrupt:
-            call.sleep_began(key, interrupt)
-            raise
-        call.slept(key)
 
     async def _send_event(self, step_id: str, event: Any, data: Any) -> str:
         call, client = self._call, self._call.run.client
@@ -294,28 +293,18 @@ class InngestSteps(Steps):
         call = self._call
         key = call.keys.next(step_id)
         expression = call.wait_expression(key, event, match, timeout)
-        try:
+        with call.suspending(key):
             found = await self._ctx.step.wait_for_event(
                 step_id, event=event.name, if_exp=expression, timeout=timeout
             )
-        except BaseException as interrupt:
-            call.waited(key, interrupt)
-            raise
-        call.slept(key)
         return None if found is None else event.validate(found.data)
 
     async def _invoke(self, step_id: str, job: Any, payload: Any) -> Any:
         call = self._call
         key = call.keys.next(step_id)
         data = validate_payload(job, payload).model_dump(mode="json")
-        try:
+        with call.suspending(key, invoked=job):
             value = await self._ctx.step.invoke_by_id(step_id, function_id=job.name, data=data)
-        except BaseException as interrupt:
-            if isinstance(interrupt, Exception):
-                raise call.child_failed(key, interrupt)  # noqa: B904 - its own cause
-            call.waited(key, interrupt)
-            raise
-        call.slept(key)
         return from_json(output_adapter(job.handler), value)
 
 
@@ -345,12 +334,8 @@ class InngestStepsSync(StepsSync):
         call = self._call
         key = call.keys.next(step_id)
         until = sleep_end(call.job.name, key, at)
-        try:
+        with call.suspending(key):
             self._ctx.step.sleep_until(step_id, until)
-        except BaseException as interrupt:
-            call.sleep_began(key, interrupt)
-            raise
-        call.slept(key)
 
     def _send_event(self, step_id: str, event: Any, data: Any) -> str:
         call, client = self._call, self._call.run.client
@@ -367,28 +352,18 @@ class InngestStepsSync(StepsSync):
         call = self._call
         key = call.keys.next(step_id)
         expression = call.wait_expression(key, event, match, timeout)
-        try:
+        with call.suspending(key):
             found = self._ctx.step.wait_for_event(
                 step_id, event=event.name, if_exp=expression, timeout=timeout
             )
-        except BaseException as interrupt:
-            call.waited(key, interrupt)
-            raise
-        call.slept(key)
         return None if found is None else event.validate(found.data)
 
     def _invoke(self, step_id: str, job: Any, payload: Any) -> Any:
         call = self._call
         key = call.keys.next(step_id)
         data = validate_payload(job, payload).model_dump(mode="json")
-        try:
+        with call.suspending(key, invoked=job):
             value = self._ctx.step.invoke_by_id(step_id, function_id=job.name, data=data)
-        except BaseException as interrupt:
-            if isinstance(interrupt, Exception):
-                raise call.child_failed(key, interrupt)  # noqa: B904 - its own cause
-            call.waited(key, interrupt)
-            raise
-        call.slept(key)
         return from_json(output_adapter(job.handler), value)
 
 

@@ -212,15 +212,13 @@ class StepsRun:
         """The id of the event a run's step `key` sends: the same on every replay (C41)."""
         return f"{self.job.name}:{self.run_id}:{key}"
 
-    def waiting(
-        self, step_id: Any, event: Any, match: str, timeout: Any, payload: Any
-    ) -> tuple[str, bool, Any]:
-        """(the key, whether the wait is over, its event's data or None); the first time,
-        the wait is recorded (C42)."""
+    def waited_event(self, step_id: Any, event: Any, match: str, timeout: Any, payload: Any) -> Any:
+        """The event a wait ended with (validated), or None when it timed out; the first
+        time, the wait is recorded and the run parks (C42)."""
         key = self.keys.next(step_id)
         over = self._resumed(key)
         if over is not _WAITING:
-            return key, True, over
+            return None if over is None else event.validate(over)
         fields = getattr(event, "model", None)
         if not isinstance(match, str) or fields is None or match not in fields.model_fields:
             raise StepError(
@@ -239,12 +237,14 @@ class StepsRun:
             self._register(key, event.name, match, value, timeout)
         self.park()
 
-    def invoking(self, step_id: Any) -> tuple[str, bool, Any]:
-        """(the key, whether the child ended, what it ended with: {"ok": value} or
-        {"failed": error})."""
+    def invoking(self, step_id: Any, job: Any) -> tuple[str, Any, str | None]:
+        """(the key, what the child ended with ({"ok": value} or {"failed": error}) or None
+        while it runs, the idempotency key to dispatch it with now or None)."""
         key = self.keys.next(step_id)
         over = self._resumed(key)
-        return key, over is not _WAITING, over
+        if over is not _WAITING:
+            return key, over, None
+        return key, None, self.child_to_dispatch(key, job)
 
     def child_id(self, key: str) -> str:
         """The idempotency key of the child a run's step `key` invokes (dispatched once)."""
@@ -388,18 +388,17 @@ class EngineSteps(Steps):
     async def _wait_for_event(
         self, step_id: str, event: Any, match: str, timeout: timedelta
     ) -> Any:
-        _, _, data = self._state.waiting(step_id, event, match, timeout, self.payload)
-        return None if data is None else event.validate(data)
+        return self._state.waited_event(step_id, event, match, timeout, self.payload)
 
     async def _invoke(self, step_id: str, job: Any, payload: Any) -> Any:
         run = self._state
-        key, over, ended = run.invoking(step_id)
-        if over:
+        key, ended, child_key = run.invoking(step_id, job)
+        if ended is not None:
             return run.child_ended(key, ended, job)
-        child_key = run.child_to_dispatch(key, job)
         if child_key is not None:
-            dispatcher = run.dispatcher(key, "invoke jobs")
-            await dispatcher.dispatch(job, payload, idempotency_key=child_key)
+            await run.dispatcher(key, "invoke jobs").dispatch(
+                job, payload, idempotency_key=child_key
+            )
         run.park()
 
 
@@ -441,18 +440,17 @@ class EngineStepsSync(StepsSync):
         return str(self._run(step_id, send, (), {}))
 
     def _wait_for_event(self, step_id: str, event: Any, match: str, timeout: timedelta) -> Any:
-        _, _, data = self._state.waiting(step_id, event, match, timeout, self.payload)
-        return None if data is None else event.validate(data)
+        return self._state.waited_event(step_id, event, match, timeout, self.payload)
 
     def _invoke(self, step_id: str, job: Any, payload: Any) -> Any:
         run = self._state
-        key, over, ended = run.invoking(step_id)
-        if over:
+        key, ended, child_key = run.invoking(step_id, job)
+        if ended is not None:
             return run.child_ended(key, ended, job)
-        child_key = run.child_to_dispatch(key, job)
         if child_key is not None:
-            dispatcher = run.dispatcher(key, "invoke jobs")
-            dispatcher.dispatch_sync(job, payload, idempotency_key=child_key)
+            run.dispatcher(key, "invoke jobs").dispatch_sync(
+                job, payload, idempotency_key=child_key
+            )
         run.park()
 
 
