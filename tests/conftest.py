@@ -263,3 +263,29 @@ def rabbitmq() -> Iterator[Any]:
 
     with RabbitMQServer() as server:
         yield server
+
+
+# -- figures: what the durability runs measured, printed at the end of the run -----------------
+
+FIGURE = "figure"
+
+
+@pytest.fixture
+def report_figure(record_property: Any) -> Any:
+    """`report_figure("C20 rabbitmq: 0 lost of 1,000 ...")`: a line the run prints in its
+    summary (`figures` section), also under pytest-xdist, so that CI's log shows what the
+    durability runs measured and not only that they passed."""
+    return lambda line: record_property(FIGURE, line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = [
+        f"{report.nodeid}: {value}"
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in getattr(report, "user_properties", [])
+        if name == FIGURE and report.when == "call"
+    ]
+    if lines:
+        terminalreporter.section("figures")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

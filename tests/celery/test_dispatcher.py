@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from jobs_core import DispatchError, JobRegistry, JobsSettings
 from jobs_core.backends.celery import CeleryDispatcher, create_dispatcher
+from tests.support.faults import dispatch_killed_before_enqueue
 
 
 class Note(BaseModel):
@@ -116,10 +117,6 @@ def test_create_dispatcher_reads_settings_and_hides_the_password() -> None:
         dispatcher.close()
 
 
-class _Killed(BaseException):
-    """Stands for the process dying (SIGKILL): no `except Exception` sees it."""
-
-
 def test_a_keyed_dispatch_killed_before_its_publish_leaves_no_claim(
     broker: tuple[str, redis.Redis], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,14 +127,7 @@ def test_a_keyed_dispatch_killed_before_its_publish_leaves_no_claim(
     url, client = broker
     dispatcher = CeleryDispatcher(url, "killed")
     try:
-        with monkeypatch.context() as patch:
-
-            def die(*args: Any, **kwargs: Any) -> None:
-                raise _Killed
-
-            patch.setattr(dispatcher, "_enqueue_in", die)
-            with pytest.raises(_Killed):
-                dispatcher.dispatch_sync(note, {"text": "1"}, idempotency_key="order-1")
+        dispatch_killed_before_enqueue(monkeypatch, dispatcher, note, {"text": "1"}, "order-1")
         again = dispatcher.dispatch_sync(note, {"text": "1"}, idempotency_key="order-1")
         repeat = dispatcher.dispatch_sync(note, {"text": "1"}, idempotency_key="order-1")
         keyed = note.request({"text": "2"}, idempotency_key="m")

@@ -51,21 +51,23 @@ RELIABLE = {"JOBS_CELERY_TRANSPORT": "reliable-redis"}
 
 
 @pytest.mark.parametrize("setup", ZERO_LOSS)
-def test_C20_sigkilled_workers_lose_no_job(setup: str, tmp_path: Path) -> None:
+def test_C20_sigkilled_workers_lose_no_job(setup: str, tmp_path: Path, report_figure: Any) -> None:
     """1,000 jobs; the worker's process group SIGKILLed twice mid-run: none is lost."""
     result = kill_run(setup, tmp_path, JOBS)
-    print(result.line())
+    report_figure(f"{setup}: {result.line()}")
     assert result.lost == [], result.line()
     assert all(n > 0 for n in result.held_at_kill), "each kill caught jobs it held"
     assert max(result.came_back) < BOUND + LOAD_SLACK, result.line()
 
 
 @pytest.mark.parametrize("setup", ZERO_LOSS)
-def test_C21_broker_restart_workers_reconnect(setup: str, tmp_path: Path) -> None:
+def test_C21_broker_restart_workers_reconnect(
+    setup: str, tmp_path: Path, report_figure: Any
+) -> None:
     """1,000 jobs, half dispatched before and half after the broker (with its data) is stopped
     for 3-5 s mid-run: every one completes and the workers reconnect (none stops)."""
     result = restart_run(setup, tmp_path, JOBS)
-    print(result.line())
+    report_figure(f"{setup}: {result.line()}")
     assert result.lost == [], result.line()
     assert result.workers_died == 0, result.line()
 

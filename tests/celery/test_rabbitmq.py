@@ -89,7 +89,9 @@ def test_a_message_that_kills_its_worker_every_time_ends_in_the_dead_letter_queu
         assert letter.headers["x-death"][0]["reason"] == "delivery_limit"
 
 
-def test_every_receipt_runs_after_a_hard_kill_of_the_broker(tmp_path: Path) -> None:
+def test_every_receipt_runs_after_a_hard_kill_of_the_broker(
+    tmp_path: Path, report_figure: Any
+) -> None:
     """The node SIGKILLed while a producer dispatches at full speed, then started again on the
     same data: every dispatch that returned a receipt runs (a receipt is a publisher confirm:
     the message was in the quorum queue's log); every other one raised `DispatchError` within
@@ -136,7 +138,7 @@ def test_every_receipt_runs_after_a_hard_kill_of_the_broker(tmp_path: Path) -> N
                 lambda: f"missing {sorted(set(receipts) - _done(store))[:10]}",
             )
         ran_anyway = len({n for n, _ in refused} & _done(store))
-        print(
+        report_figure(
             f"hard kill: receipts={len(receipts)} all ran; refused={len(refused)} "
             f"(slowest refusal {slowest:.2f}s) "
             f"(of which {ran_anyway} ran anyway: published, confirm lost with the node)"

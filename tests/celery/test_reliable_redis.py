@@ -265,6 +265,23 @@ def drain_until(conn: Connection, predicate: Any, seconds: float, what: str) -> 
         drain(conn, 0.1)
 
 
+def consume_blocked(conn: Connection, client: Redis) -> tuple[Any, list[Any]]:
+    """`consume` `QUEUE` on `conn` (the reliable transport), then drain until the consumer is
+    blocked in its BLMOVE: where every test of an idle consumer starts."""
+    channel, received = consume(conn)
+    drain_until(conn, lambda: blocked_in_blmove(client), 10, "the consumer to block")
+    return channel, received
+
+
+def lose_blmove_reply(channel: Any, url: str, client: Redis, body: str) -> None:
+    """Publish `body` to the blocked consumer of `channel`, wait until its BLMOVE has moved it
+    into the landing list, then drop the poll connection before the reply is read: the
+    message lies in the landing list of a consumer that is still alive."""
+    publish(url, body)
+    wait_for(lambda: client.llen(QUEUE) == 0, 10, "BLMOVE to take the message")
+    channel.client.connection.disconnect()
+
+
 def test_an_idle_consumer_of_one_queue_blocks_in_blmove_and_does_not_poll(
     redis_server: Any,
 ) -> None:
@@ -273,8 +290,7 @@ def test_an_idle_consumer_of_one_queue_blocks_in_blmove_and_does_not_poll(
     url, client = redis_server.url, redis_server.client()
     # A keeper beating rarely (its heartbeats are EVALs too); blocks of the default 1 s.
     with connection(url, REDIS_TRANSPORT, heartbeat_interval=60) as conn:
-        channel, received = consume(conn)
-        drain_until(conn, lambda: blocked_in_blmove(client), 10, "the consumer to block")
+        channel, received = consume_blocked(conn, client)
         client.config_resetstat()
         drain(conn, 1.0)  # idle for a second: the poll would have sent about 10 claims
         assert calls(client, "eval") <= 3, "an idle consumer of one queue polled"
@@ -352,8 +368,7 @@ def test_closing_a_channel_with_a_blmove_in_flight_gives_back_what_landed(
     not read yet) goes back to the front of its queue, not to the closing consumer."""
     url, client = redis_server.url, redis_server.client()
     with connection(url, REDIS_TRANSPORT, idle_block_timeout=30) as conn:
-        channel, received = consume(conn)
-        drain_until(conn, lambda: blocked_in_blmove(client), 10, "the consumer to block")
+        channel, received = consume_blocked(conn, client)
         publish(url, "landed", "next")
         wait_for(lambda: client.llen(QUEUE) == 1, 10, "BLMOVE to take the first message")
         assert held_count(client) == 1
@@ -371,11 +386,8 @@ def test_what_landed_before_a_lost_connection_is_delivered_by_the_next_claim(
     the consumer alive): its next claim takes the landing list first and delivers it."""
     url, client = redis_server.url, redis_server.client()
     with connection(url, REDIS_TRANSPORT, idle_block_timeout=30) as conn:
-        channel, received = consume(conn)
-        drain_until(conn, lambda: blocked_in_blmove(client), 10, "the consumer to block")
-        publish(url, "landed")
-        wait_for(lambda: client.llen(QUEUE) == 0, 10, "BLMOVE to take the message")
-        channel.client.connection.disconnect()  # the reply is lost with the connection
+        channel, received = consume_blocked(conn, client)
+        lose_blmove_reply(channel, url, client, "landed")
         assert held_count(client) == 1
         channel.idle_block_timeout = 0.5  # the close below waits for the next block to end
         drain_until(conn, lambda: received, 10, "the landed message")
@@ -393,11 +405,8 @@ def test_a_channel_closed_with_a_blmove_reply_unread_leaves_its_landing_list_to_
     consumer and its landing list, and the sweep gives back what landed there."""
     url, client = redis_server.url, redis_server.client()
     with connection(url, REDIS_TRANSPORT, idle_block_timeout=30) as conn:
-        channel, received = consume(conn)
-        drain_until(conn, lambda: blocked_in_blmove(client), 10, "the consumer to block")
-        publish(url, "late")
-        wait_for(lambda: client.llen(QUEUE) == 0, 10, "BLMOVE to take the message")
-        channel.client.connection.disconnect()  # its reply never read
+        channel, received = consume_blocked(conn, client)
+        lose_blmove_reply(channel, url, client, "late")
         channel.close()
         assert received == []
         assert held_count(client) == 1, "still in the landing list of a known consumer"
@@ -416,8 +425,7 @@ def test_blocking_with_a_global_key_prefix(redis_server: Any) -> None:
     url, client = redis_server.url, redis_server.client()
     options = {"global_keyprefix": "pfx:", "heartbeat_interval": 60}
     with connection(url, REDIS_TRANSPORT, **options) as conn:
-        _, received = consume(conn)
-        drain_until(conn, lambda: blocked_in_blmove(client), 10, "the consumer to block")
+        _, received = consume_blocked(conn, client)
         assert client.hkeys("pfx:unacked:landing-sources") != []
         with Connection(url, transport_options={"global_keyprefix": "pfx:"}) as pub:
             Producer(pub.default_channel).publish("prefixed", routing_key=QUEUE)
@@ -467,8 +475,7 @@ def test_a_priority_message_reaches_a_consumer_blocked_on_its_queue(redis_server
     consumer blocks on: the claim after the block times out (`idle_block_timeout`) takes it."""
     url, client = redis_server.url, redis_server.client()
     with connection(url, REDIS_TRANSPORT, idle_block_timeout=0.5) as conn:
-        _, received = consume(conn)
-        drain_until(conn, lambda: blocked_in_blmove(client), 10, "the consumer to block")
+        _, received = consume_blocked(conn, client)
         with Connection(url) as pub:
             Producer(pub.default_channel).publish("urgent", routing_key=QUEUE, priority=5)
         drain_until(conn, lambda: received, 10, "the priority message")

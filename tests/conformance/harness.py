@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 from jobs_core import JobDispatcherPort, JobRegistry, JobsSettings
@@ -106,6 +106,91 @@ class BackendHarness(Protocol):
         """A dispatcher whose broker / Event API refuses connections (`hanging=False`) or accepts
         and never answers (`hanging=True`), for C7; None where there is no broker (inline)."""
         ...
+
+
+class StartedSession(Protocol):
+    """A session its harness starts on entry and closes on exit, whatever happened."""
+
+    def start(self) -> None:
+        """Start the session's worker."""
+        ...
+
+    def close(self) -> None:
+        """Stop the worker (bounded) and release what the session made."""
+        ...
+
+
+class WorkerHarness:
+    """A backend whose worker runs in the test's process, on a broker at `url`: Celery and
+    Dramatiq, on a real Redis (tests/conformance/harness_redis.py) or on their library's
+    in-process fake (`FakeBrokerHarness`).
+
+    A subclass names its backend (`name`) and broker (`url`) and makes a session
+    (`make_session`); what is the same for all of them is here, once: starting the session and
+    closing it whatever the test did, and the settings and environment that point
+    `create_dispatcher()` at the broker."""
+
+    name: str
+    durable = True
+    has_worker_queue = True
+    reports_unknown_jobs = True
+
+    def __init__(self, resources: Any) -> None:
+        self.resources = resources
+
+    @property
+    def url(self) -> str:
+        """The broker URL a dispatcher made from settings or the environment is given."""
+        raise NotImplementedError
+
+    def make_session(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
+    ) -> StartedSession:
+        """Make (not start) a session: a worker for `registry` and a dispatcher."""
+        raise NotImplementedError
+
+    @contextmanager
+    def session(
+        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
+    ) -> Iterator[Any]:
+        session = self.make_session(registry, context, instrumentation)
+        try:
+            session.start()
+            yield session
+        finally:
+            session.close()
+
+    def settings(self) -> JobsSettings:
+        return JobsSettings(backend=self.name, broker_url=self.url, queue="conformance")
+
+    def environment(self) -> dict[str, str]:
+        return {"JOBS_BROKER_URL": self.url, "JOBS_QUEUE": "conformance"}
+
+
+class FakeBrokerHarness(WorkerHarness):
+    """A `WorkerHarness` on its library's in-process fake broker (kombu's `memory://`,
+    Dramatiq's `StubBroker`), which each session makes for itself (`session_type`)."""
+
+    session_type: Callable[[JobRegistry[Any], Any, Instrumentation], StartedSession]
+    """Makes a session (its fake broker, a worker for the test's registry, a dispatcher)."""
+
+    def make_session(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
+    ) -> StartedSession:
+        return self.session_type(registry, context, instrumentation)
+
+    def unreachable_dispatcher(
+        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
+    ) -> None:
+        """An in-process fake broker cannot be down: C7 runs on the same backend's harness on
+        its real broker (`celery`, `dramatiq`)."""
+        return None
+
+
+def keeps_first_of_a_key(harness: Any) -> bool:
+    """Whether, of two dispatches with one idempotency key, the run has the first one's payload
+    (C9 says it runs once; every harness but the real Inngest server also keeps the first)."""
+    return bool(getattr(harness, "keeps_first_of_a_key", True))
 
 
 def wait_until(

@@ -61,25 +61,21 @@ EMBEDDED_WORKER = {
 """Celery settings of the harnesses' embedded workers: stopped within a few tens of ms."""
 
 
-class CelerySession(RedisSession):
-    dispatcher_type = CeleryDispatcher
-    enqueue_command = "lpush"  # kombu's Redis transport sends one LPUSH per message
+class EmbeddedWorkerSession:
+    """What the Celery harnesses' sessions share: the embedded worker for `app` (threads pool,
+    `WORKER_CONCURRENCY`), started by `start`; `close` stops it (bounded by
+    `SHUTDOWN_TIMEOUT`), then closes the app and the dispatcher and forgets the session's queues
+    on the broker, whatever happened. A subclass makes `app`, `queue` and `dispatcher`, and
+    says how its broker forgets a queue (`forget`)."""
 
-    def serve(
-        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
-    ) -> None:
-        self.app = embedded_worker_app(
-            registry,
-            self.url,
-            self.queue,
-            instrumentation,
-            context=context,
-            broker_transport=f"{__name__}:PromptRedisTransport",
-            **EMBEDDED_WORKER,
-        )
-        self._stack = ExitStack()
+    app: Any
+    queue: str
+    dispatcher: CeleryDispatcher
+    worker: Any = None
+    """The started worker (`celery.contrib.testing.worker.TestWorkController`)."""
 
     def start(self) -> None:
+        self._stack = ExitStack()
         self.worker = self._stack.enter_context(
             start_worker(
                 self.app,
@@ -98,12 +94,37 @@ class CelerySession(RedisSession):
             signals.task_unknown.disconnect(self.app.jobs_core_unknown_receiver)
             self.app.close()
             self.dispatcher.close()
-            forget_queue(self.client, f"*{self.queue}*")
+            self.forget()
 
-    # -- BackendSession -------------------------------------------------------------------
+    def forget(self) -> None:
+        """Delete the session's queues (and its dead letters) on the broker."""
+        raise NotImplementedError
 
     def send_raw(self, job_name: str, data: Any) -> None:
         self.dispatcher.app.send_task(job_name, args=(data,), queue=self.queue)
+
+
+class CelerySession(EmbeddedWorkerSession, RedisSession):
+    dispatcher_type = CeleryDispatcher
+    enqueue_command = "lpush"  # kombu's Redis transport sends one LPUSH per message
+
+    def serve(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
+    ) -> None:
+        self.app = embedded_worker_app(
+            registry,
+            self.url,
+            self.queue,
+            instrumentation,
+            context=context,
+            broker_transport=f"{__name__}:PromptRedisTransport",
+            **EMBEDDED_WORKER,
+        )
+
+    def forget(self) -> None:
+        forget_queue(self.client, f"*{self.queue}*")
+
+    # -- BackendSession -------------------------------------------------------------------
 
     def dead_letters(self) -> list[str]:
         raw: list[bytes] = self.client.lrange(dead_letter_queue(self.queue), 0, -1)  # type: ignore[assignment]

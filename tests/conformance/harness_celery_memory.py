@@ -13,22 +13,19 @@ that is down) is the `celery` harness's, on a real redis-server.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from celery import signals
-from celery.contrib.testing.worker import start_worker
 from kombu.transport import memory
 
-from jobs_core import JobRegistry, JobsSettings
+from jobs_core import JobRegistry
 from jobs_core.backends.celery import CeleryDispatcher, dead_letter_queue
 from jobs_core.instrumentation import Instrumentation
 from tests.celery.embedded import embedded_worker_app
 from tests.support.names import new_queue_name
 
-from .harness import DRAIN_TIMEOUT, wait_quiet
-from .harness_celery import EMBEDDED_WORKER, SHUTDOWN_TIMEOUT, WORKER_CONCURRENCY
+from .harness import DRAIN_TIMEOUT, FakeBrokerHarness, wait_quiet
+from .harness_celery import EMBEDDED_WORKER, EmbeddedWorkerSession
 
 URL = "memory://"
 POLLING_INTERVAL = 0.005
@@ -48,7 +45,7 @@ class MemoryTransport(memory.Transport):  # type: ignore[misc]
         return super().drain_events(connection, timeout=wait)
 
 
-class CeleryMemorySession:
+class CeleryMemorySession(EmbeddedWorkerSession):
     def __init__(self, registry: JobRegistry[Any], context: Any, inst: Instrumentation) -> None:
         self.queue = new_queue_name("mem")
         self.app = embedded_worker_app(
@@ -64,40 +61,17 @@ class CeleryMemorySession:
         self.dispatcher = CeleryDispatcher(URL, self.queue, instrumentation=inst)
         self._enqueued = 0
         signals.before_task_publish.connect(self._count, weak=False)
-        self._stack = ExitStack()
-        self.worker: Any = None
 
     def _count(self, sender: Any = None, routing_key: str = "", **_: Any) -> None:
         if routing_key == self.queue:
             self._enqueued += 1
 
-    def start(self) -> None:
-        self.worker = self._stack.enter_context(
-            start_worker(
-                self.app,
-                pool="threads",
-                concurrency=WORKER_CONCURRENCY,
-                perform_ping_check=False,
-                loglevel="WARNING",
-                shutdown_timeout=SHUTDOWN_TIMEOUT,
-            )
-        )
-
-    def close(self) -> None:
-        try:
-            self._stack.close()  # stops the worker, bounded by SHUTDOWN_TIMEOUT
-        finally:
-            signals.before_task_publish.disconnect(self._count)
-            signals.task_unknown.disconnect(self.app.jobs_core_unknown_receiver)
-            self.app.close()
-            self.dispatcher.close()
-            for name in (self.queue, dead_letter_queue(self.queue)):
-                memory.Channel.queues.pop(name, None)
+    def forget(self) -> None:
+        signals.before_task_publish.disconnect(self._count)
+        for name in (self.queue, dead_letter_queue(self.queue)):
+            memory.Channel.queues.pop(name, None)
 
     # -- BackendSession -------------------------------------------------------------------
-
-    def send_raw(self, job_name: str, data: Any) -> None:
-        self.dispatcher.app.send_task(job_name, args=(data,), queue=self.queue)
 
     def dead_letters(self) -> list[str]:
         kept = memory.Channel.queues.get(dead_letter_queue(self.queue))
@@ -124,37 +98,13 @@ class CeleryMemorySession:
         wait_quiet(busy, timeout, f"celery memory queue {self.queue!r}")
 
 
-class CeleryMemoryHarness:
+class CeleryMemoryHarness(FakeBrokerHarness):
     name = "celery"
-    durable = True
-    has_worker_queue = True
-    reports_unknown_jobs = True
+    session_type = CeleryMemorySession
 
-    def __init__(self, resources: Any) -> None:
-        self.resources = resources
-
-    @contextmanager
-    def session(
-        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
-    ) -> Iterator[CeleryMemorySession]:
-        session = CeleryMemorySession(registry, context, instrumentation)
-        try:
-            session.start()
-            yield session
-        finally:
-            session.close()
-
-    def settings(self) -> JobsSettings:
-        return JobsSettings(backend=self.name, broker_url=URL, queue="conformance")
-
-    def environment(self) -> dict[str, str]:
-        return {"JOBS_BROKER_URL": URL, "JOBS_QUEUE": "conformance"}
-
-    def unreachable_dispatcher(
-        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
-    ) -> None:
-        """An in-memory broker cannot be down: C7 runs on the real broker (`celery`)."""
-        return None
+    @property
+    def url(self) -> str:
+        return URL
 
 
 def make_harness(resources: Any) -> CeleryMemoryHarness:

@@ -48,25 +48,32 @@ def join_all(broker: Any, worker: Any, queue: str, timeout: float) -> None:
     worker.join()
 
 
-class DramatiqSession(RedisSession):
-    dispatcher_type = DramatiqDispatcher
-    enqueue_command = "hset"  # Dramatiq's enqueue script runs one HSET per message
+def registry_worker(
+    broker: Any,
+    queue: str,
+    registry: JobRegistry[Any],
+    context: Any,
+    instrumentation: Instrumentation,
+) -> dramatiq.Worker:
+    """A (not started) `dramatiq.Worker` on `broker` for the test's `registry`, its jobs
+    declared as actors of `queue` by `register_actors`, exactly as a production worker does;
+    `WORKER_THREADS` threads and `WORKER_TIMEOUT_MS` idle waits, for a prompt stop."""
+    broker.declare_queue(queue)
+    register_actors(
+        registry, context=context, broker=broker, instrumentation=instrumentation, queue=queue
+    )
+    return dramatiq.Worker(broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS)
 
-    def serve(
-        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
-    ) -> None:
-        self.broker = make_worker_broker(self.url)
-        self.broker.declare_queue(self.queue)
-        register_actors(
-            registry,
-            context=context,
-            broker=self.broker,
-            instrumentation=instrumentation,
-            queue=self.queue,
-        )
-        self.worker = dramatiq.Worker(
-            self.broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
-        )
+
+class DramatiqWorkerSession:
+    """What the Dramatiq harnesses' sessions share: a `dramatiq.Worker` on `broker`, for the
+    session's `queue`, started by `start`; `close` stops it (bounded by `STOP_TIMEOUT_MS`) and
+    then releases the rest (`release`, the subclass's), whatever happened. Raw messages and the
+    drain are Dramatiq's own, on any broker."""
+
+    broker: Any
+    worker: dramatiq.Worker
+    queue: str
 
     def start(self) -> None:
         self.worker.start()
@@ -75,9 +82,11 @@ class DramatiqSession(RedisSession):
         try:
             self.worker.stop(timeout=STOP_TIMEOUT_MS)
         finally:
-            close_broker(self.broker)
-            self.dispatcher.close()
-            forget_queue(self.client, f"{NAMESPACE}:*{self.queue}*")
+            self.release()
+
+    def release(self) -> None:
+        """Close the broker and whatever else the session made, once the worker stopped."""
+        raise NotImplementedError
 
     # -- BackendSession -------------------------------------------------------------------
 
@@ -87,17 +96,33 @@ class DramatiqSession(RedisSession):
         )
         self.broker.enqueue(message)
 
+    def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Dramatiq's own drain: `broker.join` until the queue and its delay queue (and on
+        Redis this worker's unacked sets: a retry is enqueued before the message it replaces
+        is acked, so a job that goes on is never out of them) are empty, then `worker.join()`
+        for what the worker holds in memory."""
+        join_all(self.broker, self.worker, self.queue, timeout)
+
+
+class DramatiqSession(DramatiqWorkerSession, RedisSession):
+    dispatcher_type = DramatiqDispatcher
+    enqueue_command = "hset"  # Dramatiq's enqueue script runs one HSET per message
+
+    def serve(
+        self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
+    ) -> None:
+        self.broker = make_worker_broker(self.url)
+        self.worker = registry_worker(self.broker, self.queue, registry, context, instrumentation)
+
+    def release(self) -> None:
+        close_broker(self.broker)
+        self.dispatcher.close()
+        forget_queue(self.client, f"{NAMESPACE}:*{self.queue}*")
+
     def dead_letters(self) -> list[str]:
         decode = dramatiq.get_encoder().decode
         raw: list[bytes] = self.client.hvals(f"{NAMESPACE}:{self.queue}.XQ.msgs")  # type: ignore[assignment]
         return [str(decode(data)["actor_name"]) for data in raw]
-
-    def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
-        """Dramatiq's own drain: `broker.join` until the queue, its delay queue and this
-        worker's unacked sets are empty in Redis (a retry is enqueued before the message it
-        replaces is acked, so a job that goes on is never out of them), then `worker.join()`
-        for what the worker holds in memory."""
-        join_all(self.broker, self.worker, self.queue, timeout)
 
 
 class DramatiqHarness(RedisBrokerHarness):

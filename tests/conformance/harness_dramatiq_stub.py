@@ -13,22 +13,20 @@ The broker's own part (Redis transactions, unacked sets, a broker that is down) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
-from jobs_core import JobRegistry, JobsSettings
-from jobs_core.backends.dramatiq import DramatiqDispatcher, register_actors
+from jobs_core import JobRegistry
+from jobs_core.backends.dramatiq import DramatiqDispatcher
 from jobs_core.dispatch.dispatcher import BaseDispatcher
 from jobs_core.dispatch.idempotency import MemoryIdempotencyStore
 from jobs_core.instrumentation import Instrumentation
 from tests.support.names import new_queue_name
 
-from .harness import DRAIN_TIMEOUT
-from .harness_dramatiq import STOP_TIMEOUT_MS, WORKER_THREADS, WORKER_TIMEOUT_MS, join_all
+from .harness import FakeBrokerHarness
+from .harness_dramatiq import DramatiqHarness, DramatiqWorkerSession, registry_worker
 
 
 class StubDispatcher(DramatiqDispatcher):
@@ -59,18 +57,12 @@ def stub_broker() -> StubBroker:
     return broker
 
 
-class StubSession:
+class StubSession(DramatiqWorkerSession):
     def __init__(self, registry: JobRegistry[Any], context: Any, inst: Instrumentation) -> None:
         self.queue = new_queue_name("stub")
         self.broker = stub_broker()
-        self.broker.declare_queue(self.queue)
-        register_actors(
-            registry, context=context, broker=self.broker, instrumentation=inst, queue=self.queue
-        )
+        self.worker = registry_worker(self.broker, self.queue, registry, context, inst)
         self.dispatcher = StubDispatcher(self.broker, self.queue, instrumentation=inst)
-        self.worker = dramatiq.Worker(
-            self.broker, worker_threads=WORKER_THREADS, worker_timeout=WORKER_TIMEOUT_MS
-        )
         self._enqueued = 0
         enqueue = self.broker.enqueue
 
@@ -81,13 +73,11 @@ class StubSession:
 
         self.broker.enqueue = counting_enqueue
 
-    # -- BackendSession -------------------------------------------------------------------
+    def release(self) -> None:
+        """The broker, which the dispatcher shares, closes."""
+        self.broker.close()
 
-    def send_raw(self, job_name: str, data: Any) -> None:
-        message: Any = dramatiq.Message(
-            queue_name=self.queue, actor_name=job_name, args=(data,), kwargs={}, options={}
-        )
-        self.broker.enqueue(message)
+    # -- BackendSession -------------------------------------------------------------------
 
     def dead_letters(self) -> list[str]:
         return [str(m.actor_name) for m in self.broker.dead_letters]
@@ -97,49 +87,17 @@ class StubSession:
         `dramatiq` harness counts as HSETs in Redis."""
         return self._enqueued
 
-    def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
-        """Dramatiq's drain: `broker.join(queue)` (the queue and its delay queue) and
-        `worker.join()`."""
-        join_all(self.broker, self.worker, self.queue, timeout)
 
-
-class DramatiqStubHarness:
+class DramatiqStubHarness(FakeBrokerHarness):
     name = "dramatiq"
-    durable = True
-    has_worker_queue = True
-    reports_unknown_jobs = True
+    session_type = StubSession
 
-    def __init__(self, resources: Any) -> None:
-        self.resources = resources
-
-    @contextmanager
-    def session(
-        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
-    ) -> Iterator[StubSession]:
-        session = StubSession(registry, context, instrumentation)
-        session.worker.start()
-        try:
-            yield session
-        finally:
-            try:
-                session.worker.stop(timeout=STOP_TIMEOUT_MS)
-            finally:
-                session.broker.close()
-
-    def settings(self) -> JobsSettings:
+    @property
+    def url(self) -> str:
         """A stub broker has no URL: what a `create_dispatcher()` for this backend is given
         is the real harness's (`dramatiq`, on Redis)."""
-        url: str = self.resources.redis_url(2)
-        return JobsSettings(backend=self.name, broker_url=url, queue="conformance")
-
-    def environment(self) -> dict[str, str]:
-        return {"JOBS_BROKER_URL": self.resources.redis_url(2), "JOBS_QUEUE": "conformance"}
-
-    def unreachable_dispatcher(
-        self, registry: JobRegistry[Any], *, timeout: float, hanging: bool
-    ) -> None:
-        """A stub broker cannot be down: C7 runs on the real broker (`dramatiq`)."""
-        return None
+        url: str = self.resources.redis_url(DramatiqHarness.redis_db)
+        return url
 
 
 def make_harness(resources: Any) -> DramatiqStubHarness:

@@ -9,8 +9,8 @@ served function → `run_job` → handler, as on Inngest. Everything stops on ex
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import inngest
@@ -87,19 +87,28 @@ class InngestBackendHarness:
     def session(
         self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
     ) -> Iterator[InngestSession]:
+        """A stand-in of the session's own, the test's registry served as an app (a new app id)
+        and synced with it, and a dispatcher; how the stand-in reaches the app is `serving`'s."""
         app_id = f"conf-{uuid.uuid4().hex[:8]}"
-        with InngestHarness(retry_delay=RETRY_DELAY) as harness:
-            client = inngest.Inngest(app_id=app_id, **harness.client_kwargs())
+        with self.serving() as (stand_in, reach):
+            client = inngest.Inngest(app_id=app_id, **stand_in.client_kwargs())
             app = create_inngest_app(
                 registry, context=context, client=client, instrumentation=instrumentation
             )
-            with run_asgi_app(app) as base_url:
-                harness.register_app(base_url + "/api/inngest")
-                dispatcher = InngestDispatcher(client, instrumentation=instrumentation)
-                try:
-                    yield InngestSession(harness, app_id, dispatcher)
-                finally:
-                    dispatcher.close()
+            stand_in.register_app(reach(app) + "/api/inngest")
+            dispatcher = InngestDispatcher(client, instrumentation=instrumentation)
+            try:
+                yield InngestSession(stand_in, app_id, dispatcher)
+            finally:
+                dispatcher.close()
+
+    @contextmanager
+    def serving(self) -> Iterator[tuple[InngestHarness, Callable[[Any], str]]]:
+        """Start a stand-in, and yield it with `reach(app)`, which makes the ASGI `app` callable
+        by it and returns the app's base URL: here the app is served under uvicorn on a free
+        port. The app (if any) stops first on exit, then the stand-in."""
+        with InngestHarness(retry_delay=RETRY_DELAY) as stand_in, ExitStack() as served:
+            yield stand_in, lambda app: served.enter_context(run_asgi_app(app))
 
     def settings(self) -> JobsSettings:
         return JobsSettings(backend="inngest", inngest_app_name="conformance")

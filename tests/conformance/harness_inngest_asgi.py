@@ -13,45 +13,32 @@ The app behind a real web server is the `inngest` harness's (C7, C16, C17).
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import inngest
-
-from jobs_core import JobRegistry
-from jobs_core.backends.inngest import InngestDispatcher, create_inngest_app
-from jobs_core.instrumentation import Instrumentation
 from tests.inngest_harness import ASGI_BASE_URL, InngestHarness, asgi_transport
 
-from .harness_inngest import RETRY_DELAY, InngestBackendHarness, InngestSession
+from .harness_inngest import RETRY_DELAY, InngestBackendHarness
 
 
 class InngestAsgiHarness(InngestBackendHarness):
     """The `inngest` harness's backend and checks; only how the app is reached differs."""
 
     @contextmanager
-    def session(
-        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
-    ) -> Iterator[InngestSession]:
-        app_id = f"conf-{uuid.uuid4().hex[:8]}"
+    def serving(self) -> Iterator[tuple[InngestHarness, Callable[[Any], str]]]:
+        """A stand-in that calls the app through httpx's ASGI transport: `reach(app)` mounts
+        `app` on the bridge, in the test's process, and returns the bridge's base URL."""
         with (
             asgi_transport() as bridge,
             InngestHarness(retry_delay=RETRY_DELAY, app_transport=bridge) as stand_in,
         ):
-            client = inngest.Inngest(app_id=app_id, **stand_in.client_kwargs())
-            bridge.mount(
-                create_inngest_app(
-                    registry, context=context, client=client, instrumentation=instrumentation
-                )
-            )
-            stand_in.register_app(ASGI_BASE_URL + "/api/inngest")
-            dispatcher = InngestDispatcher(client, instrumentation=instrumentation)
-            try:
-                yield InngestSession(stand_in, app_id, dispatcher)
-            finally:
-                dispatcher.close()
+
+            def reach(app: Any) -> str:
+                bridge.mount(app)
+                return ASGI_BASE_URL
+
+            yield stand_in, reach
 
 
 def make_harness(resources: Any) -> InngestAsgiHarness:

@@ -1,29 +1,25 @@
 """What the Celery and Dramatiq harnesses share: a backend on the session's private Redis.
 
 A subclass names its backend, Redis database, session class (a worker for the test's
-registry) and dispatcher class; the rest (settings, environment, the unreachable broker
-for C7) is the same for both.
+registry) and dispatcher class; the rest (the unreachable broker for C7 here, starting and
+closing sessions, settings and environment in `WorkerHarness`) is the same for both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 
-from jobs_core import JobDispatcherPort, JobRegistry, JobsSettings
+from jobs_core import JobDispatcherPort, JobRegistry
 from jobs_core.instrumentation import Instrumentation
 from tests.support.hanging_server import HangingServer
 from tests.support.names import new_queue_name
 from tests.support.redis_server import free_port
 
-
-class Session(Protocol):
-    def start(self) -> None: ...
-
-    def close(self) -> None: ...
+from .harness import StartedSession, WorkerHarness
 
 
 def forget_queue(client: Any, pattern: str) -> None:
@@ -70,50 +66,28 @@ class RedisSession:
         return int(stats.get(f"cmdstat_{self.enqueue_command}", {}).get("calls", 0))
 
 
-class RedisBrokerHarness:
-    name: str
-    redis_db: int
-    durable = True
-    has_worker_queue = True
-    reports_unknown_jobs = True
+class RedisBrokerHarness(WorkerHarness):
+    """A `WorkerHarness` on the private Redis, database `redis_db`."""
 
-    def __init__(self, resources: Any) -> None:
-        self.resources = resources
+    redis_db: int
 
     @property
     def url(self) -> str:
         url: str = self.resources.redis_url(self.redis_db)
         return url
 
-    session_type: Callable[[str, JobRegistry[Any], Any, Instrumentation], Session]
+    session_type: Callable[[str, JobRegistry[Any], Any, Instrumentation], StartedSession]
     """Makes a session (a worker for the test's registry) on the broker at a URL."""
     dispatcher_type: Callable[..., JobDispatcherPort]
     """The backend's dispatcher, made as `dispatcher_type(url, queue, timeout=...)`."""
 
     def make_session(
         self, registry: JobRegistry[Any], context: Any, instrumentation: Instrumentation
-    ) -> Session:
+    ) -> StartedSession:
         return self.session_type(self.url, registry, context, instrumentation)
 
     def make_dispatcher(self, url: str, queue: str, timeout: float) -> JobDispatcherPort:
         return self.dispatcher_type(url, queue, timeout=timeout)
-
-    @contextmanager
-    def session(
-        self, registry: JobRegistry[Any], *, context: Any, instrumentation: Instrumentation
-    ) -> Iterator[Any]:
-        session = self.make_session(registry, context, instrumentation)
-        try:
-            session.start()
-            yield session
-        finally:
-            session.close()
-
-    def settings(self) -> JobsSettings:
-        return JobsSettings(backend=self.name, broker_url=self.url, queue="conformance")
-
-    def environment(self) -> dict[str, str]:
-        return {"JOBS_BROKER_URL": self.url, "JOBS_QUEUE": "conformance"}
 
     @contextmanager
     def unreachable_dispatcher(

@@ -21,6 +21,7 @@ from jobs_core import (
     Steps,
 )
 from jobs_core.testing import RecordingInstrumentation
+from tests.support.faults import fails_once
 
 from .harness import BackendHarness, stays_false, wait_until
 from .models import Note, Runs
@@ -150,13 +151,8 @@ def test_C41_an_event_sent_from_a_run_is_sent_once_however_often_it_is_replayed(
 ) -> None:
     created = jobs.event(f"shop/order.created.{unique}", Note)
     heard, ids = Runs(), Runs()
-    fail = {"left": 1}
+    flaky = fails_once("replay the run")
     jobs.define_job(f"c41.listener.{unique}", handle=lambda n, ctx: heard.add(n.text), on=created)
-
-    def flaky() -> None:
-        if fail["left"]:
-            fail["left"] -= 1
-            raise RuntimeError("replay the run")
 
     @jobs.job(f"c41.emitter.{unique}", retry=Retry(attempts=2, **FAST))
     async def emitter(order: Note, ctx: Any, step: Steps) -> None:
@@ -258,17 +254,12 @@ def test_C43_invoke_returns_the_childs_value_and_dispatches_it_once(
     harness: BackendHarness, jobs: JobRegistry[Any], events: RecordingInstrumentation, unique: str
 ) -> None:
     calls, seen = Runs(), Runs()
-    fail = {"left": 1}
+    flaky = fails_once("replay the parent")
 
     @jobs.job(f"c43.tax.{unique}")
     def compute_tax(order: Note, ctx: Any) -> Tax:
         calls.add(order.text)
         return Tax(cents=order.n * 20)
-
-    def flaky() -> None:
-        if fail["left"]:
-            fail["left"] -= 1
-            raise RuntimeError("replay the parent")
 
     @jobs.job(f"c43.parent.{unique}", retry=Retry(attempts=2, **FAST))
     async def parent(order: Note, ctx: Any, step: Steps) -> None:

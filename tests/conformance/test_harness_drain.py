@@ -43,6 +43,8 @@ def test_drain_fails_while_a_job_is_still_due(
 ) -> None:
     """A job due in a minute keeps a durable backend busy: `drain` fails within its timeout.
     Inline runs it inside `dispatch` (C8), so there is nothing left, and `drain` returns."""
+    if not getattr(harness, "drains_exactly", True):
+        pytest.skip("the real Dev Server shows no queue to drain: its drain is a quiet window")
     runs = Runs()
     job = recording_job(jobs, f"drain.due.{unique}", runs)
     with harness.session(jobs, context=runs.make_context, instrumentation=events) as s:

@@ -24,6 +24,7 @@ from jobs_core.backends.dramatiq.broker import (
     DEFAULT_MAINTENANCE_CHANCE,
 )
 from tests.dramatiq.app import Work, jobs, work
+from tests.support.faults import dispatch_killed_before_enqueue
 
 
 @pytest.fixture(scope="module")
@@ -196,10 +197,6 @@ def test_dispatch_many_writes_what_dispatch_sync_writes(url: str) -> None:
     assert client.zcard("dramatiq:__heartbeats__") == 1  # one producer, whatever the batches
 
 
-class _Killed(BaseException):
-    """Stands for the process dying (SIGKILL): no `except Exception` sees it."""
-
-
 def test_a_keyed_dispatch_killed_before_its_enqueue_leaves_no_claim(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -209,14 +206,7 @@ def test_a_keyed_dispatch_killed_before_its_enqueue_leaves_no_claim(
     back 'deduplicated' and the job never ran."""
     dispatcher = DramatiqDispatcher(url, "killed")
     try:
-        with monkeypatch.context() as patch:
-
-            def die(*args: Any, **kwargs: Any) -> None:
-                raise _Killed
-
-            patch.setattr(dispatcher, "_enqueue_in", die)
-            with pytest.raises(_Killed):
-                dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="order-1")
+        dispatch_killed_before_enqueue(monkeypatch, dispatcher, work, {"n": 1}, "order-1")
         again = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="order-1")
         repeat = dispatcher.dispatch_sync(work, {"n": 1}, idempotency_key="order-1")
     finally:

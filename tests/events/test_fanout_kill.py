@@ -8,6 +8,7 @@ itself sent each job once)."""
 from __future__ import annotations
 
 from contextlib import ExitStack
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ QUEUE = "fanout-kill"
 
 
 @pytest.mark.parametrize("backend", ["celery", "dramatiq"])
-def test_fan_out_across_two_kills_loses_no_run(backend: str) -> None:
+def test_fan_out_across_two_kills_loses_no_run(backend: str, report_figure: Any) -> None:
     with ExitStack() as stack:
         env = {"JOBS_BACKEND": backend, "JOBS_QUEUE": QUEUE}
         store_server = stack.enter_context(RedisServer())
@@ -70,7 +71,7 @@ def test_fan_out_across_two_kills_loses_no_run(backend: str) -> None:
     twice = {run for run, count in completions.items() if count > 1}
     on_killed = {run for run, group in first.items() if group in killed}
     assert twice <= on_killed, twice - on_killed
-    print(
+    report_figure(
         f"{backend}: {RUNS} runs, 2 kills, {len(twice)} completed twice, each first delivered "
         "to a killed worker"
     )

@@ -30,7 +30,7 @@ class Order(Payload):
 
 @pytest.mark.parametrize("backend", ["celery", "dramatiq"])
 def test_waiting_runs_resume_once_each_with_their_own_event_or_none(
-    backend: str, resources: Any
+    backend: str, resources: Any, report_figure: Any
 ) -> None:
     jobs: JobRegistry[Any] = JobRegistry()
     approved = jobs.event("load/order.approved", Order)
@@ -93,7 +93,7 @@ def test_waiting_runs_resume_once_each_with_their_own_event_or_none(
         assert got is None
         assert at - started[i] <= TIMEOUT.total_seconds() + 5 + (sent_at - started[i]), at
     lateness = max(at - started[i] for i in ids[WAITING:] for _, at in resumed[i])
-    print(
+    report_figure(
         f"{backend}: {WAITING} resumed by their events, {NEVER} by timeout "
         f"(latest {lateness:.1f}s after dispatch, timeout {TIMEOUT.total_seconds():.0f}s)"
     )

@@ -5,19 +5,16 @@ and on Celery with a real worker against a private redis-server."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.newuser.processes import environment, process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -48,39 +45,6 @@ def commands() -> list[list[str]]:
         assert words[0] == ".venv/bin/jobs-core", line
         found.append([str(JOBS_CORE), *(w.strip("'") for w in words[1:])])
     return found
-
-
-def environment(**extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith(("JOBS_", "JOB_"))}
-    return {**clean, **extra}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def process(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[Any]:
-    """A child process in a group of its own, logging to `log`; stopped (TERM, then KILL) on
-    exit, whatever happened."""
-    with log.open("wb") as out:
-        child = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait(10)
 
 
 def test_the_readme_starts_with_the_smallest_job() -> None:

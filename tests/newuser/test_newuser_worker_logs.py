@@ -6,11 +6,7 @@ twice."""
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,18 +15,11 @@ from typing import Any
 import pytest
 
 from jobs_core.instrumentation import LOGGED_OUTCOMES, JobEvent, LoggingInstrumentation
+from tests.newuser.processes import environment, process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s:\n{log.read_text()[-6000:]}")
-        time.sleep(0.05)
 
 
 def test_a_celery_worker_writes_one_line_per_event(tmp_path: Path, redis_server: Any) -> None:
@@ -39,45 +28,38 @@ def test_a_celery_worker_writes_one_line_per_event(tmp_path: Path, redis_server:
 
     queue = f"logs-{uuid.uuid4().hex}"
     store = redis_server.client(1)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("JOBS_")},
-        "JOBS_BROKER_URL": redis_server.url,
-        "JOBS_QUEUE": queue,
-        "NEWUSER_STORE_URL": redis_server.url_for_db(1),
-    }
+    env = environment(
+        JOBS_BROKER_URL=redis_server.url,
+        JOBS_QUEUE=queue,
+        NEWUSER_STORE_URL=redis_server.url_for_db(1),
+    )
     log = tmp_path / "worker.log"
     command = [
         *(sys.executable, "-m", "jobs_core", "worker", "tests.newuser.log_app:jobs"),
         *("--backend", "celery", "--"),
         *("--loglevel", "DEBUG", "--pool", "threads", "--concurrency", "2"),
     ]
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    dispatcher = CeleryDispatcher(redis_server.url, queue)
-    try:
-        wait_for(lambda: "ready." in log.read_text(), 60, "ready worker", log)
-        dispatcher.dispatch_sync(limited, {"n": 1})
-        wait_for(lambda: store.sismember("running", "limited-1"), 30, "first run", log)
-        dispatcher.dispatch_sync(limited, {"n": 2})
-        wait_for(lambda: "flow-control turn" in log.read_text(), 30, "a deferred run", log)
-        store.set("release", 1)
-        dispatcher.dispatch_sync(gives_up, {"n": 1})
-        dispatcher.dispatch_sync(retries_once, {"n": 1})
-        done = {b"limited-1", b"limited-2", b"retries_once-1"}
-        wait_for(lambda: store.smembers("done") == done, 60, "every job done", log)
-        wait_for(lambda: "job failed: newuser.gives_up" in log.read_text(), 30, "give-up", log)
-        wait_for(lambda: log.read_text().count("job completed") == 3, 30, "completions", log)
-    finally:
-        dispatcher.close()
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(10)
+
+    def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        wait_for(predicate, timeout, what, log, tail=6000)
+
+    with process(command, ROOT, env, log):
+        dispatcher = CeleryDispatcher(redis_server.url, queue)
+        try:
+            wait(lambda: "ready." in log.read_text(), 60, "ready worker")
+            dispatcher.dispatch_sync(limited, {"n": 1})
+            wait(lambda: store.sismember("running", "limited-1"), 30, "first run")
+            dispatcher.dispatch_sync(limited, {"n": 2})
+            wait(lambda: "flow-control turn" in log.read_text(), 30, "a deferred run")
+            store.set("release", 1)
+            dispatcher.dispatch_sync(gives_up, {"n": 1})
+            dispatcher.dispatch_sync(retries_once, {"n": 1})
+            done = {b"limited-1", b"limited-2", b"retries_once-1"}
+            wait(lambda: store.smembers("done") == done, 60, "every job done")
+            wait(lambda: "job failed: newuser.gives_up" in log.read_text(), 30, "give-up")
+            wait(lambda: log.read_text().count("job completed") == 3, 30, "completions")
+        finally:
+            dispatcher.close()
     lines = log.read_text().splitlines()
 
     def count(text: str) -> int:

@@ -25,20 +25,27 @@ from tests.outbox.procs import SENT_BY, SENT_KEYS
 pytestmark = pytest.mark.timeout(240)
 
 QUEUE = "outbox"
-WORKER = [
-    sys.executable,
-    "-m",
-    "jobs_core",
-    "worker",
-    "tests.outbox.app:jobs",
-    "--context",
-    "tests.outbox.app:create_context",
-    "--",
-    "--threads",
-    "8",
-    "--worker-timeout",
-    "100",
-]
+
+
+def worker_command(*backend_options: str) -> list[str]:
+    """`python -m jobs_core worker` for tests/outbox/app.py's jobs and context, the backend's
+    own worker options (`backend_options`) after `--`: the worker of every outbox test, on
+    whichever backend its environment names."""
+    return [
+        sys.executable,
+        "-m",
+        "jobs_core",
+        "worker",
+        "tests.outbox.app:jobs",
+        "--context",
+        "tests.outbox.app:create_context",
+        "--",
+        *backend_options,
+    ]
+
+
+WORKER = worker_command("--threads", "8", "--worker-timeout", "100")
+"""The Dramatiq worker of these tests (JOBS_BACKEND=dramatiq)."""
 
 
 @pytest.fixture

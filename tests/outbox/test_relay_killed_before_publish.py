@@ -9,7 +9,6 @@ and the jobs never ran.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,26 +22,15 @@ from tests.outbox.test_end_to_end import (
     relay_proc,
     statuses,
     wait_all_ran,
+    worker_command,
     write,
 )
 
 pytestmark = pytest.mark.timeout(240)
 
 QUEUE = "outbox-amqp"
-WORKER = [
-    sys.executable,
-    "-m",
-    "jobs_core",
-    "worker",
-    "tests.outbox.app:jobs",
-    "--context",
-    "tests.outbox.app:create_context",
-    "--",
-    "--pool",
-    "threads",
-    "--concurrency",
-    "4",
-]
+WORKER = worker_command("--pool", "threads", "--concurrency", "4")
+"""The Celery worker of this test (JOBS_BACKEND=celery, `CeleryOnRabbitMQ`)."""
 
 
 class CeleryOnRabbitMQ(WorkerProcesses):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,9 @@ QUEUE = "steps-kill"
 
 
 @pytest.mark.parametrize("backend", ["celery", "dramatiq"])
-def test_a_worker_killed_inside_a_step_runs_no_kept_step_again(backend: str) -> None:
+def test_a_worker_killed_inside_a_step_runs_no_kept_step_again(
+    backend: str, report_figure: Any
+) -> None:
     with ExitStack() as stack:
         store_server = stack.enter_context(RedisServer())
         store = store_server.client()
@@ -91,4 +94,4 @@ def test_a_worker_killed_inside_a_step_runs_no_kept_step_again(backend: str) -> 
                 value = kept[f"s:step{i}".encode()].decode().strip('"')
                 assert value == runs[n, i][-1], (n, i, value, runs[n, i])
         again = sum(len(r) - 1 for r in runs.values())
-        print(f"{backend}: {JOBS} jobs, 2 kills, step runs beyond the first: {again}")
+        report_figure(f"{backend}: {JOBS} jobs, 2 kills, step runs beyond the first: {again}")

@@ -27,6 +27,7 @@ from jobs_core.steps.sql_store import SqlStepStore
 from jobs_core.steps.store import MemoryStepStore
 from jobs_core.steps.stores import step_store_at, step_store_for
 from jobs_core.testing import RecordingDispatcher, RecordingInstrumentation
+from tests.support.faults import fails_once
 
 
 class Order(Payload):
@@ -200,12 +201,7 @@ class _CountingStore(MemoryStepStore):
 
 def test_one_store_read_per_delivery_and_one_write_per_completed_step() -> None:
     jobs: JobRegistry[Any] = JobRegistry()
-    fail = {"left": 1}
-
-    def flaky() -> None:
-        if fail["left"]:
-            fail["left"] -= 1
-            raise RuntimeError("once")
+    flaky = fails_once("once")
 
     @jobs.job("counting.steps", retry=Retry(attempts=1))
     def job(order: Order, ctx: None, step: StepsSync) -> None:

@@ -1,8 +1,11 @@
-"""Child processes a test starts: stopping one politely, then for sure; a server it owns."""
+"""Child processes a test starts: stopping one (or its process group) politely, then for sure;
+a server it owns."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +23,26 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout)
+
+
+def stop_group(
+    process: subprocess.Popen[bytes], timeout: float = 10.0, kill_timeout: float | None = None
+) -> None:
+    """Stop a child started in a process group of its own (`start_new_session=True`) and all
+    it started (a worker's pool, a node's helpers): SIGTERM to the group, then SIGKILL if the
+    child has not exited within `timeout`, waiting `kill_timeout` (`timeout` if not given) for
+    that. Nothing to do for a child that has exited."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout if kill_timeout is None else kill_timeout)
 
 
 class OwnedServer:

@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.support.processes import OwnedServer
+from tests.support.processes import OwnedServer, stop_group
 from tests.support.redis_server import free_port
 
 SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin", "/opt/rabbitmq/sbin")
@@ -127,17 +127,8 @@ class RabbitMQServer(OwnedServer):
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the node (its process group: the Erlang VM and epmd helpers it started)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
+        if process is not None:
+            stop_group(process, timeout)
 
     def kill(self) -> None:
         """SIGKILL the node (its whole process group), as a crash would: nothing is flushed."""

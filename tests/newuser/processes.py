@@ -1,0 +1,48 @@
+"""What the new-user tests that run a real worker share: a clean environment, a worker process
+that logs to a file and is stopped whatever happened, and waits that show that log on failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.processes import stop_group
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without its jobs_core settings (`JOBS_*`, and the `JOB_*`
+    typos a new user makes), plus `extra`: what a user's shell would give the command."""
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith(("JOBS_", "JOB_"))}
+    return {**clean, **extra}
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, log: Path, tail: int = 4000
+) -> None:
+    """Poll `predicate` until it holds; after `timeout` seconds fail with `what` and the last
+    `tail` characters of the worker's `log`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout}s:\n{log.read_text()[-tail:]}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def process(
+    command: list[str], cwd: Path, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process in a group of its own, logging to `log`; stopped (TERM, then KILL) on
+    exit, whatever happened."""
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield child
+    finally:
+        stop_group(child, timeout=20, kill_timeout=10)
