@@ -6,11 +6,14 @@ in one transaction: Dramatiq's broker built on a redis-py pipeline (`RedisBroker
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+import pydantic_core
 import redis
 from dramatiq.brokers.redis import RedisBroker as _RedisBroker
+from dramatiq.encoder import JSONEncoder
 
 from jobs_core.backend import broker_dispatcher_factory
 from jobs_core.config import redact_url
@@ -28,6 +31,30 @@ from jobs_core.steps.stores import waits_for_producer
 from .broker import BACKEND, amqp_broker, millis
 
 RedisBroker: Any = _RedisBroker
+
+
+@dataclass(frozen=True)
+class EncodedMessage(dramatiq.Message[Any]):
+    """A message whose one argument is `body`, the payload's JSON as the core serialised it:
+    `encode` writes what Dramatiq's `JSONEncoder` writes for `args=(payload,)`, without parsing
+    the JSON back into Python and encoding it again with the standard library (at 10 KB a
+    third of a dispatch, at 200 KB four fifths: docs/performance.md, `constructs.dramatiq_message`).
+    Workers decode it as any message; `copy` (Dramatiq's enqueue, its delays) keeps `body`."""
+
+    body: bytes = b"null"
+
+    def encode(self) -> bytes:
+        envelope = pydantic_core.to_json(
+            {
+                "queue_name": self.queue_name,
+                "actor_name": self.actor_name,
+                "kwargs": self.kwargs,
+                "options": self.options,
+                "message_id": self.message_id,
+                "message_timestamp": self.message_timestamp,
+            }
+        )
+        return b'{"args":[' + self.body + b"]," + envelope[1:]
 
 
 class DramatiqDispatcher(BaseDispatcher):
@@ -84,14 +111,17 @@ class DramatiqDispatcher(BaseDispatcher):
         )
 
     def _message(self, prepared: PreparedJob) -> dramatiq.Message[Any]:
-        return dramatiq.Message(
-            queue_name=self.queue,
-            actor_name=prepared.name,
-            args=(prepared.data,),
-            kwargs={},
-            options={HEADERS_KEY: dict(prepared.headers)} if prepared.headers else {},
-            message_id=prepared.dispatch_id,
-        )
+        fields: dict[str, Any] = {
+            "queue_name": self.queue,
+            "actor_name": prepared.name,
+            "kwargs": {},
+            "options": {HEADERS_KEY: dict(prepared.headers)} if prepared.headers else {},
+            "message_id": prepared.dispatch_id,
+        }
+        if self.broker.middleware or type(dramatiq.get_encoder()) is not JSONEncoder:
+            # A middleware may read `args` at enqueue; another encoder writes another format.
+            return dramatiq.Message(args=(prepared.data,), **fields)
+        return EncodedMessage(args=(), body=prepared.body, **fields)
 
     def _send(self, jobs: Sequence[PreparedJob]) -> list[str]:
         if len(jobs) > 1 and self.client is not None:  # one transaction: all or none
