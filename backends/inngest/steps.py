@@ -33,22 +33,21 @@ import inngest
 from inngest._internal.step_lib import ResponseInterrupt
 
 from jobs_core.calling import run_on_thread_loop
-from jobs_core.errors import RetryLater, StepError, StepFailedError
+from jobs_core.errors import RetryLater, StepFailedError
 from jobs_core.instrumentation import describe_error
 from jobs_core.jobs.job import Job
 from jobs_core.jobs.payload import validate_payload
 from jobs_core.steps.rules import (
     GIVE_UP_AT_ONCE,
-    WAIT_TIMEOUT_RULE,
     RecordEvent,
     StepKeys,
     StepRetry,
+    check_wait,
     current_step,
     from_json,
     output_adapter,
     sleep_end,
     to_json,
-    wait_timeout_ok,
 )
 from jobs_core.steps.steps import Steps, StepsSync
 
@@ -170,18 +169,8 @@ class _Call:
         return f"{self.job.name}:{self.run.ctx.run_id}:{key}"
 
     def wait_expression(self, key: str, event: Any, match: Any, timeout: Any) -> str:
-        """Inngest's `if` for a wait on `match` (C42); a `StepError` for a field the event
-        or the run's payload lacks, or a timeout that is not a timedelta up to a year."""
-        if not isinstance(match, str) or match not in event.model.model_fields:
-            raise StepError(
-                self.job.name, key, f"match field {match!r} is not a field of event {event.name!r}"
-            )
-        if match not in self.job.payload_model.model_fields:
-            raise StepError(
-                self.job.name, key, f"match field {match!r} is not a field of the run's payload"
-            )
-        if not wait_timeout_ok(timeout):
-            raise StepError(self.job.name, key, WAIT_TIMEOUT_RULE)
+        """Inngest's `if` for a wait on `match` (C42), once `check_wait` accepts the wait."""
+        check_wait(self.job.name, key, event, match, timeout, self.job.payload_model)
         return f"event.data.{match} == async.data.{match}"
 
     def child_failed(self, key: str, error: Exception) -> BaseException:

@@ -38,16 +38,15 @@ from ..errors import RetryLater, StepError, StepFailedError
 from .rules import (
     GIVE_UP_AT_ONCE,
     MAX_SLEEP,
-    WAIT_TIMEOUT_RULE,
     RecordEvent,
     StepKeys,
+    check_wait,
     current_step,
     failure_text,
     from_json,
     output_adapter,
     sleep_end,
     to_json,
-    wait_timeout_ok,
 )
 from .steps import Steps, StepsSync
 from .store import StepStore
@@ -219,19 +218,7 @@ class StepsRun:
         over = self._resumed(key)
         if over is not _WAITING:
             return None if over is None else event.validate(over)
-        fields = getattr(event, "model", None)
-        if not isinstance(match, str) or fields is None or match not in fields.model_fields:
-            raise StepError(
-                self.job.name,
-                key,
-                f"match field {match!r} is not a field of event {getattr(event, 'name', event)!r}",
-            )
-        if match not in type(payload).model_fields:
-            raise StepError(
-                self.job.name, key, f"match field {match!r} is not a field of the run's payload"
-            )
-        if not wait_timeout_ok(timeout):
-            raise StepError(self.job.name, key, WAIT_TIMEOUT_RULE)
+        check_wait(self.job.name, key, event, match, timeout, type(payload))
         value = match_value(getattr(payload, match))
         if f"w:{key}" not in self.records:
             self._register(key, event.name, match, value, timeout)

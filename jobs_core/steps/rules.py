@@ -124,6 +124,22 @@ def wait_timeout_ok(timeout: Any) -> bool:
     return 1 <= seconds <= MAX_SLEEP.total_seconds() and seconds == int(seconds)
 
 
+def check_wait(job_name: str, key: str, event: Any, match: Any, timeout: Any, payload: Any) -> None:
+    """A `StepError` for a wait no backend can honour (C42): a `match` field that the event's
+    model or the run's payload model (`payload`) lacks, or a timeout beyond the rule."""
+    fields = getattr(event, "model", None)
+    if not isinstance(match, str) or fields is None or match not in fields.model_fields:
+        raise StepError(
+            job_name,
+            key,
+            f"match field {match!r} is not a field of event {getattr(event, 'name', event)!r}",
+        )
+    if match not in payload.model_fields:
+        raise StepError(job_name, key, f"match field {match!r} is not a field of the run's payload")
+    if not wait_timeout_ok(timeout):
+        raise StepError(job_name, key, WAIT_TIMEOUT_RULE)
+
+
 def failure_text(error: BaseException) -> str:
     """How a step's last error is told (`StepFailedError.error` on every backend)."""
     return f"{type(error).__name__}: {str(error)[:500]}"

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     delete,
     select,
     update,
@@ -74,6 +75,16 @@ class SqlStepStore:
         """Each record is one statement: no BEGIN and COMMIT around it (one round trip)."""
         self._insert = _UPSERT_DIALECTS.get(engine.dialect.name)
         self._purged = 0.0
+        # Built once, values bound at execution: SQLAlchemy compiles each of them once.
+        self._load = select(_t.c.key, _t.c.value).where(_t.c.run_id == bindparam("run_id"))
+        self._kept = select(_t.c.value).where(
+            _t.c.run_id == bindparam("run_id"), _t.c.key == bindparam("key")
+        )
+        self._add = (
+            None
+            if self._insert is None
+            else self._insert(_t).on_conflict_do_nothing().returning(_t.c.id)
+        )
 
     def create_table(self) -> None:
         """Create the steps table if it does not exist."""
@@ -81,24 +92,23 @@ class SqlStepStore:
 
     def load(self, run_id: str) -> dict[str, str]:
         with self._auto.connect() as conn:
-            rows = conn.execute(select(_t.c.key, _t.c.value).where(_t.c.run_id == run_id))
+            rows = conn.execute(self._load, {"run_id": run_id})
             return {key: value for key, value in rows}
 
     def save(self, run_id: str, key: str, value: str) -> str:
         row = {"run_id": run_id, "key": key, "value": value}
         with self._auto.connect() as conn:
-            if self._insert is not None:  # INSERT ... ON CONFLICT DO NOTHING
-                query = self._insert(_t).values(row).on_conflict_do_nothing()
-                inserted = conn.execute(query.returning(_t.c.id)).first() is not None
+            if self._add is not None:  # INSERT ... ON CONFLICT DO NOTHING
+                inserted = conn.execute(self._add, row).first() is not None
             else:
                 try:
-                    conn.execute(_t.insert().values(row))
+                    conn.execute(_t.insert(), row)
                     inserted = True
                 except IntegrityError:
                     inserted = False
             if inserted:
                 return value
-            kept = conn.execute(select(_t.c.value).where(_t.c.run_id == run_id, _t.c.key == key))
+            kept = conn.execute(self._kept, {"run_id": run_id, "key": key})
             return str(kept.scalar_one())  # another delivery kept it first: its value stands
 
     def put(self, run_id: str, key: str, value: str) -> None:
