@@ -73,10 +73,13 @@ class _BeforeFlow(JobWorker[Any]):
 
 
 class _BeforeFlowInline(InlineDispatcher):
+    """The inline dispatcher whose worker, built exactly as its own (steps, outbound and all),
+    runs the seam without the flow-control step: only flow control differs between the sides."""
+
     def _worker(self) -> JobWorker[Any]:
-        return _BeforeFlow(
-            None, context=self.context, backend="inline", instrumentation=self.events
-        )
+        worker = super()._worker()
+        worker.__class__ = _BeforeFlow
+        return worker
 
 
 def _side(op: Callable[[], object]) -> Side:

@@ -5,7 +5,11 @@ SDK's in-memory exporter; the same span tree on inline, Celery, Dramatiq and Inn
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -181,29 +185,48 @@ def test_a_malformed_trace_context_starts_a_new_trace_and_is_said_once(
 def test_the_outbox_relay_carries_the_writing_requests_trace(
     spans: tuple[TracerProvider, InMemorySpanExporter], resources: Any, tmp_path: Any
 ) -> None:
-    """The row is written in a traced request; the relay runs later under a trace of its own
-    (its polling loop's); the run's span is in the request's trace, not the relay's."""
+    """The row is written in a traced request; a relay process (`python -m jobs_core relay`,
+    without OpenTelemetry) sends it later; the run's span is in the request's trace: the trace
+    context travels in the outbox row."""
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
     from jobs_core.outbox import Outbox
 
+    from .outbox_app import jobs, outboxed, ran
+
     provider, exporter = spans
-    jobs: JobRegistry[Any] = JobRegistry()
-    ran: list[str] = []
-    job = jobs.define_job("otel.outboxed", handle=lambda o: ran.append(o.order_id), payload=Order)
-    engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    database_url = f"sqlite:///{tmp_path / 'shop.db'}"
+    engine = create_engine(database_url)
     outbox = Outbox(engine)
     outbox.create_table()
     tracer = provider.get_tracer("the app")
     harness = importlib.import_module("tests.conformance.harness_dramatiq").make_harness(resources)
+    ran.clear()
     try:
         with harness.session(jobs, context=None, instrumentation=RecordingInstrumentation()) as s:
             with tracer.start_as_current_span("POST /orders") as request:
                 with Session(engine) as session, session.begin():
-                    outbox.dispatcher(session).dispatch_sync(job, {"order_id": "o-9"})
-            with tracer.start_as_current_span("relay loop") as loop:
-                assert outbox.relay(s.dispatcher, jobs).run_once() == 1
+                    outbox.dispatcher(session).dispatch_sync(outboxed, {"order_id": "o-9"})
+            env = {
+                **os.environ,
+                "JOBS_BACKEND": "dramatiq",
+                "JOBS_BROKER_URL": s.dispatcher.broker_url,
+                "JOBS_QUEUE": s.dispatcher.queue,
+            }
+            relay = subprocess.run(
+                [
+                    *(sys.executable, "-m", "jobs_core", "relay", "tests.tracing.outbox_app:jobs"),
+                    *("--database-url", database_url, "--once"),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert relay.returncode == 0, relay.stderr
+            assert json.loads(relay.stdout) == {"sent": 1}, relay.stdout
             wait_until(lambda: ran == ["o-9"], 20, what="the relayed job")
             wait_until(
                 lambda: any(
@@ -217,9 +240,9 @@ def test_the_outbox_relay_carries_the_writing_requests_trace(
     finished = list(exporter.get_finished_spans())
     [run] = [x for x in finished if x.name == "process otel.outboxed"]
     assert run.context.trace_id == request.get_span_context().trace_id
-    assert run.context.trace_id != loop.get_span_context().trace_id
-    sends = [x for x in finished if x.name == "send otel.outboxed"]
-    assert {x.attributes["messaging.system"] for x in sends} == {"outbox", "dramatiq"}  # type: ignore[index]
+    [write] = [x for x in finished if x.name == "send otel.outboxed"]
+    assert write.attributes is not None and write.attributes["messaging.system"] == "outbox"
+    assert run.parent is not None and run.parent.span_id == write.context.span_id
 
 
 def test_counters_a_duration_histogram_and_the_gauges(tmp_path: Any) -> None:
