@@ -98,3 +98,70 @@ def test_no_import_circle() -> None:
         if name not in state:
             visit(name, [name])
     assert circles == []
+
+
+# -- each backend a thin translation (issue 27) ------------------------------------------------
+
+ADAPTER_MODULES = ("dispatcher.py", "worker.py", "app.py", "functions.py", "serve.py")
+"""The modules that translate between the core and a library: under `ADAPTER_LINES` each."""
+ADAPTER_LINES = 350
+FIXES_LINES = 200
+OPT_IN = {"reliable_redis.py"}
+"""Opt-in components, apart from the size and private-class rules (the reliable Redis transport
+is kombu's Redis transport with its fixes: docs/reliability-celery.md)."""
+
+
+def _backend_modules() -> list[Path]:
+    return sorted(p for p in (ROOT / "backends").rglob("*.py") if p.name not in OPT_IN)
+
+
+def test_each_adapter_is_a_thin_translation_and_each_fixes_module_is_small() -> None:
+    sizes = {
+        p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in _backend_modules()
+    }
+    too_long = {
+        path: lines
+        for path, lines in sizes.items()
+        if (path.endswith(ADAPTER_MODULES) and lines >= ADAPTER_LINES)
+        or (path.endswith("fixes.py") and lines >= FIXES_LINES)
+    }
+    assert too_long == {}
+    assert {p.split("/")[1] for p in sizes if p.endswith("fixes.py")} >= {"celery", "dramatiq"}
+
+
+def _original_names(tree: ast.Module) -> dict[str, str]:
+    """Each module-level name bound to a library's attribute: `from x import A as B` and
+    `B: Any = module.A` both give B -> A."""
+    names: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names.update({a.asname or a.name: a.name for a in node.names})
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            value = node.value
+            attribute = value.attr if isinstance(value, ast.Attribute) else None
+            if isinstance(value, ast.Name):
+                attribute = names.get(value.id, value.id)
+            for target in targets:
+                if isinstance(target, ast.Name) and attribute is not None:
+                    names[target.id] = attribute
+    return names
+
+
+def test_no_class_subclasses_a_private_library_class() -> None:
+    private = []
+    for path in _backend_modules():
+        tree = ast.parse(path.read_text())
+        names = _original_names(tree)
+        ours = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for base in node.bases:
+                if isinstance(base, ast.Subscript):
+                    base = base.value
+                name = base.attr if isinstance(base, ast.Attribute) else ast.unparse(base)
+                name = names.get(name, name)
+                if name.startswith("_") and name not in ours:
+                    private.append(f"{path.relative_to(ROOT)}: {node.name}({ast.unparse(base)})")
+    assert private == []
