@@ -120,9 +120,15 @@ class MemoryWaits:
             return min((w.deadline for w in self._waiting.values()), default=None)
 
 
+RESUME_GRACE = 600.0
+"""Seconds a claimed resume has to show up in its run (the run records `r:<key>` when it
+resumes) before a sweep delivers the run again: the claim and the enqueue that follows it are
+two steps, and a producer killed between them must not leave the run parked for good."""
+
 # Claim each waiter of the index keys, or the due ones: HSETNX on the run's records decides.
+# A claimed waiter stays in the deadline set, due again after the grace period (ARGV[3]).
 _TAKE_MATCHING = """
-local prefix, value = ARGV[1], ARGV[2]
+local prefix, value, grace_at = ARGV[1], ARGV[2], ARGV[3]
 local taken = {}
 for i, index in ipairs(KEYS) do
   if i > 1 then
@@ -131,26 +137,33 @@ for i, index in ipairs(KEYS) do
       local waiter = cjson.decode(entries[j + 1])
       if redis.call('HSETNX', prefix .. waiter.run_id, 's:' .. waiter.key, value) == 1 then
         table.insert(taken, entries[j + 1])
+        redis.call('ZADD', KEYS[1], grace_at, entries[j + 1])
       end
       redis.call('HDEL', index, entries[j])
-      redis.call('ZREM', KEYS[1], entries[j + 1])
     end
   end
 end
 return taken
 """
 
+# A due waiter not claimed yet is claimed with None (its timeout); one claimed whose run never
+# recorded its resume is delivered again (its records hold what it resumes with); one whose
+# run resumed is done with.
 _TAKE_DUE = """
-local prefix, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local prefix, now, limit, grace_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
 local taken = {}
 for _, text in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)) do
   local waiter = cjson.decode(text)
-  if redis.call('HSETNX', prefix .. waiter.run_id, 's:' .. waiter.key, 'null') == 1 then
-    table.insert(taken, text)
-  end
-  redis.call('ZREM', KEYS[1], text)
+  local run = prefix .. waiter.run_id
   redis.call('HDEL', ARGV[4] .. waiter.event .. ':' .. waiter.field .. ':' .. waiter.value,
              waiter.run_id .. '|' .. waiter.key)
+  if redis.call('HSETNX', run, 's:' .. waiter.key, 'null') == 1
+     or redis.call('HEXISTS', run, 'r:' .. waiter.key) == 0 then
+    table.insert(taken, text)
+    redis.call('ZADD', KEYS[1], grace_at, text)
+  else
+    redis.call('ZREM', KEYS[1], text)
+  end
 end
 return taken
 """
@@ -160,8 +173,15 @@ class RedisWaits:
     """Waits in Redis, beside a `RedisStepStore` (same client, same run records): an index
     hash per (event, field, value), the fields waited on per event, and the deadlines."""
 
-    def __init__(self, client: Any, steps_prefix: str, prefix: str = "jobs:waits:") -> None:
+    def __init__(
+        self,
+        client: Any,
+        steps_prefix: str,
+        prefix: str = "jobs:waits:",
+        resume_grace: float = RESUME_GRACE,
+    ) -> None:
         self.client = client
+        self.resume_grace = resume_grace
         self.steps_prefix = steps_prefix
         self.prefix = prefix
         self.due = prefix + "due"
@@ -188,11 +208,13 @@ class RedisWaits:
         if not indexes:
             return []
         value = match_value(dict(data))
-        taken = self._matching(keys=[self.due, *indexes], args=[self.steps_prefix, value])
+        grace_at = repr(time.time() + self.resume_grace)
+        taken = self._matching(keys=[self.due, *indexes], args=[self.steps_prefix, value, grace_at])
         return [Waiter.from_json(t) for t in taken]
 
     def take_due(self, now: float, limit: int = 100) -> list[Waiter]:
-        taken = self._due(keys=[self.due], args=[self.steps_prefix, repr(now), limit, self.prefix])
+        args = [self.steps_prefix, repr(now), limit, self.prefix, repr(now + self.resume_grace)]
+        taken = self._due(keys=[self.due], args=args)
         return [Waiter.from_json(t) for t in taken]
 
     def release(self, waiter: Waiter) -> None:
