@@ -48,9 +48,10 @@ from redis.connection import HIREDIS_AVAILABLE, PythonRespSerializer, _RESP2Pars
 from jobs_core.backends.celery import CeleryDispatcher
 from jobs_core.backends.celery.dispatcher import MESSAGE_OPTIONS
 from jobs_core.backends.dramatiq import DramatiqDispatcher
-from jobs_core.dispatch.dispatcher import BaseDispatcher, PreparedJob
+from jobs_core.dispatch.dispatcher import BaseDispatcher
 from jobs_core.dispatch.idempotency import Claim, MemoryIdempotencyStore, scoped_key
 from jobs_core.dispatch.port import DispatchReceipt
+from jobs_core.dispatch.prepared import PreparedJob
 from jobs_core.jobs.payload import encode_payload, validate_payload
 from jobs_core.worker import Delivery
 from jobs_core.worker.worker import Outcome, RunEvents

@@ -45,14 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from jobs_core.calling import run_without_loop
-from jobs_core.dispatch.dispatcher import (
-    BaseDispatcher,
-    PreparedJob,
-    keyed_dispatch_id,
-    resolve_eta,
-)
+from jobs_core.dispatch.dispatcher import BaseDispatcher, resolve_eta
 from jobs_core.dispatch.idempotency import Claim, scoped_key
 from jobs_core.dispatch.port import DispatchReceipt
+from jobs_core.dispatch.prepared import PreparedJob, keyed_dispatch_id
 from jobs_core.instrumentation import JobEvent, safe_record, with_logging
 from jobs_core.jobs.payload import (
     _DIGITS_AS_ZEROS,

@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .dispatch.dispatcher import BaseDispatcher, PreparedJob
+from .dispatch.dispatcher import BaseDispatcher
 from .dispatch.idempotency import MemoryIdempotencyStore
+from .dispatch.prepared import PreparedJob
 from .errors import JobFailedError
 from .instrumentation import Instrumentation, JobEvent
 from .jobs.job import Job

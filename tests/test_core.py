@@ -27,7 +27,8 @@ from jobs_core import (
 )
 from jobs_core.backends.inline import InlineDispatcher
 from jobs_core.config import load_settings, redact_url
-from jobs_core.dispatch.dispatcher import BaseDispatcher, PartialSend, PreparedJob, prepare_dispatch
+from jobs_core.dispatch.dispatcher import BaseDispatcher, PartialSend, prepare_dispatch
+from jobs_core.dispatch.prepared import PreparedJob
 from jobs_core.errors import WorkerLostError
 from jobs_core.jobs.payload import parse_payload, to_wire, validate_payload
 from jobs_core.testing import RecordingInstrumentation

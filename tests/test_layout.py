@@ -52,24 +52,30 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The modules of ours that `name` imports when it is imported (not under TYPE_CHECKING,
-    not inside functions: those run later, and cannot make a circle at import)."""
+    """The modules of ours that `name` imports, at import or later inside a function (a
+    function-level import only hides a circle), but not under TYPE_CHECKING. `from .. import
+    x` imports the package itself: its `__init__` runs, with all it imports."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
     found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+    for inner in ast.walk(tree):
+        if id(inner) in typing_only:
             continue
-        nodes = [node] if not isinstance(node, (ast.Try, ast.If)) else list(ast.walk(node))
-        for inner in nodes:
-            if isinstance(inner, ast.Import):
-                found.update(alias.name for alias in inner.names)
-            elif isinstance(inner, ast.ImportFrom):
-                base = inner.module or ""
-                if inner.level:
-                    up = package.split(".")[: len(package.split(".")) - inner.level + 1]
-                    base = ".".join(up + ([base] if base else []))
-                found.add(base)
-                found.update(f"{base}.{alias.name}" for alias in inner.names)
+        if isinstance(inner, ast.Import):
+            found.update(alias.name for alias in inner.names)
+        elif isinstance(inner, ast.ImportFrom):
+            base = inner.module or ""
+            if inner.level:
+                up = package.split(".")[: len(package.split(".")) - inner.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in inner.names)
     return {m for m in found if m in modules and m != name}
 
 

@@ -25,12 +25,13 @@ from kombu.transport.native_delayed_delivery import (
 
 from jobs_core.backend import broker_dispatcher_factory
 from jobs_core.config import redact_url
-from jobs_core.dispatch.dispatcher import BaseDispatcher, PreparedJob
+from jobs_core.dispatch.dispatcher import BaseDispatcher
 from jobs_core.dispatch.idempotency import (
     IdempotencyStore,
     idempotency_store_for,
     is_redis_url,
 )
+from jobs_core.dispatch.prepared import PreparedJob
 from jobs_core.hooks import HEADERS_KEY
 from jobs_core.jobs.payload import PAYLOAD_MASK
 from jobs_core.steps.stores import waits_for_producer

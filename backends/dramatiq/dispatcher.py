@@ -17,7 +17,7 @@ from dramatiq.encoder import JSONEncoder
 
 from jobs_core.backend import broker_dispatcher_factory
 from jobs_core.config import redact_url
-from jobs_core.dispatch.dispatcher import BaseDispatcher, PreparedJob
+from jobs_core.dispatch.dispatcher import BaseDispatcher
 from jobs_core.dispatch.idempotency import (
     IdempotencyStore,
     RedisIdempotencyStore,
@@ -25,6 +25,7 @@ from jobs_core.dispatch.idempotency import (
     is_redis_url,
     redis_client,
 )
+from jobs_core.dispatch.prepared import PreparedJob
 from jobs_core.hooks import HEADERS_KEY
 from jobs_core.steps.stores import waits_for_producer
 

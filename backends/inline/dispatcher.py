@@ -17,9 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 from jobs_core.config import JobsSettings
-from jobs_core.dispatch.dispatcher import BaseDispatcher, ErrorCallback, PreparedJob
+from jobs_core.dispatch.dispatcher import BaseDispatcher, ErrorCallback
 from jobs_core.dispatch.idempotency import MemoryIdempotencyStore
 from jobs_core.dispatch.port import DispatchReceipt
+from jobs_core.dispatch.prepared import PreparedJob
 from jobs_core.errors import JobConfigError, JobFailedError
 from jobs_core.flow.limiter import LocalFlowLimiter
 from jobs_core.instrumentation import Instrumentation

@@ -20,13 +20,8 @@ from inngest._internal import errors as sdk_errors
 
 from jobs_core import hooks
 from jobs_core.config import JobsSettings, load_settings
-from jobs_core.dispatch.dispatcher import (
-    BaseDispatcher,
-    PartialSend,
-    PreparedEvent,
-    PreparedJob,
-    keyed_dispatch_id,
-)
+from jobs_core.dispatch.dispatcher import BaseDispatcher, PartialSend, PreparedEvent
+from jobs_core.dispatch.prepared import PreparedJob, keyed_dispatch_id
 from jobs_core.errors import DispatchError, JobConfigError, JobPayloadError
 from jobs_core.events.event import EventReceipt
 from jobs_core.instrumentation import JobEvent, safe_record

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import operator
 import secrets
@@ -20,11 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 
-import pydantic_core
 from pydantic import BaseModel
 from typing_extensions import Unpack
 
-from .. import hooks
 from ..errors import (
     DispatchArgumentError,
     DispatchError,
@@ -33,6 +30,7 @@ from ..errors import (
     JobsError,
 )
 from ..events.event import JOB_FAILED, Event, EventReceipt, M
+from ..hooks import HOOKS, Sending, dispatching
 from ..instrumentation import (
     DEFAULT_LOGGING,
     Instrumentation,
@@ -59,6 +57,7 @@ from .port import (
     EventItem,
     SendOptions,
 )
+from .prepared import PreparedJob, keyed_dispatch_id
 
 DEFAULT_DISPATCH_TIMEOUT = 5.0
 
@@ -68,43 +67,6 @@ ErrorCallback = Callable[[BaseException, Job[Any, Any]], None]
 logger = logging.getLogger("jobs_core.dispatch")
 
 _KEY_OF = operator.attrgetter("idempotency_key")
-
-
-@dataclass(frozen=True)
-class PreparedJob:
-    """A validated dispatch, ready for a backend: `body` is the payload's JSON, serialised
-    once; an adapter puts it into its message as it is where its library allows, and uses
-    `data` (the same JSON, parsed) where it does not.
-
-    `dispatch_id` is chosen here so that it is known before the enqueue (idempotency records
-    it); adapters use it as the task / message id where their library allows.
-    """
-
-    job: Job[Any, Any]
-    payload: BaseModel
-    """The validated payload (equal to the one a worker gets, C10)."""
-    body: bytes
-    dispatch_id: str
-    eta: datetime | None = None
-    idempotency_key: str | None = None
-    headers: Mapping[str, str] | None = None
-    """What hooks (tracing) add to the job's message, besides the payload (`jobs_core.hooks`)."""
-
-    @property
-    def name(self) -> str:
-        return self.job.name
-
-    @functools.cached_property
-    def data(self) -> Any:
-        """The payload as JSON-ready data (dicts, lists, str, numbers), parsed from `body`."""
-        return pydantic_core.from_json(self.body)
-
-    def delay_seconds(self, now: datetime | None = None) -> float:
-        """Seconds from `now` until the job may start (0 when it has no eta or the eta passed)."""
-        if self.eta is None:
-            return 0.0
-        now = now or datetime.now(timezone.utc)
-        return max(0.0, (self.eta - now).total_seconds())
 
 
 class PartialSend(Exception):
@@ -149,12 +111,6 @@ def _duplicates(
     for i, first in repeats.items():
         duplicates[i] = duplicates.get(first, prepared[first].dispatch_id)
     return duplicates
-
-
-def keyed_dispatch_id(job_name: str, idempotency_key: str) -> str:
-    """The dispatch id of a keyed dispatch, on every backend: `<job>:<key>`, so the producer
-    and the worker name a keyed job alike even where a repeat cannot be detected (C9)."""
-    return f"{job_name}:{idempotency_key}"
 
 
 def resolve_eta(delay: timedelta | None, run_at: datetime | None) -> datetime | None:
@@ -501,11 +457,11 @@ class BaseDispatcher(PortMethods[PreparedJob]):
 
     @contextmanager
     def _hooked(self, prepared: list[PreparedJob]) -> Iterator[list[PreparedJob]]:
-        if not hooks.HOOKS or not prepared:
+        if not HOOKS or not prepared:
             yield prepared
             return
-        jobs = [hooks.Sending(p.name, p.dispatch_id, p.headers) for p in prepared]
-        with hooks.dispatching(self.backend_name, jobs) as headers:
+        jobs = [Sending(p.name, p.dispatch_id, p.headers) for p in prepared]
+        with dispatching(self.backend_name, jobs) as headers:
             yield [
                 dataclasses.replace(p, headers=h) if h else p
                 for p, h in zip(prepared, headers, strict=True)

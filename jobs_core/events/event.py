@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from ..errors import JobConfigError, JobPayloadError
+from ..jobs.names import check_name
+from ..jobs.payload import validate_payload
 
 if TYPE_CHECKING:
     from ..dispatch.port import DispatchReceipt
@@ -44,8 +46,6 @@ class Event(Generic[M]):
     def validate(self, data: Any) -> M:
         """`data` as this event's model (an instance of it, or a mapping of its fields), or a
         `JobPayloadError` naming the event (C4: nothing is sent)."""
-        from ..jobs.payload import validate_payload
-
         shape: Any = _Shape(self.name, self.model)
         try:
             return validate_payload(shape, data)  # type: ignore[return-value]
@@ -97,17 +97,11 @@ backend (C44): `@jobs.job("ops.alert", on=JOB_FAILED)`. A job triggered by it th
 does not send it again (no loop)."""
 
 
-def check_event_name(name: Any) -> str:
+def check_event_name(name: object) -> str:
     """An event name as every backend takes it (C1's rule, and Inngest's)."""
-    from ..jobs.job import JOB_NAME_PATTERN
-
-    if not isinstance(name, str) or not JOB_NAME_PATTERN.match(name):
-        raise JobConfigError(
-            f"event name {name!r}: a non-empty str of letters, digits and . _ : / - that "
-            "starts with a letter or digit"
-        )
-    if name.lower().startswith("inngest/"):
-        raise JobConfigError(f"event name {name!r}: 'inngest/' is Inngest's own prefix")
-    if len(name) > MAX_EVENT_NAME:
-        raise JobConfigError(f"event name {name[:60]!r}...: at most {MAX_EVENT_NAME} characters")
-    return name
+    checked = check_name(name, "event")
+    if checked.lower().startswith("inngest/"):
+        raise JobConfigError(f"event name {checked!r}: 'inngest/' is Inngest's own prefix")
+    if len(checked) > MAX_EVENT_NAME:
+        raise JobConfigError(f"event name {checked[:60]!r}...: at most {MAX_EVENT_NAME} characters")
+    return checked

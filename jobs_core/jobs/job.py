@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import re
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from ..errors import JobConfigError
 from ..events.event import Event
 from ..flow.options import Concurrency, FlowControl, Throttle, flow_control
 from ..steps.steps import Steps, StepsSync
+from .names import check_name
 from .payload import check_travels, validate_payload
 from .retry import Retry
 
@@ -26,7 +26,6 @@ P = TypeVar("P", bound=BaseModel)
 C = TypeVar("C", default=Any)
 """The app's context type; a registry made without one (`JobRegistry()`) takes any context."""
 
-JOB_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
 Handler = (
     Callable[[P, C], "Awaitable[None] | Any | None"]
@@ -268,11 +267,7 @@ def make_job(
 ) -> Job[P, C]:
     """A `Job` from its parts, every check done here (C1-C3, C10, C25-C27, C40), never at a
     worker."""
-    if not isinstance(name, str) or not JOB_NAME_PATTERN.match(name):
-        raise JobConfigError(
-            f"invalid job name {name!r}: use letters, digits and . _ : / - "
-            f"starting with a letter or digit (pattern {JOB_NAME_PATTERN.pattern})"
-        )
+    check_name(name, "job")
     if not callable(handle):
         raise JobConfigError(f"job {name!r}: handle= must be callable, got {handle!r}")
     if retry is None:

@@ -43,7 +43,7 @@ from pydantic import BaseModel
 
 from .. import DispatchReceipt, JobDispatcherPort, JobRegistry, JobRequest, hooks
 from ..calling import run_without_loop
-from ..dispatch.dispatcher import keyed_dispatch_id
+from ..dispatch.prepared import keyed_dispatch_id
 from ..errors import JobFailedError, JobPayloadError
 from ..instrumentation import Instrumentation, JobEvent, describe_error, safe_record, with_logging
 from ..jobs.payload import validate_payload

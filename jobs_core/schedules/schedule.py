@@ -25,7 +25,8 @@ from typing import Any, Generic, Protocol
 from cronsim import CronSim, CronSimError
 
 from ..errors import JobConfigError, JobPayloadError
-from ..jobs.job import JOB_NAME_PATTERN, Job, P
+from ..jobs.job import Job, P
+from ..jobs.names import check_name
 from ..jobs.payload import to_wire, validate_payload
 
 
@@ -125,11 +126,7 @@ def define_schedule(
     timezone: str,
 ) -> Schedule[P]:
     """Check a schedule's definition and build it; every mistake is a `JobConfigError` (C29)."""
-    if not isinstance(name, str) or not JOB_NAME_PATTERN.match(name):
-        raise JobConfigError(
-            f"invalid schedule name {name!r}: use letters, digits and . _ : / - "
-            f"starting with a letter or digit (pattern {JOB_NAME_PATTERN.pattern})"
-        )
+    check_name(name, "schedule")
     if not isinstance(job, Job) or registry.get(job.name) is not job:
         raise JobConfigError(
             f"schedule {name!r}: job= must be a job defined in this registry, got {job!r}"

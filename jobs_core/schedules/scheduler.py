@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from .. import hooks
 from ..dispatch.port import DispatchReceipt, JobDispatcherPort
 from ..errors import DispatchError
+from ..hooks import HOOKS, measure
 from ..jobs.registry import JobRegistry
 from .schedule import Schedule
 
@@ -141,9 +141,9 @@ class Scheduler:
 
     def _dispatch(self, schedule: Schedule[Any], tick: datetime) -> Tick:
         key = schedule.idempotency_key(tick)
-        if hooks.HOOKS:  # how late the tick is dispatched (a gauge, with tracing on)
+        if HOOKS:  # how late the tick is dispatched (a gauge, with tracing on)
             lag = (self.clock.now() - tick).total_seconds()
-            hooks.measure("jobs_core.scheduler.lag", lag, {"jobs_core.schedule": schedule.name})
+            measure("jobs_core.scheduler.lag", lag, {"jobs_core.schedule": schedule.name})
         try:
             receipt = self.dispatcher.dispatch_sync(
                 schedule.job, schedule.payload, idempotency_key=key

@@ -34,6 +34,7 @@ import pydantic_core
 from pydantic import TypeAdapter
 
 from ..calling import run_on_thread_loop
+from ..dispatch.prepared import keyed_dispatch_id
 from ..errors import RetryLater, StepError, StepFailedError
 from .rules import (
     GIVE_UP_AT_ONCE,
@@ -248,8 +249,6 @@ class StepsRun:
         the wait for it is recorded: the child may end before this delivery does); None after."""
         if f"w:{key}" in self.records:
             return None
-        from ..dispatch.dispatcher import keyed_dispatch_id
-
         child_key = self.child_id(key)
         value = match_value(keyed_dispatch_id(job.name, child_key))
         self._register(key, INVOKE_DONE, "dispatch_id", value, MAX_SLEEP)

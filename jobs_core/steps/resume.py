@@ -11,7 +11,7 @@ from typing import Any
 
 import pydantic_core
 
-from ..dispatch.dispatcher import PreparedJob
+from ..dispatch.prepared import PreparedJob
 from ..jobs.job import Job
 from .waits import EventWaits, Waiter
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
-from .. import hooks
 from ..calling import is_async_callable, run_on_thread_loop, run_without_loop
 from ..errors import (
     JobConfigError,
@@ -46,6 +45,9 @@ from ..errors import (
 from ..events.event import JOB_FAILED, JobFailed
 from ..flow.limiter import MAX_DEFER, STORE_ERROR_WAIT, WAIT_IN_WORKER, Admission, FlowLimiter
 from ..flow.options import Resource
+from ..hooks import HOOKS
+from ..hooks import running as hooked_run
+from ..hooks import step as step_hooks
 from ..instrumentation import (
     EventKind,
     Instrumentation,
@@ -341,8 +343,8 @@ def _step_events(events: RunEvents, delivery: Delivery) -> RecordEvent:
     ) -> None:
         at = Delivery(delivery.job_name, delivery.data, attempt, delivery.dispatch_id)
         events.record(kind, at, error=error, retry_in=retry_in, step_id=step_id)  # type: ignore[arg-type]
-        if hooks.HOOKS:
-            hooks.step(kind, step_id, attempt, error)
+        if HOOKS:
+            step_hooks(kind, step_id, attempt, error)
 
     return record
 
@@ -574,7 +576,7 @@ class JobWorker(Generic[C]):
             turn.admission.release()
 
     def _run_once(self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]) -> Outcome:
-        if hooks.HOOKS:
+        if HOOKS:
             with self._hooked(job, delivery) as scope:
                 outcome = self._outcome(delivery, job)
                 scope.ended(outcome)  # before the settlement, which may raise (a retry)
@@ -583,7 +585,7 @@ class JobWorker(Generic[C]):
 
     def _hooked(self, job: Job[Any, Any], delivery: Delivery) -> Any:
         """Every hook's view of this run (`jobs_core.hooks`: tracing)."""
-        return hooks.running(
+        return hooked_run(
             self.backend, job.name, delivery.dispatch_id, delivery.attempt, delivery.headers
         )
 
@@ -725,7 +727,7 @@ class JobWorker(Generic[C]):
     async def _run_once_async(
         self, delivery: Delivery, settlement: Settlement, job: Job[Any, Any]
     ) -> Outcome:
-        if hooks.HOOKS:
+        if HOOKS:
             with self._hooked(job, delivery) as scope:
                 outcome = await self._outcome_async(delivery, job)
                 scope.ended(outcome)  # before the settlement, which may raise (a retry)

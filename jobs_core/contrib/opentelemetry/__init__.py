@@ -31,7 +31,8 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from ... import hooks
+from ...hooks import add as add_hook
+from ...hooks import remove as remove_hook
 from .tracing import TracingHook
 
 __all__ = ["JobsInstrumentor", "TracingHook"]
@@ -48,9 +49,9 @@ class JobsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         hook = TracingHook(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
         JobsInstrumentor._hook = hook
-        hooks.add(hook)
+        add_hook(hook)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         if JobsInstrumentor._hook is not None:
-            hooks.remove(JobsInstrumentor._hook)
+            remove_hook(JobsInstrumentor._hook)
             JobsInstrumentor._hook = None

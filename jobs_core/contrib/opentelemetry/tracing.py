@@ -15,6 +15,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from .version import VERSION
+
 logger = logging.getLogger("jobs_core.opentelemetry")
 
 SCOPE = "jobs_core"
@@ -50,10 +52,8 @@ class TracingHook:
     """Spans and metrics for every dispatch and run of the process (`JobsInstrumentor`)."""
 
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
-        from . import version
-
-        self.tracer = trace.get_tracer(SCOPE, version.VERSION, tracer_provider)
-        meter = metrics.get_meter(SCOPE, version.VERSION, meter_provider)
+        self.tracer = trace.get_tracer(SCOPE, VERSION, tracer_provider)
+        meter = metrics.get_meter(SCOPE, VERSION, meter_provider)
         self.dispatched = meter.create_counter(
             "jobs_core.jobs.dispatched", unit="{job}", description="Jobs handed to a backend"
         )
