@@ -762,10 +762,11 @@ class JobWorker(Generic[C]):
         while True:
             delivery = Delivery(job.name, data, attempt, dispatch_id, headers=headers)
             outcome = self.run(delivery, settlement, job, wait_up_to=math.inf)
-            if not (outcome.should_retry or outcome.continued):
+            pause = _pause_before_next_delivery(outcome, wait)
+            if pause is None:
                 return outcome
-            if outcome.retry_in and (wait or outcome.continued):
-                time.sleep(outcome.retry_in.total_seconds())
+            if pause:
+                time.sleep(pause)
             attempt += outcome.should_retry
 
     async def run_in_process_async(
@@ -782,10 +783,11 @@ class JobWorker(Generic[C]):
         while True:
             delivery = Delivery(job.name, data, attempt, dispatch_id, headers=headers)
             outcome = await self.run_async(delivery, settlement, job, wait_up_to=math.inf)
-            if not (outcome.should_retry or outcome.continued):
+            pause = _pause_before_next_delivery(outcome, wait)
+            if pause is None:
                 return outcome
-            if outcome.retry_in and (wait or outcome.continued):
-                await asyncio.sleep(outcome.retry_in.total_seconds())
+            if pause:
+                await asyncio.sleep(pause)
             attempt += outcome.should_retry
 
     async def backend_gave_up_async(
@@ -927,3 +929,13 @@ class _Turn:
             return None
         self.waited += wait
         return wait
+
+
+def _pause_before_next_delivery(outcome: Outcome, wait: bool) -> float | None:
+    """For the inline policy: None when the run ended, else the seconds to wait before
+    delivering it again (a retry's delay when `wait`; a step's sleep or retry always)."""
+    if not (outcome.should_retry or outcome.continued):
+        return None
+    if outcome.retry_in and (wait or outcome.continued):
+        return outcome.retry_in.total_seconds()
+    return 0.0
