@@ -14,11 +14,6 @@ from pydantic import BaseModel
 
 from jobs_core import JobConfigError, JobRegistry
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(JobRegistry, "built_into"),
-    reason="needs JobRegistry.built_into (issue 28 item 4: see the report for the code)",
-)
-
 
 class Note(BaseModel):
     text: str

@@ -58,7 +58,6 @@ for check in CHECKS:
 
 
 def test_the_django_store_after_its_migration(tmp_path: Path) -> None:
-    pytest.importorskip("django")
     env = {
         **os.environ,
         "DJANGO_DATABASE_URL": f"sqlite:///{tmp_path / 'shop.db'}",
