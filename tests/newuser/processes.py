@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.dramatiq.workers import wait_for as poll
 from tests.support.processes import stop_group
 
 
@@ -23,13 +23,9 @@ def environment(**extra: str) -> dict[str, str]:
 def wait_for(
     predicate: Callable[[], bool], timeout: float, what: str, log: Path, tail: int = 4000
 ) -> None:
-    """Poll `predicate` until it holds; after `timeout` seconds fail with `what` and the last
-    `tail` characters of the worker's `log`."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s:\n{log.read_text()[-tail:]}")
-        time.sleep(0.05)
+    """`tests.dramatiq.workers.wait_for`, failing with the last `tail` characters of the
+    worker's `log`."""
+    poll(predicate, timeout, what, lambda: "\n" + log.read_text()[-tail:])
 
 
 @contextmanager
